@@ -1,0 +1,35 @@
+# featcache: `make demo` runs the whole pipeline on the embedded default; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel of torch; a machine that already has a (CUDA) torch in the venv keeps it.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup test lint demo demo-quick bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+demo: setup
+	$(BIN)/featcache demo --size standard
+
+demo-quick: setup
+	$(BIN)/featcache demo --size quick
+
+bench: setup
+	$(BIN)/featcache bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

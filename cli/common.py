@@ -1,0 +1,108 @@
+"""What every command shares: --config FILE.yaml, --quiet, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from featcache.errors import FeatcacheError
+
+
+class UserError(click.ClickException):
+    """Printed as 'Error: <message>' on one line; exit status 2."""
+
+    exit_code = 2
+
+
+def _normalise_config_value(param: click.Parameter, value: Any) -> Any:
+    if param.multiple or getattr(param, "nargs", 1) != 1:
+        if isinstance(value, dict):  # data: {train: a.h5} -> ["train=a.h5"]
+            return [f"{k}={v}" for k, v in value.items()]
+        if not isinstance(value, list | tuple):
+            return [value]
+    return value
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -> None:
+    """Read a YAML of option names into the context's default_map, so the command line still wins."""
+    if path is None:
+        return
+    import yaml
+
+    try:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise UserError(f"--config {path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"--config {path}: expected a mapping of option names to values")
+    by_name = {p.name: p for p in ctx.command.params if p.name and p.name not in ("config", "help")}
+    defaults: dict[str, Any] = {}
+    for key, value in loaded.items():
+        name = str(key).replace("-", "_")
+        if name not in by_name:
+            raise UserError(f"--config {path}: unknown key '{key}'; choose from: "
+                            + ", ".join(sorted(n.replace("_", "-") for n in by_name)))
+        defaults[name] = _normalise_config_value(by_name[name], value)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, quiet: bool) -> bool:
+    from featcache.progress import set_quiet
+
+    if quiet:
+        set_quiet(True)
+    return quiet
+
+
+def command(name: str, **settings: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    """A featcache command: adds --config and --quiet, and turns FeatcacheError into a one-line exit 2."""
+
+    def decorate(func: Callable[..., Any]) -> click.Command:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except FeatcacheError as exc:
+                raise UserError(str(exc)) from None
+
+        wrapped = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet,
+                               is_eager=True, help="No progress bars or status lines on stderr.")(wrapper)
+        wrapped = click.option("--config", type=click.Path(dir_okay=False), is_eager=True,
+                               expose_value=False, callback=_load_config,
+                               help="YAML file whose keys are this command's option names "
+                                    "(the command line wins).")(wrapped)
+        return click.command(name, **settings)(wrapped)
+
+    return decorate
+
+
+def resolved_options(ctx: click.Context) -> dict[str, Any]:
+    """The command's options as resolved (command line, config, defaults): written to config.yaml for replay."""
+    out: dict[str, Any] = {}
+    for key, value in ctx.params.items():
+        if isinstance(value, tuple):
+            value = list(value)
+        if isinstance(value, Path):
+            value = str(value)
+        out[key.replace("_", "-")] = value
+    return out
+
+
+def command_line() -> str:
+    """The command as typed, for cache and run metadata."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["featcache", *sys.argv[1:]])
+
+
+def echo_result(text: str) -> None:
+    """Results go to stdout (progress and status go to stderr)."""
+    click.echo(text)
