@@ -43,14 +43,22 @@ def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -
         raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise UserError(f"--config {path}: expected a mapping of option names to values")
-    by_name = {p.name: p for p in ctx.command.params if p.name and p.name not in ("config", "help")}
+    by_key: dict[str, click.Parameter] = {}
+    for p in ctx.command.params:
+        if not p.name or p.name in ("config", "help"):
+            continue
+        by_key[p.name] = p
+        for opt in p.opts:
+            if opt.startswith("--"):
+                by_key.setdefault(opt[2:].replace("-", "_"), p)
     defaults: dict[str, Any] = {}
     for key, value in loaded.items():
-        name = str(key).replace("-", "_")
-        if name not in by_name:
-            raise UserError(f"--config {path}: unknown key '{key}'; choose from: "
-                            + ", ".join(sorted(n.replace("_", "-") for n in by_name)))
-        defaults[name] = _normalise_config_value(by_name[name], value)
+        param = by_key.get(str(key).replace("-", "_"))
+        if param is None or param.name is None:
+            names = sorted({(p.opts[0].lstrip("-") if isinstance(p, click.Option) else str(p.name))
+                            for p in by_key.values()})
+            raise UserError(f"--config {path}: unknown key '{key}'; choose from: " + ", ".join(names))
+        defaults[param.name] = _normalise_config_value(param, value)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 

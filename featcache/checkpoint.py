@@ -53,6 +53,10 @@ def state_dict_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def _torch_load(path: Path) -> Any:
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip nor legacy pickle format
+        raise FeatcacheError(f"{path}: not a PyTorch checkpoint (expected a file written by torch.save)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

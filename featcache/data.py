@@ -173,11 +173,12 @@ class PfsDataset:
         return fill_error_nans(self.read_raw("error", start, stop), source=str(self.path), first_row=start)
 
     def read_noisy(self, start: int, stop: int) -> np.ndarray:
-        """The stored pre-noised flux, with the flux reading rules."""
+        """The stored pre-noised flux as shipped: NaN -> 0, negative values kept (they are noise)."""
         if not self.has_noisy:
             raise FeatcacheError(f"{self.path}: no stored 'noisy' array ({ARRAY_KEYS['noisy']}); "
                                  "use generated noise instead")
-        return apply_flux_rules(self.read_raw("noisy", start, stop))
+        noisy = self.read_raw("noisy", start, stop)
+        return np.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
 
     # -- params -------------------------------------------------------------------------------------
     def params(self):  # -> pandas.DataFrame
@@ -202,8 +203,9 @@ class PfsDataset:
         if self.params_key is None:
             return []
         frame = self.params()
-        return [str(c) for c in frame.columns if np.issubdtype(frame[c].dtype, np.number)
-                or frame[c].dtype == bool]
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+        return [str(c) for c in frame.columns if is_numeric_dtype(frame[c]) or is_bool_dtype(frame[c])]
 
     def labels(self, names: list[str] | None = None, start: int = 0, stop: int | None = None
                ) -> dict[str, np.ndarray]:
@@ -256,3 +258,54 @@ def file_identity(path: str | os.PathLike[str], *, full: bool = False, n_samples
                 digest.update(np.ascontiguousarray(frame[name].to_numpy()).tobytes())
         return {"size": Path(path).stat().st_size, "n_rows": n, "n_pixels": ds.n_pixels,
                 "arrays": ds.arrays, "hash": ("full:" if full else "sampled:") + digest.hexdigest()[:32]}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """One --data NAME=FILE[:START:STOP] value: a named split of rows [start, stop) of a file."""
+
+    name: str
+    path: Path
+    start: int | None = None
+    stop: int | None = None
+
+    def resolve(self, n_rows: int) -> tuple[int, int]:
+        """Concrete [start, stop) in the file (Python slice rules), refusing an empty split."""
+        start, stop, _ = slice(self.start, self.stop).indices(n_rows)
+        if stop <= start:
+            raise FeatcacheError(f"--data {self.text}: split '{self.name}' has no rows "
+                                 f"(rows {start}:{stop} of {n_rows} in {self.path})")
+        return start, stop
+
+    @property
+    def text(self) -> str:
+        rows = "" if self.start is None and self.stop is None else \
+            f":{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}"
+        return f"{self.name}={self.path}{rows}"
+
+
+def parse_split_spec(text: str) -> SplitSpec:
+    """Parse NAME=FILE[:START:STOP]."""
+    import re
+
+    match = re.fullmatch(r"(?P<name>[A-Za-z0-9_.-]+)=(?P<path>.+?)(?::(?P<start>-?\d*):(?P<stop>-?\d*))?",
+                         str(text).strip())
+    if not match:
+        raise FeatcacheError(f"--data {text}: expected NAME=FILE[:START:STOP], e.g. train=train.h5 "
+                             "or val=all.h5:0:1000")
+    start = int(match["start"]) if match["start"] else None
+    stop = int(match["stop"]) if match["stop"] else None
+    return SplitSpec(match["name"], Path(match["path"]), start, stop)
+
+
+def parse_split_specs(values: list[str] | tuple[str, ...]) -> list[SplitSpec]:
+    """Several --data values; a split name given twice is an error."""
+    specs = [parse_split_spec(v) for v in values]
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise FeatcacheError(f"--data: split name '{spec.name}' given twice")
+        seen.add(spec.name)
+    if not specs:
+        raise FeatcacheError("--data: give at least one split, e.g. --data train=train.h5")
+    return specs
