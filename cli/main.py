@@ -11,6 +11,8 @@ from featcache._version import __version__
 # (module, attribute) of every command, in the order `featcache --help` lists them.
 COMMAND_MODULES: list[str] = [
     "inspect",
+    "extract",
+    "pretrain",
 ]
 
 
