@@ -51,6 +51,11 @@ def quiet_zarr_warnings() -> Iterator[None]:
         yield
 
 
+def open_root(path: str | os.PathLike[str], mode: str = "r") -> Any:
+    """Open the store's root group, ignoring consolidated metadata (it may be stale while a run adds arrays)."""
+    return _zarr().open_group(str(path), mode=mode, use_consolidated=False)
+
+
 def feature_path(split: str, layer: str, pool: str) -> str:
     return f"{split}/features/{layer}/{pool}"
 
@@ -112,8 +117,7 @@ class FeatureCache:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise FeatcacheError(f"{self.path}: not a featcache cache (no zarr.json; run featcache extract)")
-        zarr = _zarr()
-        self.root = zarr.open_group(str(self.path), mode="r")
+        self.root = open_root(self.path, "r")
         meta = self.root.attrs.get(META_KEY)
         if not isinstance(meta, dict):
             raise FeatcacheError(f"{self.path}: a Zarr store but not a featcache cache (no '{META_KEY}' attrs)")

@@ -33,6 +33,7 @@ from .cache import (
     feature_path,
     map_path,
     marker_path,
+    open_root,
     quiet_zarr_warnings,
 )
 from .checkpoint import LoadedEncoder, load_encoder, random_encoder
@@ -246,6 +247,9 @@ def build_plan(opts: ExtractOptions) -> ExtractPlan:
     device = resolve_device(opts.device)
     encoder = _load_encoder(opts, device)
     model = encoder.model
+    for name in layers_requested:
+        if name not in PSEUDO_LAYERS and name not in model.tap_names:
+            raise FeatcacheError("--layer: " + choices_message("layer", name, [*model.tap_names, *PSEUDO_LAYERS]))
 
     # data
     splits: list[SplitPlan] = []
@@ -296,11 +300,6 @@ def build_plan(opts: ExtractOptions) -> ExtractPlan:
         if name in PSEUDO_LAYERS:
             layers.append(LayerPlan(name, 1, n_kept, True))
             continue
-        try:
-            model.tap_index(name)
-        except FeatcacheError:
-            raise FeatcacheError("--layer: " + choices_message("layer", name, [*model.tap_names, *PSEUDO_LAYERS])
-                                 ) from None
         length = model.tap_length(name, n_kept)
         if length < 1:
             raise FeatcacheError(f"--layer {name}: the mask keeps {n_kept} pixels, too few for this depth")
@@ -438,13 +437,12 @@ def prepare(plan: ExtractPlan) -> tuple[dict[str, Any], list[str]]:
 
     Returns the metadata and the paths of the arrays added. Only one process (rank 0) calls this.
     """
-    zarr = __import__("zarr")
     opts = plan.options
     out = opts.out
     meta: dict[str, Any] | None = None
     if out.exists():
         if (out / "zarr.json").exists():
-            existing = zarr.open_group(str(out), mode="r").attrs.get(META_KEY)
+            existing = open_root(out, "r").attrs.get(META_KEY)
             if not isinstance(existing, dict):
                 raise FeatcacheError(f"--out {out}: a Zarr store that is not a featcache cache; choose another path")
             if existing.get("fingerprint") != plan.fingerprint:
@@ -457,7 +455,7 @@ def prepare(plan: ExtractPlan) -> tuple[dict[str, Any], list[str]]:
                 meta = existing
         elif any(out.iterdir()):
             raise FeatcacheError(f"--out {out}: exists and is not a featcache cache; refusing to write into it")
-    root = zarr.open_group(str(out), mode="a")
+    root = open_root(out, "a")
     if meta is None or not meta.get("prepared"):
         meta = _base_meta(plan)
         root.attrs[META_KEY] = meta
@@ -508,8 +506,7 @@ class BlockTask:
 
 def pending_tasks(plan: ExtractPlan, meta: dict[str, Any], shard: tuple[int, int] | None = None) -> list[BlockTask]:
     """Blocks not yet done, with the arrays each needs; a shard I/N keeps its contiguous share of all blocks."""
-    zarr = __import__("zarr")
-    root = zarr.open_group(str(plan.options.out), mode="r")
+    root = open_root(plan.options.out, "r")
     by_path = {a.path: a for a in plan.arrays}
     tasks: list[BlockTask] = []
     block_rows = plan.options.block_rows
@@ -673,10 +670,9 @@ def compute_block(plan: ExtractPlan, task: BlockTask, noisy: np.ndarray, sigma: 
 
 def execute(plan: ExtractPlan, tasks: list[BlockTask], on_block: Callable[[BlockTask], None] | None = None) -> int:
     """Run the pending blocks: reader thread -> encoder -> writer thread. Returns rows computed."""
-    zarr = __import__("zarr")
     if not tasks:
         return 0
-    root = zarr.open_group(str(plan.options.out), mode="r+")
+    root = open_root(plan.options.out, "r+")
     datasets: dict[str, PfsDataset] = {}
 
     def produce() -> Iterator[tuple[BlockTask, np.ndarray, np.ndarray]]:
@@ -707,7 +703,8 @@ def execute(plan: ExtractPlan, tasks: list[BlockTask], on_block: Callable[[Block
 
 
 def consolidate(path: Path) -> None:
-    zarr = __import__("zarr")
+    import zarr
+
     with quiet_zarr_warnings():
         zarr.consolidate_metadata(str(path))
 

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -35,6 +37,16 @@ def run_cli(*args: str, check: bool = True):
     return result
 
 
+def assert_cli_error(result, *fragments: str) -> None:
+    """In-process twin of assert_user_error: exit 2, one 'Error:' line last, naming the problem."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
 def run_process(*args: str, timeout: float = 300, env: dict[str, str] | None = None
                 ) -> subprocess.CompletedProcess[str]:
     """Run `python -m featcache ARGS` in a subprocess, as a user's shell would."""
@@ -44,10 +56,28 @@ def run_process(*args: str, timeout: float = 300, env: dict[str, str] | None = N
 
 
 def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    """Non-zero exit, one line on stderr naming the problem, no traceback."""
+    """Non-zero exit, one 'Error:' line (the last on stderr) naming the problem, no traceback."""
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in errors[0], errors[0]
+
+
+def write_pfs(path, n=6, p=64, *, params=True, noisy=False, params_key="dataset/params", fmt="table",
+              flux_shape=None, seed=0):
+    """A small pfsspec-layout file for tests."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f["spectrumdataset/wave"] = np.linspace(7100, 8850, p)
+        f["dataset/arrays/flux/value"] = rng.uniform(0.3, 0.7, flux_shape or (n, p)).astype(np.float32)
+        f["dataset/arrays/error/value"] = rng.uniform(0.1, 0.3, (n, p)).astype(np.float32)
+        if noisy:
+            f["dataset/arrays/noisy/value"] = rng.uniform(0.3, 0.7, (n, p)).astype(np.float32)
+    if params:
+        frame = pd.DataFrame({"T_eff": rng.uniform(3750, 6000, n), "log_g": rng.uniform(1, 5, n),
+                              "name": [f"s{i}" for i in range(n)]})
+        frame.to_hdf(path, key=params_key, format=fmt, mode="a")
+    return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
-import pandas as pd
 import pytest
 
 from featcache.data import PfsDataset, apply_flux_rules, fill_error_nans, parse_split_spec, parse_split_specs
@@ -12,24 +11,7 @@ from featcache.errors import FeatcacheError
 from featcache.mask import load_mask_file, parse_mask_spec, quantile_mask, streamed_median
 from featcache.noise import add_noise, fresh_stream, standard_normal_rows
 
-from .conftest import DATASET, MASK
-
-
-def write_pfs(path, n=6, p=64, *, params=True, noisy=False, params_key="dataset/params", fmt="table",
-              flux_shape=None, seed=0):
-    """A small pfsspec-layout file for tests."""
-    rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
-        f["spectrumdataset/wave"] = np.linspace(7100, 8850, p)
-        f["dataset/arrays/flux/value"] = rng.uniform(0.3, 0.7, flux_shape or (n, p)).astype(np.float32)
-        f["dataset/arrays/error/value"] = rng.uniform(0.1, 0.3, (n, p)).astype(np.float32)
-        if noisy:
-            f["dataset/arrays/noisy/value"] = rng.uniform(0.3, 0.7, (n, p)).astype(np.float32)
-    if params:
-        frame = pd.DataFrame({"T_eff": rng.uniform(3750, 6000, n), "log_g": rng.uniform(1, 5, n),
-                              "name": [f"s{i}" for i in range(n)]})
-        frame.to_hdf(path, key=params_key, format=fmt, mode="a")
-    return path
+from .conftest import DATASET, MASK, write_pfs
 
 
 def test_fixture_reading_rules_and_mask(reference):
