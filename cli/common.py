@@ -94,13 +94,15 @@ def command(name: str, **settings: Any) -> Callable[[Callable[..., Any]], click.
 
 def resolved_options(ctx: click.Context) -> dict[str, Any]:
     """The command's options as resolved (command line, config, defaults): written to config.yaml for replay."""
+    names = {p.name: (p.opts[0].lstrip("-") if isinstance(p, click.Option) else str(p.name))
+             for p in ctx.command.params}
     out: dict[str, Any] = {}
     for key, value in ctx.params.items():
         if isinstance(value, tuple):
-            value = list(value)
+            value = [str(v) if isinstance(v, Path) else v for v in value]
         if isinstance(value, Path):
             value = str(value)
-        out[key.replace("_", "-")] = value
+        out[names.get(key, key)] = value
     return out
 
 

@@ -12,6 +12,8 @@ from featcache._version import __version__
 COMMAND_MODULES: list[str] = [
     "inspect",
     "extract",
+    "fit",
+    "predict",
     "pretrain",
 ]
 

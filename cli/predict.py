@@ -1,0 +1,47 @@
+"""`featcache predict`: apply a fitted head to a split of a (possibly other) feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import UserError, command, echo_result
+
+
+@command("predict", short_help="Apply a fitted head to a cache split; write predictions (.npz or .csv).")
+@click.option("--head", "run_dir", type=click.Path(path_type=Path), required=True,
+              help="Run directory written by featcache fit (holds head.pt).")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), required=True, help="Feature cache (.zarr).")
+@click.option("--split", required=True, help="Split of the cache to predict.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output file: .npz or .csv.")
+@click.option("--force", is_flag=True, help="Apply the head even if the cache came from another encoder.")
+def command(run_dir: Path, cache_path: Path, split: str, out: Path, force: bool) -> None:
+    """Apply a fitted head to SPLIT of a feature cache with the same features (draw 0 rows).
+
+    Refuses a cache made by another encoder than the head's training cache unless --force.
+
+    \b
+    Example:
+      featcache predict --head reports/runs/pre_latent-K8-mlp_1 --cache cache/new.zarr \\
+        --split test --out reports/new-test-predictions.csv
+    """
+    import numpy as np
+
+    from featcache.fit import predict_split
+    from featcache.metrics import r2
+
+    if out.suffix not in (".npz", ".csv"):
+        raise UserError(f"--out {out}: expected a .npz or .csv file name")
+    result = predict_split(run_dir, cache_path, split, force=force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez(out, **result)
+    else:
+        import pandas as pd
+
+        pd.DataFrame({k: v for k, v in result.items() if k != "targets"}).to_csv(out, index=False)
+    scores = [f"{t} R2 {r2(result[f'true_{t}'], result[f'pred_{t}']):.3f}" for t in result["targets"]
+              if f"true_{t}" in result]
+    echo_result(f"{len(result['index'])} predictions for split '{split}' -> {out}"
+                + (f" ({', '.join(scores)})" if scores else ""))
