@@ -56,6 +56,8 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--hash", "hash_mode", type=click.Choice(["sampled", "full"]), default="sampled", show_default=True,
               help="Data file identity for the fingerprint: sampled blocks, or every byte.")
 @click.option("--shard", default=None, metavar="I/N", help="Compute only shard I of N (Slurm job arrays).")
+@click.option("--prepare", "prepare_only", is_flag=True,
+              help="Only create the cache's arrays and metadata (run once before a Slurm job array of --shard runs).")
 @click.option("--overwrite", is_flag=True, help="Replace a cache that was made from other inputs.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("cache/features.zarr"), show_default=True,
               help="Output cache (a .zarr directory).")
@@ -63,7 +65,7 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
             noise: str, noise_level: float, noise_seed: int, noise_draws: tuple[str, ...], direction: str,
             dilation: int | None, batch_size: int, block_rows: int, device: str, dtype: str, store_dtype: str,
             keep_maps: bool, random_init: bool, init_seed: int, arch: str | None, hash_mode: str,
-            shard: str | None, overwrite: bool, out: Path) -> None:
+            shard: str | None, prepare_only: bool, overwrite: bool, out: Path) -> None:
     """Run the frozen encoder once over every spectrum; pool the chosen layers; write a Zarr cache.
 
     Re-running the same command resumes or does nothing; adding --layer or --pool values computes only
@@ -83,10 +85,13 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
         noise_level=noise_level, noise_seed=noise_seed, noise_draws=list(noise_draws), direction=direction,
         dilation=dilation, batch_size=batch_size, block_rows=block_rows, device=device, dtype=dtype,
         store_dtype=store_dtype, keep_maps=keep_maps, random_init=random_init, init_seed=init_seed, arch=arch,
-        hash=hash_mode, overwrite=overwrite, shard=_parse_shard(shard), command=command_line())
+        hash=hash_mode, overwrite=overwrite, shard=_parse_shard(shard), prepare_only=prepare_only,
+        command=command_line())
     report = run_extract(options)
     state = "complete" if report.complete else "INCOMPLETE (re-run to finish)"
-    if report.up_to_date:
+    if prepare_only:
+        echo_result(f"{out}: prepared ({len(report.arrays_added)} arrays added); fingerprint {report.fingerprint[:12]}")
+    elif report.up_to_date:
         echo_result(f"{out}: up to date, {state}; fingerprint {report.fingerprint[:12]}")
     else:
         echo_result(f"{out}: {report.rows_done} rows in {report.seconds:.1f} s "

@@ -81,6 +81,8 @@ class ExtractOptions:
     hash: str = "sampled"
     overwrite: bool = False
     shard: tuple[int, int] | None = None
+    prepare_only: bool = False
+    wait_seconds: float = 3600.0
     command: str = "featcache extract"
 
 
@@ -709,23 +711,113 @@ def consolidate(path: Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
+def detect_shard(explicit: tuple[int, int] | None) -> tuple[tuple[int, int] | None, str]:
+    """This process's shard: --shard I/N, else torchrun's RANK/WORLD_SIZE, else an srun step's
+    SLURM_PROCID/SLURM_NTASKS (only inside a step, not in the batch script itself)."""
+    if explicit is not None:
+        return explicit, "--shard"
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env and int(env["WORLD_SIZE"]) > 1:
+        return (int(env["RANK"]), int(env["WORLD_SIZE"])), "torchrun (RANK/WORLD_SIZE)"
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return (int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])), "srun (SLURM_PROCID/SLURM_NTASKS)"
+    return None, "single process"
+
+
+def local_rank() -> tuple[int, int]:
+    """(local rank, processes on this node) under torchrun or srun, else (0, 1)."""
+    env = os.environ
+    if "LOCAL_RANK" in env:
+        return int(env["LOCAL_RANK"]), int(env.get("LOCAL_WORLD_SIZE", "1"))
+    if "SLURM_LOCALID" in env and "SLURM_STEP_ID" in env:
+        return int(env["SLURM_LOCALID"]), int(env.get("SLURM_NTASKS_PER_NODE", env.get("SLURM_NTASKS", "1"))
+                                                .split("(")[0])
+    return 0, 1
+
+
 def configure_threads(device: torch.device) -> None:
-    """Use every core for the encoder on CPU (torch's default can be lower under some launchers)."""
+    """Give the encoder this process's share of the cores (torchrun does not bind processes to cores)."""
     if device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _, per_node = local_rank()
+        if "LOCAL_RANK" in os.environ:  # Slurm binds each task to its own cores; torchrun does not
+            cores = max(1, cores // max(per_node, 1))
         torch.set_num_threads(max(1, cores))
 
 
+def wait_until_prepared(plan: ExtractPlan, shard: tuple[int, int]) -> dict[str, Any]:
+    """Ranks other than 0 wait for rank 0 (or `extract --prepare`) to create every array."""
+    out = plan.options.out
+    wanted = {a.path for a in plan.arrays}
+    deadline = time.monotonic() + plan.options.wait_seconds
+    announced = False
+    last_seen = None
+    while True:
+        if (out / "zarr.json").exists():
+            meta = open_root(out, "r").attrs.get(META_KEY)
+            if isinstance(meta, dict):
+                last_seen = meta.get("fingerprint")
+                have = {a["path"] for g in meta.get("generations", []) for a in g["arrays"]}
+                if last_seen == plan.fingerprint and meta.get("prepared") and wanted <= have:
+                    return meta
+        if time.monotonic() > deadline:
+            why = "a cache made from other inputs" if last_seen else "no cache"
+            raise FeatcacheError(f"shard {shard[0]}/{shard[1]}: waited {plan.options.wait_seconds:.0f} s for {out} "
+                                 f"to be prepared but found {why}; run `featcache extract ... --prepare` (or "
+                                 "shard 0) with the same options first")
+        if not announced:
+            status(f"shard {shard[0]}/{shard[1]}: waiting for shard 0 (or --prepare) to create {out}")
+            announced = True
+        time.sleep(0.5)
+
+
+def _finish(plan: ExtractPlan, rows: int, added: list[str]) -> bool:
+    """Consolidate metadata once the cache is complete (one rank does it; others skip)."""
+    complete = FeatureCache(plan.options.out).is_complete()
+    if complete and (rows or added):
+        try:
+            with CacheLock(plan.options.out, "consolidate").acquire("consolidating metadata"):
+                consolidate(plan.options.out)
+        except FeatcacheError:
+            pass  # another rank is consolidating the same metadata
+    return complete
+
+
 def run_extract(opts: ExtractOptions) -> ExtractReport:
-    """Plan, prepare, compute what is missing, consolidate. Safe to re-run; resumes after a kill."""
+    """Plan, prepare, compute what is missing, consolidate. Safe to re-run; resumes after a kill.
+
+    Sharded (--shard I/N, torchrun or srun): rank 0 prepares the store, every rank computes its own
+    contiguous, chunk-aligned share of the blocks, and the last to finish consolidates the metadata.
+    """
+    shard, shard_source = detect_shard(opts.shard)
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise FeatcacheError(f"shard {shard[0]}/{shard[1]} from {shard_source}: expected 0 <= I < N")
+    if opts.device == "auto" and shard is not None and torch.cuda.is_available():
+        opts.device = f"cuda:{local_rank()[0] % torch.cuda.device_count()}"
     plan = build_plan(opts)
     configure_threads(plan.device)
     started = time.perf_counter()
-    with CacheLock(opts.out).acquire(opts.command):
-        meta, added = prepare(plan)
-        tasks = pending_tasks(plan, meta, opts.shard)
+    if opts.prepare_only or shard is None:
+        with CacheLock(opts.out).acquire(opts.command):
+            meta, added = prepare(plan)
+            if opts.prepare_only:
+                return ExtractReport(opts.out, plan.fingerprint, 0, time.perf_counter() - started, False, added,
+                                     FeatureCache(opts.out).is_complete())
+            tasks = pending_tasks(plan, meta)
+            rows = execute(plan, tasks)
+            complete = _finish(plan, rows, added)
+        return ExtractReport(opts.out, plan.fingerprint, rows, time.perf_counter() - started, not tasks, added,
+                             complete)
+    added = []
+    if shard[0] == 0:
+        with CacheLock(opts.out).acquire(f"{opts.command} [preparing for {shard[1]} shards]"):
+            meta, added = prepare(plan)
+    else:
+        meta = wait_until_prepared(plan, shard)
+    status(f"shard {shard[0]}/{shard[1]} (from {shard_source}) on {plan.device}")
+    with CacheLock(opts.out).acquire(opts.command, shared=True), \
+            CacheLock(opts.out, f"shard-{shard[0]}-of-{shard[1]}.lock").acquire(opts.command):
+        tasks = pending_tasks(plan, meta, shard)
         rows = execute(plan, tasks)
-        complete = FeatureCache(opts.out).is_complete()
-        if complete and (rows or added):
-            consolidate(opts.out)
+    complete = _finish(plan, rows, added)
     return ExtractReport(opts.out, plan.fingerprint, rows, time.perf_counter() - started, not tasks, added, complete)
