@@ -158,6 +158,7 @@ class ExtractReport:
     up_to_date: bool
     arrays_added: list[str]
     complete: bool
+    compute_seconds: float = 0.0  # the block pipeline alone (read, noise, encoder, pooling, write)
 
     @property
     def spectra_per_second(self) -> float:
@@ -804,10 +805,12 @@ def run_extract(opts: ExtractOptions) -> ExtractReport:
                 return ExtractReport(opts.out, plan.fingerprint, 0, time.perf_counter() - started, False, added,
                                      FeatureCache(opts.out).is_complete())
             tasks = pending_tasks(plan, meta)
+            compute_start = time.perf_counter()
             rows = execute(plan, tasks)
+            compute = time.perf_counter() - compute_start
             complete = _finish(plan, rows, added)
         return ExtractReport(opts.out, plan.fingerprint, rows, time.perf_counter() - started, not tasks, added,
-                             complete)
+                             complete, compute)
     added = []
     if shard[0] == 0:
         with CacheLock(opts.out).acquire(f"{opts.command} [preparing for {shard[1]} shards]"):
@@ -818,6 +821,9 @@ def run_extract(opts: ExtractOptions) -> ExtractReport:
     with CacheLock(opts.out).acquire(opts.command, shared=True), \
             CacheLock(opts.out, f"shard-{shard[0]}-of-{shard[1]}.lock").acquire(opts.command):
         tasks = pending_tasks(plan, meta, shard)
+        compute_start = time.perf_counter()
         rows = execute(plan, tasks)
+        compute = time.perf_counter() - compute_start
     complete = _finish(plan, rows, added)
-    return ExtractReport(opts.out, plan.fingerprint, rows, time.perf_counter() - started, not tasks, added, complete)
+    return ExtractReport(opts.out, plan.fingerprint, rows, time.perf_counter() - started, not tasks, added, complete,
+                         compute)
