@@ -1,0 +1,182 @@
+"""featcache compare: every cell filled, intervals around their estimates, the bold cell, reuse and resume."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import featcache.compare as compare_module
+from featcache.compare import compare, open_sources, parse_cache_args, seed_mean_r2_ci
+from featcache.fit import fit_head
+from featcache.metrics import bootstrap_r2_ci
+from featcache.training import TrainRecipe
+
+from .conftest import CKPT, assert_cli_error, run_cli, write_pfs
+
+FAST = ["--max-epochs", "3", "-q"]
+
+
+def learnable_pfs(path, n: int, p: int = 512, seed: int = 0):
+    """write_pfs, then flux that depends on log_g and T_eff, so R2 is well above 0 and intervals are honest."""
+    write_pfs(path, n=n, p=p, seed=seed)
+    params = pd.read_hdf(path, "dataset/params")
+    rng = np.random.default_rng(seed + 1)
+    g = ((params["log_g"].to_numpy() - 3.0) / 2.0)[:, None]
+    t = ((params["T_eff"].to_numpy() - 4875.0) / 1125.0)[:, None]
+    x = np.linspace(0.0, 1.0, p)[None, :]
+    flux = 0.5 + 0.08 * g * (1 + np.sin(9 * x)) + 0.05 * t * np.cos(5 * x) + 0.01 * rng.standard_normal((n, p))
+    with h5py.File(path, "a") as f:
+        f["dataset/arrays/flux/value"][...] = flux.astype(np.float32)
+    return path
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    data = learnable_pfs(root / "d.h5", n=160)
+    splits = ["--data", f"train={data}:0:100", "--data", f"val={data}:100:130", "--data", f"test={data}:130:160"]
+    common = ["--pool", "global_mean,seg_mean_K4", "--mask", "none", "--noise-level", "0.1",
+              "--noise-draws", "train=2", "-q"]
+    run_cli("extract", "--ckpt", CKPT, *splits, "--layer", "enc_last", "--layer", "input_flux", "--layer",
+            "input_error", *common, "--out", root / "pre.zarr")
+    run_cli("extract", "--random-init", "--ckpt", CKPT, *splits, "--layer", "enc_last", *common,
+            "--out", root / "rand.zarr")
+    return {"pretrained": root / "pre.zarr", "random": root / "rand.zarr"}
+
+
+def cache_args(caches) -> list[str]:
+    return [a for name, path in caches.items() for a in ("--cache", f"{name}={path}")]
+
+
+def bold_rows(markdown: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith("| ") and "**" in line]
+
+
+def test_compare_fills_every_cell_and_rerun_refits_nothing(caches, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    result = run_cli("compare", *cache_args(caches), "--target", "log_g", *FAST, "--out", out)
+    assert "| encoder | layer | pooling | D | ridge test R2 [95% CI] | ridge val R2 | mlp_1 test R2" in result.output
+    table = pd.read_csv(out / "compare.csv", keep_default_na=False, na_values=[""])
+    rows = {("pretrained", "enc_last"), ("random", "enc_last"), ("raw input", "input_flux"),
+            ("raw input", "input_error")}
+    expected = {(e, layer, pool, head) for e, layer in rows for pool in ("global_mean", "seg_mean_K4")
+                for head in ("ridge", "mlp_1")}
+    assert set(zip(table["encoder"], table["layer"], table["pool"], table["head"], strict=True)) == expected
+    assert len(table) == len(expected) == 16
+    assert np.isfinite(table[["test_r2", "test_r2_lo", "test_r2_hi", "val_r2"]].to_numpy()).all()
+    assert (table["test_r2_lo"] <= table["test_r2"]).all() and (table["test_r2"] <= table["test_r2_hi"]).all()
+    assert table["test_r2"].max() > 0.5  # the learnable data is learnt
+    # the bold cell is the one with the highest validation R2 (test never chooses)
+    best = table.loc[table["val_r2"].idxmax()]
+    assert table["best"].sum() == 1 and bool(best["best"])
+    markdown = (out / "compare.md").read_text()
+    (bold,) = bold_rows(markdown)
+    assert bold[:3] == [best["encoder"], best["layer"], best["pool"]]
+    assert sum("**" in c for c in bold) == 2 and f"**{best['val_r2']:.3f}**" in bold
+    assert "fingerprint" in markdown and "train 100 spectra x 2 draws = 200 rows, val 30 spectra, test 30" in markdown
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["fitted"] == 16 and summary["reused"] == 0 and summary["best"]["log_g"]["val_r2"] == best["val_r2"]
+    # with one seed the interval is exactly the fit's own bootstrap interval
+    for _, row in table.iterrows():
+        record = json.loads((out / "cells" / f"{row['keys']}.json").read_text())
+        assert record["metrics"]["test"]["r2_ci95"] == pytest.approx([row["test_r2_lo"], row["test_r2_hi"]])
+    for name in ("report.md", "heatmap_ridge_log_g.png", "heatmap_mlp_1_log_g.png", "best_log_g.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "![best cell" in (out / "report.md").read_text()
+
+    # re-running refits nothing and rewrites no cell
+    cells = sorted((out / "cells").iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in cells}
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("compare refitted a finished cell")
+
+    monkeypatch.setattr(compare_module, "fit_head", no_fit)
+    again = run_cli("compare", *cache_args(caches), "--target", "log_g", *FAST, "--out", out)
+    assert again.output == result.output
+    assert {p: p.stat().st_mtime_ns for p in sorted((out / "cells").iterdir())} == stamps
+    assert json.loads((out / "compare.json").read_text())["reused"] == 16
+
+    # a changed MLP recipe refits the MLP cells only; ridge does not depend on it
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].head)
+        return fit_head(*args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "fit_head", counting)
+    run_cli("compare", *cache_args(caches), "--target", "log_g", "--max-epochs", "2", "-q", "--out", out)
+    assert calls == ["mlp_1"] * 8
+
+
+def test_seeds_runs_and_resume(caches, tmp_path):
+    out = tmp_path / "seeds"
+    recipe = TrainRecipe(max_epochs=3)
+    kwargs = dict(heads=["mlp_1"], layers=["enc_last"], pools=["global_mean"], baselines=False, recipe=recipe,
+                  out=out, plots=False, show_progress=False)
+    result = compare(caches, ["log_g"], seeds=2, **kwargs)
+    assert result.fitted == 4 and len(result.table) == 2
+    for _, row in result.table.iterrows():
+        assert row["seeds"] == 2 and np.isfinite(row["test_r2_std"]) and row["chosen_epochs"].count(";") == 1
+        assert row["test_r2_lo"] <= row["test_r2"] <= row["test_r2_hi"]
+    assert re.search(r"\d ± \d\.\d{3} \[", result.markdown) and "mean ± std over seeds 0..1" in result.markdown
+    more = compare(caches, ["log_g"], seeds=3, **kwargs)
+    assert more.fitted == 2 and more.reused == 4  # only seed 2 is new
+
+    # a killed compare: one cell lost its .json (written last), a stray temporary file is left behind
+    key = more.table.iloc[0]["keys"].split(";")[1]
+    (out / "cells" / f"{key}.json").unlink()
+    (out / "cells" / f".{key}.json.123.tmp").write_text("{")
+    resumed = compare(caches, ["log_g"], seeds=3, **kwargs)
+    assert resumed.fitted == 1 and resumed.table["test_r2"].tolist() == more.table["test_r2"].tolist()
+
+    # --run rows: a fit run reproduces the matching ridge cell, its interval from predictions.npz
+    run = tmp_path / "ridge-run"
+    run_cli("fit", "--cache", caches["pretrained"], "--layer", "enc_last", "--pool", "seg_mean_K4", "--target",
+            "log_g", "--out", run)
+    both = compare({"pretrained": caches["pretrained"]}, ["log_g"], heads=["ridge"], layers=["enc_last"],
+                   pools=["seg_mean_K4"], baselines=False, runs=[run], out=tmp_path / "runs", plots=False,
+                   show_progress=False)
+    cell, from_run = both.table.iloc[0], both.table.iloc[1]
+    assert from_run["encoder"] == "ridge-run" and from_run["kind"] == "run" and from_run["width"] == 32
+    for column in ("test_r2", "val_r2", "test_r2_lo", "test_r2_hi", "chosen_alpha"):
+        assert from_run[column] == pytest.approx(cell[column], rel=1e-9), column
+    assert "| ridge-run | enc_last | seg_mean_K4 | 32 |" in both.markdown
+
+
+def test_seed_mean_interval_reduces_to_the_plain_bootstrap():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=40)
+    pred = y + rng.normal(scale=0.5, size=40)
+    assert seed_mean_r2_ci(y, pred[:, None]) == pytest.approx(bootstrap_r2_ci(y, pred))
+
+
+def test_encoder_labels(caches):
+    assert parse_cache_args(["a=x.zarr", str(caches["random"])]) == [("a", compare_module.Path("x.zarr")),
+                                                                       (None, caches["random"])]
+    sources = open_sources([caches["pretrained"], caches["random"]])
+    assert [s.name for s in sources] == ["l5e8k5s1bn1d1", "l5e8k5s1bn1d1 random-init"]
+    assert [s.baseline_name for s in sources] == ["raw input", None]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--layer", "enc_9"], ["unknown layer 'enc_9'", "enc_last, input_flux, input_error"]),
+    (["--pool", "mean_max"], ["unknown pooling 'mean_max'", "global_mean, seg_mean_K4"]),
+    (["--head", "mlp_9"], ["unknown head 'mlp_9'", "ridge"]),
+    (["--target", "logg"], ["unknown label 'logg'", "log_g"]),
+    (["--seeds", "0"], ["--seeds must be at least 1"]),
+    (["--run", "{tmp}"], ["no metrics.json"]),
+])
+def test_bad_compare_requests(caches, tmp_path, args, fragments):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--target" not in args:
+        args += ["--target", "log_g"]
+    result = run_cli("compare", *cache_args(caches), *args, "-q", "--out", tmp_path / "r", check=False)
+    assert_cli_error(result, *fragments)
+    assert not (tmp_path / "r" / "cells").exists()
