@@ -1,0 +1,80 @@
+"""`featcache demo`: synthetic benchmark -> extract with the embedded encoder -> ridge and mlp_1 -> report.
+
+Every stage reuses what already exists: the synthetic files (named by size and seed, and deterministic),
+the cache (fingerprinted) and the fitted cells (keyed by cache, feature, head and recipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FeatcacheError
+from .progress import progress, status
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_ENCODER = REPO / "data" / "encoders" / "demo-l9e16k9s1bn1d1.ckpt"
+# seeds of the demo's splits; the demo encoder was pretrained on other seeds (data/encoders/README.md)
+SPLIT_SEEDS = {"train": 101, "val": 102, "test": 103}
+SIZES = {"quick": {"train": 400, "val": 150, "test": 150}, "standard": {"train": 20_000, "val": 1_000, "test": 1_000}}
+LAYERS = ["enc_pre_latent", "enc_last"]
+POOLS = ["global_mean", "mean_max", "seg_mean_K8"]
+NOISE_SEED = 42
+# the quick demo checks the pipeline in under a minute, so its MLPs train for fewer epochs
+QUICK_MAX_EPOCHS = 10
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    cache: Path
+    markdown: str
+    report: Path
+    fitted: int
+    reused: int
+
+
+def synth_files(size: str, data_dir: Path) -> dict[str, Path]:
+    """The demo's train/val/test files, generated once (a file with the same name holds the same spectra)."""
+    from .synth import write_synth
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, n in SIZES[size].items():
+        path = data_dir / f"demo-{split}-n{n}-s{SPLIT_SEEDS[split]}.h5"
+        if not path.exists():
+            status(f"demo: generating {n} synthetic spectra -> {path}")
+            with progress(total=n, desc=f"synth {split}", unit="spectra") as bar:
+                write_synth(path, n, SPLIT_SEEDS[split], progress=bar.update)
+        files[split] = path
+    return files
+
+
+def run_demo(size: str = "quick", out: Path | None = None, data_dir: Path | None = None,
+             encoder: Path | None = None, heads: tuple[str, ...] = ("ridge", "mlp_1"), device: str = "auto",
+             max_epochs: int | None = None) -> DemoResult:
+    """The whole pipeline on the embedded default; safe to re-run (everything is reused)."""
+    from .compare import compare
+    from .extract import ExtractOptions, run_extract
+    from .training import TrainRecipe
+
+    if size not in SIZES:
+        raise FeatcacheError(f"--size {size}: choose from: {', '.join(SIZES)}")
+    encoder = Path(encoder or DEMO_ENCODER)
+    if not encoder.exists():
+        raise FeatcacheError(f"demo encoder {encoder} is missing (it ships in data/encoders/ of the repository)")
+    out = Path(out or Path("reports") / f"demo-{size}")
+    data_dir = Path(data_dir or (REPO / "data" / "synth"))
+    files = synth_files(size, data_dir)
+    cache = out / "cache.zarr"
+    common = dict(data=[f"{split}={path}" for split, path in files.items()], out=cache, ckpt=encoder,
+                  mask="quantile:0.85", noise_seed=NOISE_SEED, device=device, command=f"featcache demo --size {size}")
+    status(f"demo: extracting {', '.join(LAYERS)} x {', '.join(POOLS)} and the raw-flux baseline -> {cache}")
+    run_extract(ExtractOptions(layers=LAYERS, pools=POOLS, **common))
+    run_extract(ExtractOptions(layers=["input_flux"], pools=["none"], **common))
+    if max_epochs is None and size == "quick":
+        max_epochs = QUICK_MAX_EPOCHS
+    recipe = TrainRecipe() if max_epochs is None else TrainRecipe(max_epochs=max_epochs)
+    status(f"demo: fitting {' and '.join(heads)} on every cell (finished cells are reused)")
+    result = compare({"demo encoder": cache}, ["log_g"], heads=list(heads), recipe=recipe, out=out, device=device)
+    return DemoResult(out, cache, result.markdown, out / "report.md", result.fitted, result.reused)
