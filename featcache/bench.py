@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .progress import status
@@ -204,8 +203,8 @@ def format_bench(results: dict[str, Any]) -> str:
         ex = results["extract"][dtype]
         lines.append(f"  {dtype:<9} bare encoder {rate:8.1f} spectra/s | extract {ex['spectra_per_s']:8.1f} "
                      f"spectra/s = {ex['ratio_to_bare_encoder']:.2f} x bare | peak RSS {ex['peak_rss_mb']:.0f} MB")
-    lines.append(f"  a second layer + 2 more poolings add {100 * results['extract']['cost_of_second_layer_and_two_more_pools']:+.1f}%"
-                 " to the time per spectrum")
+    cost = 100 * results["extract"]["cost_of_second_layer_and_two_more_pools"]
+    lines.append(f"  a second layer + 2 more poolings add {cost:+.1f}% to the time per spectrum")
     lines.append(f"  HDF5 read {results['hdf5_read_mb_per_s']:.0f} MB/s")
     if "sharded" in results:
         sh = results["sharded"]

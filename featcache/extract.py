@@ -8,6 +8,7 @@ array of it is written -- so a run killed at any moment resumes to a bitwise-ide
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -599,6 +600,9 @@ def _background(produce: Iterator[Any], depth: int) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
+        while thread.is_alive():  # unblock a worker waiting on a full queue so it can see `stop`
+            with contextlib.suppress(queue.Empty):
+                items.get(timeout=0.1)
 
 
 class BlockWriter:

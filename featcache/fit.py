@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,8 +218,18 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
 
 
 # -- run directories --------------------------------------------------------------------------------------
-def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = None, command: str = "") -> Path:
-    """metrics.json, predictions.npz, head.pt, history.csv, config.yaml in OUT."""
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and arrays."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = None, command: str = "",
+             extra: dict[str, Any] | None = None) -> Path:
+    """metrics.json (with `extra` facts on top), predictions.npz, head.pt, history.csv, config.yaml in OUT."""
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
@@ -227,8 +238,10 @@ def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = No
                "targets": spec.targets, **result.metrics, "chosen": result.chosen, "fit_seconds": result.seconds,
                "cache": result.cache_path, "cache_fingerprint": result.cache_fingerprint,
                "encoder_sha256": result.encoder_sha256, "recipe": spec.describe()["recipe"], "command": command,
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, default=_plain) + "\n")
+    os.replace(tmp, out / "metrics.json")
     arrays = {}
     for role, pred in result.predictions.items():
         for key, value in pred.items():
