@@ -234,3 +234,28 @@ def test_python_api_errors_list_choices(fixture_cache):
 def test_inspect_cache(fixture_cache):
     out = run_cli("inspect", fixture_cache).output
     assert "complete         yes" in out and "seg_mean_K8 (64)" in out and "fingerprint" in out
+
+
+@pytest.mark.parametrize("case,fragments", [
+    ("missing_file", ["no such file"]),
+    ("missing_key", ["missing key 'dataset/arrays/error/value'"]),
+    ("shape", ["shape mismatch", "(8, 511)"]),
+    ("no_rows", ["split 'test' has no rows"]),
+])
+def test_bad_data_files_fail_in_one_line(tmp_path, case, fragments):
+    import h5py
+
+    path = tmp_path / "bad.h5"
+    spec = f"test={path}"
+    if case == "missing_key":
+        write_pfs(path, n=8, p=512)
+        with h5py.File(path, "a") as f:
+            del f["dataset/arrays/error"]
+    elif case == "shape":
+        write_pfs(path, n=8, p=512, flux_shape=(8, 511))
+    elif case == "no_rows":
+        write_pfs(path, n=8, p=512)
+        spec = f"test={path}:5:5"
+    proc = run_process("extract", "--ckpt", CKPT, "--data", spec, "--mask", "none", "--out", tmp_path / "c.zarr")
+    assert_user_error(proc, *fragments)
+    assert not (tmp_path / "c.zarr" / "zarr.json").exists()
