@@ -179,6 +179,17 @@ class StreamingStats:
                                  "drop or fill those rows")
 
 
+def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric eigendecomposition on one BLAS thread: a D x D (D ~ 384) problem gains nothing from
+    threads, and multithreaded OpenBLAS LAPACK on a busy 2-core machine was measured 100x slower."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        return np.linalg.eigh(a)
+    with threadpool_limits(1, user_api="blas"):
+        return np.linalg.eigh(a)
+
+
 def alpha_grid(lo: float = 1e-4, hi: float = 1e6, num: int = 21) -> np.ndarray:
     """Log-spaced relative alphas, both ends included."""
     if not (lo > 0 and hi >= lo and int(num) >= 1):
@@ -236,7 +247,7 @@ class RidgeHead:
             raise FeatcacheError("choosing alpha needs a validation split (alpha is never chosen on test); "
                                  "give validation rows or a single alpha")
 
-        lam, vecs = np.linalg.eigh(zz)
+        lam, vecs = _eigh(zz)
         lam = np.clip(lam, 0.0, None)
         proj = vecs.T @ zy                                        # (D, T) in the eigenbasis
         coefs_eig = proj[None, :, :] / (lam[None, :, None] + alphas[:, None, None])   # (A, D, T)

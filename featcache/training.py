@@ -221,6 +221,7 @@ def train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any = None, 
 def _train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val: Any,
                 recipe: TrainRecipe | None, device: str | torch.device, progress: bool,
                 target_names: Sequence[str] | None, desc: str) -> TrainResult:
+    start_time = time.perf_counter()
     recipe = recipe or TrainRecipe()
     recipe.validate()
     device = torch.device(device)
@@ -228,7 +229,7 @@ def _train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val:
     y_1d = np.asarray(y_train).ndim == 1
     n, d = Xtr.shape
     x_mean, x_std = _column_moments(Xtr)
-    x_scale = np.where(x_std > 0, x_std, 1.0)
+    x_scale = np.where((x_std == 0) | (x_std <= 1e-10 * np.abs(x_mean)), 1.0, x_std)  # constant: scale 1
     y_mean = ytr.mean(axis=0)
     y_std = ytr.std(axis=0)
     for j in np.flatnonzero((y_std == 0) | (y_std <= 1e-10 * np.abs(y_mean))):
@@ -254,7 +255,6 @@ def _train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val:
     best_epoch, best_r2, best_state = 0, -float("inf"), None
     bs = int(recipe.batch_size)
     clip = recipe.grad_clip if recipe.grad_clip else None
-    start_time = time.perf_counter()
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(recipe.seed)
         gen = torch.Generator(device="cpu").manual_seed(recipe.seed)

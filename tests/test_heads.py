@@ -222,3 +222,14 @@ def test_bootstrap_ci_brackets_estimate_and_is_deterministic():
     assert bootstrap_r2_ci(yt, yp, n_boot=1000, seed=1) != (lo, hi)
     lo2, hi2 = bootstrap_r2_ci(np.column_stack([yt, yt]), np.column_stack([yp, yp]), n_boot=200)
     assert lo2.shape == (2,) and lo2[0] == lo2[1] and hi2[0] == hi2[1]
+
+
+def test_training_without_validation_and_with_constant_feature():
+    rng = np.random.default_rng(2)
+    X = np.column_stack([rng.normal(size=(200, 3)), np.full(200, 4.0)]).astype(np.float32)
+    y = np.column_stack([X[:, 0] * 3.0 + 10.0, X[:, 1] - 2.0])
+    result = train_head(create_head("linear", 4, 2, seed=0), X, y, recipe=TrainRecipe(max_epochs=3),
+                        progress=False, num_threads=1)
+    assert result.best_val_r2 is None and result.best_epoch == 3 and result.x_scale[3] == 1.0
+    pred = result.predict(X)
+    assert pred.shape == (200, 2) and np.all(np.isfinite(pred))
