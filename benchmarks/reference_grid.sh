@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The compare issue's reference grid on the synthetic benchmark: 100k train / 1k val / 1k test at mag 21.5,
+# the embedded demo encoder vs a randomly initialised copy, enc_pre_latent and enc_last x global_mean,
+# mean_max, seg_mean_K8 x ridge, mlp_1, plus the raw-input baselines, and frozen vs fine-tuned rows.
+# Writes reports/synth-logg/ (committed). Every stage is resumable: re-run to continue after a kill.
+#   bash benchmarks/reference_grid.sh            (about an hour on 2 CPU cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FC=${FC:-.venv/bin/featcache}
+DATA=${DATA:-data/synth/grid}
+CACHE=${CACHE:-cache}
+OUT=${OUT:-reports/synth-logg}
+ENC=${ENC:-data/encoders/demo-l9e16k9s1bn1d1.ckpt}
+FT_TRAIN=${FT_TRAIN:-5000}   # fine-tuning runs the encoder every epoch: a 5k subset keeps it to CPU minutes
+FT_EPOCHS=${FT_EPOCHS:-8}
+mkdir -p "$DATA" "$CACHE" "$OUT/runs"
+
+synth() { [ -f "$1" ] || "$FC" synth "$1" --n "$2" --seed "$3" "${@:4}"; }
+synth "$DATA/train-n100000-s201.h5" 100000 201 --noise-free --workers 2
+synth "$DATA/val-n1000-s202.h5" 1000 202 --noise-free
+synth "$DATA/test-n1000-s203.h5" 1000 203 --noise-free
+
+SPLITS=(--data "train=$DATA/train-n100000-s201.h5" --data "val=$DATA/val-n1000-s202.h5"
+        --data "test=$DATA/test-n1000-s203.h5")
+COMMON=("${SPLITS[@]}" --mask quantile:0.85 --noise-level 1.0 --noise-seed 42)
+GRID=(--layer enc_pre_latent --layer enc_last --pool global_mean,mean_max,seg_mean_K8)
+
+/usr/bin/time -v "$FC" extract --ckpt "$ENC" "${COMMON[@]}" "${GRID[@]}" --out "$CACHE/synth-demo.zarr" \
+  2> >(tee "$OUT/extract-demo.time" >&2)
+"$FC" extract --ckpt "$ENC" "${COMMON[@]}" --layer input_flux --pool none --out "$CACHE/synth-demo.zarr"
+"$FC" extract --ckpt "$ENC" "${COMMON[@]}" --layer input_error --pool global_mean,mean_max,seg_mean_K8 \
+  --out "$CACHE/synth-demo.zarr"
+"$FC" extract --ckpt "$ENC" --random-init --init-seed 0 "${COMMON[@]}" "${GRID[@]}" --out "$CACHE/synth-random.zarr"
+
+FT=(--ckpt "$ENC" --data "train=$DATA/train-n100000-s201.h5:0:$FT_TRAIN" --data "val=$DATA/val-n1000-s202.h5"
+    --data "test=$DATA/test-n1000-s203.h5" --mask quantile:0.85 --noise-seed 42
+    --layer enc_pre_latent --pool seg_mean_K8 --head mlp_1 --target log_g)
+[ -f "$OUT/runs/frozen-K8-mlp_1/metrics.json" ] || \
+  "$FC" finetune "${FT[@]}" --freeze-encoder --noise fresh --max-epochs "$FT_EPOCHS" --out "$OUT/runs/frozen-K8-mlp_1"
+[ -f "$OUT/runs/finetuned-K8-mlp_1/metrics.json" ] || \
+  "$FC" finetune "${FT[@]}" --unfreeze all --encoder-lr 1e-4 --noise fresh --max-epochs "$FT_EPOCHS" \
+    --out "$OUT/runs/finetuned-K8-mlp_1"
+
+"$FC" compare --cache "demo encoder=$CACHE/synth-demo.zarr" --cache "random init=$CACHE/synth-random.zarr" \
+  --target log_g --head ridge --head mlp_1 \
+  --run "$OUT/runs/frozen-K8-mlp_1" --run "$OUT/runs/finetuned-K8-mlp_1" --out "$OUT"
