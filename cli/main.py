@@ -13,8 +13,13 @@ COMMAND_MODULES: list[str] = [
     "inspect",
     "extract",
     "fit",
+    "finetune",
+    "compare",
     "predict",
+    "bench",
+    "demo",
     "pretrain",
+    "synth",
 ]
 
 

@@ -781,7 +781,7 @@ def _finish(plan: ExtractPlan, rows: int, added: list[str]) -> bool:
     complete = FeatureCache(plan.options.out).is_complete()
     if complete and (rows or added):
         try:
-            with CacheLock(plan.options.out, "consolidate").acquire("consolidating metadata"):
+            with CacheLock(plan.options.out, "consolidate.lock").acquire("consolidating metadata"):
                 consolidate(plan.options.out)
         except FeatcacheError:
             pass  # another rank is consolidating the same metadata

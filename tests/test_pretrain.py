@@ -21,7 +21,10 @@ from featcache.noise import add_noise
 from featcache.pretrain import (
     PretrainRecipe,
     _new_model,
+    data_levels,
     evaluate,
+    head_parameter_groups,
+    init_head,
     pretrain,
     pretrain_loss,
     read_block,
@@ -36,6 +39,15 @@ TINY = EncoderConfig(num_layers=3, embed_dim=4, kernel_size=3)
 # 8 train rows in blocks of 3 (a batch straddles blocks), 4 val rows: seconds per epoch on a busy CPU
 QUICK = PretrainRecipe(epochs=3, batch_size=3, lr=1e-2, max_train=8, max_val=4, block_rows=3, seed=7,
                        device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared, oversubscribed CPU two spinning threads run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_h5(path: Path, flux: np.ndarray, error: np.ndarray, noisy: np.ndarray | None = None,
@@ -92,6 +104,23 @@ def test_loss_decreases_on_a_fixed_batch(loss):
     losses = [training_step(model, optimizer, batch, loss) for _ in range(12)]
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < losses[0] - 0.05, losses
+
+
+def test_head_init_starts_mu_and_sigma_at_the_data_levels():
+    mask = np.load(MASK)
+    with PfsDataset(DATASET) as ds:
+        batch = read_block(ds, 0, 8, mask, noise="fresh", seed=1, noise_level=1.0, stream=0, need_flux=True)
+    levels = data_levels(batch)
+    assert levels[0] == pytest.approx(float(batch.flux.median()), abs=1e-3) and 0 < levels[2] < levels[0]
+    model = _new_model(TINY, seed=0).train()
+    init_head(model, *levels)
+    with torch.no_grad():
+        out = model(torch.stack([batch.noisy, batch.sigma], dim=1))
+    assert float(out[:, 0].median()) == pytest.approx(levels[0], rel=0.1)
+    assert float(out[:, 1].median()) == pytest.approx(levels[2], rel=0.2)
+    groups = head_parameter_groups(model, 1e-3, 10.0)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2] and len(groups[1]["params"]) == 2
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +221,24 @@ def test_bad_shapes_are_clear_errors(tmp_path, fixture_arrays):
         pretrain(DATASET, None, tmp_path / "b.ckpt", TINY, replace(QUICK, mask=str(bad_mask)))
     with pytest.raises(FeatcacheError, match="too few for num_layers 14"):
         pretrain(DATASET, None, tmp_path / "c.ckpt", replace(TINY, num_layers=14), replace(QUICK, mask="none"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
+    gpu = pretrain(DATASET, DATASET, tmp_path / "g.ckpt", TINY, replace(QUICK, epochs=1, device="cuda"))
+    assert math.isfinite(gpu.history[0]["val_snr_denoised"])
+    raw = torch.load(gpu.path, map_location="cpu", weights_only=True)
+    state = raw["optimizer_states"][0]["state"]
+    assert all(t.device.type == "cpu" for s in state.values() for t in s.values() if isinstance(t, torch.Tensor))
+    cpu = pretrain(DATASET, DATASET, gpu.path, TINY, replace(QUICK, epochs=2), resume=True)
+    assert cpu.epochs_done == 2
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(FeatcacheError, match="CUDA is not available"):
+        pretrain(DATASET, None, tmp_path / "c.ckpt", TINY, replace(QUICK, device="cuda"))
 
 
 def test_cli_trains_and_resumes_with_the_saved_settings(tmp_path):
