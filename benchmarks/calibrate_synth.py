@@ -216,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         verdict = band(value, lo, hi)
         failed += verdict.endswith("FAIL")
         print(f"  {label:<50} {value:10.4f}  {verdict}")
+    if not 6.5 <= sn <= 8.5:
+        print(f"  note: the S/N band conflicts with the error-floor band: with the continuum at 0.5, a floor of "
+              f"{floor:.3f} allows ||flux||/||noise|| ~ {0.5 / floor:.1f}; S/N 7.5 needs a floor near 0.065 "
+              "(mag ~20.3 here). See data/README.md.")
     print("  other Ridge figures (test R2, alpha/n):")
     for name in ("clean", "noisy", "error"):
         print("    " + name.ljust(6) + "  ".join(f"{t} {r[0]:.3f} (a {r[2]:.0e})" for t, r in results[name].items()))

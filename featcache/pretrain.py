@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,6 @@ class PretrainResult:
     log_path: Path
     yaml_path: Path
     n_kept: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def last(self) -> dict[str, float]:
@@ -601,8 +600,9 @@ def pretrain(train_path: str | os.PathLike[str], val_path: str | os.PathLike[str
     """Train BlindspotModel1D on train_path (validating on val_path each epoch) and write `out`.
 
     Every epoch rewrites `out` (original layout + optimizer/scheduler/metadata for --resume), its YAML,
-    <stem>.mask.npy and <stem>.log.csv. With resume=True the run continues from `out` up to
-    recipe.epochs in total; the architecture and the recipe (bar epochs, time_limit, device) must match.
+    <stem>.mask.npy and <stem>.log.csv. The plateau schedule follows the validation loss (the train loss
+    without val_path). With resume=True the run continues from `out` up to recipe.epochs in total; the
+    architecture and the recipe (bar epochs, time_limit, device) must match.
     """
     recipe = recipe or PretrainRecipe()
     _check_recipe(recipe)

@@ -75,11 +75,11 @@ class Physics:
     t_layer: float = 0.86          # line-forming temperature / T_eff for metal lines
     t_ion: float = 0.95            # ionisation-balance temperature / T_eff (set deeper than the lines)
     log_pe_sun: float = 1.05       # log electron pressure (dyn cm^-2) of the solar line-forming layer
-    dlogpe_dlogg: float = 0.35     # electron pressure vs gravity (~ g^(1/3) in cool atmospheres)
+    dlogpe_dlogg: float = 0.45     # electron pressure vs gravity (g^(1/3) .. g^(1/2); calibrated)
     dlogpe_dmh: float = 0.35       # metals donate the electrons in cool atmospheres
     dlogpe_dtheta: float = -3.75   # ... so P_e falls steeply with temperature
     log_pg_sun: float = 4.95       # log gas pressure (dyn cm^-2), for van der Waals damping
-    dlogpg_dlogg: float = 0.45     # gas pressure of the wing-forming layer vs gravity (calibrated)
+    dlogpg_dlogg: float = 0.55     # gas pressure of the wing-forming layer vs gravity (calibrated)
     dlogpg_dmh: float = -0.25
     dlogpg_dtheta: float = 0.6
     log_tau_scale: float = 10.46   # global line-opacity zero point (Fe I 8688 has W ~ 0.25 A in the Sun)
@@ -92,9 +92,10 @@ class Physics:
     tio_scale: float = -5.4        # zero point of the TiO band strength
     cn_scale: float = -3.3         # zero point of the CN band strength
     wing_b_pixels: float = 1.6     # softening of the rendered damping wings (pixels)
-    n_forest: int = 2500           # pseudo-random weak metal lines (see forest_lines)
-    forest_loggf_mean: float = -2.2
-    forest_loggf_sigma: float = 0.8
+    max_depth: float = 2.5         # total line depth saturates here: flux >= 8% of the continuum
+    n_forest: int = 5000           # pseudo-random metal lines (see forest_lines)
+    forest_loggf_mean: float = -1.6
+    forest_loggf_sigma: float = 1.2
     forest_seed: int = 20240501
 
 
@@ -516,7 +517,12 @@ class SynthModel:
             w_wing = self.wing_b * 10.0 ** _interp_wing(log_c - 2.0 * log_b)
             core = np.maximum(w[:, k] - w_wing, 0.0).astype(np.float32)
             depth[:, lo:hi] += wing + core[:, None] * gauss[None, :]
-        np.negative(depth, out=depth)
+        # line cores never go black (the source function does not vanish): the total depth saturates
+        # at max_depth, so the flux stays above exp(-max_depth) of the continuum
+        dmax = np.float32(self.physics.max_depth)
+        depth *= -1.0 / dmax
+        np.expm1(depth, out=depth)
+        depth *= dmax
         np.exp(depth, out=depth)
         cont = self.planck(labels["T_eff"], self.rest_wave)
         depth *= cont
