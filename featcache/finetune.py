@@ -60,6 +60,7 @@ from .metrics import bootstrap_r2_ci, regression_metrics
 from .noise import add_noise, fresh_stream
 from .pooling import Pooling, get_pooling
 from .progress import progress, status
+from .ridge import is_constant
 from .training import TrainRecipe, TrainResult, make_optimizer
 
 CHECKPOINT_FORMAT = 1
@@ -593,7 +594,7 @@ def _load_splits(opts: FinetuneOptions) -> tuple[dict[str, SplitData], tuple[Pat
             continue
         y = splits[role].y
         std = y.std(axis=0)
-        for j in np.flatnonzero((std == 0) | (std <= 1e-10 * np.abs(y.mean(axis=0)))):
+        for j in np.flatnonzero(is_constant(std, y.mean(axis=0))):
             raise FeatcacheError(f"target '{opts.targets[j]}' is constant on the {split} split "
                                  f"(every value is {y[0, j]:.6g}); nothing to fit")
     return splits, first, int(wave.shape[0])

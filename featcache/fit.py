@@ -26,6 +26,8 @@ from .ridge import RidgeHead, StreamingStats
 from .training import TrainRecipe, TrainResult, train_head
 
 HEAD_FORMAT = 1
+# Part of every fit's identity (compare's cell keys): bump when a change alters the numbers a fit produces.
+FIT_CODE_VERSION = 2  # 2: near-constant float32 feature columns are treated as constant
 
 
 class FeatureMatrix:
@@ -101,7 +103,8 @@ class FitSpec:
         return {"features": [f"{layer}/{pool}" for layer, pool in self.features], "targets": list(self.targets),
                 "head": self.head, "hidden": self.hidden if head_info(self.head).trainable else None,
                 "dropout": self.dropout if head_info(self.head).trainable else None, "recipe": recipe,
-                "alphas": self.alphas, "splits": [self.train_split, self.val_split, self.test_split]}
+                "alphas": self.alphas, "splits": [self.train_split, self.val_split, self.test_split],
+                "code_version": FIT_CODE_VERSION}
 
 
 @dataclass

@@ -34,12 +34,19 @@ from .errors import FeatcacheError
 
 DEFAULT_ALPHA_GRID: tuple[float, float, int] = (1e-4, 1e6, 21)
 DEFAULT_CHUNK_ROWS = 32_768
-# A column whose std is below this fraction of |mean| (or exactly 0) is treated as constant.
-_CONSTANT_RTOL = 1e-10
+# A column whose std is below this fraction of |mean| (or exactly 0) is treated as constant. Cached features
+# are float32 (relative precision 6e-8): a spread under 1e-5 of the level is rounding, not signal, and dividing
+# by it turns a slightly different test value into a z-score of 1e4 or more (seen on a saturated max-pooled
+# channel: train std 6.5e-7 at level 2.26, one test value 2.29).
+CONSTANT_RTOL = 1e-5
 
 
-def _is_constant(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    return (std == 0) | (std <= _CONSTANT_RTOL * np.abs(mean))
+def is_constant(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Columns (or targets) that carry no usable variation on train."""
+    return (std == 0) | (std <= CONSTANT_RTOL * np.abs(mean))
+
+
+_is_constant = is_constant
 
 
 def _target_name(names: Sequence[str] | None, j: int) -> str:

@@ -21,6 +21,7 @@ from torch import nn
 
 from .errors import FeatcacheError
 from .progress import progress as progress_bar
+from .ridge import is_constant
 
 _MOMENT_CHUNK = 65_536
 
@@ -229,10 +230,10 @@ def _train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val:
     y_1d = np.asarray(y_train).ndim == 1
     n, d = Xtr.shape
     x_mean, x_std = _column_moments(Xtr)
-    x_scale = np.where((x_std == 0) | (x_std <= 1e-10 * np.abs(x_mean)), 1.0, x_std)  # constant: scale 1
+    x_scale = np.where(is_constant(x_std, x_mean), 1.0, x_std)  # constant columns: scale 1
     y_mean = ytr.mean(axis=0)
     y_std = ytr.std(axis=0)
-    for j in np.flatnonzero((y_std == 0) | (y_std <= 1e-10 * np.abs(y_mean))):
+    for j in np.flatnonzero(is_constant(y_std, y_mean)):
         raise FeatcacheError(f"target '{_target_name(target_names, j)}' is constant on the train split "
                              f"(every value is {y_mean[j]:.6g}); nothing to fit")
     y_scale = y_std
@@ -244,7 +245,7 @@ def _train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val:
         if yv.shape[1] != ytr.shape[1]:
             raise FeatcacheError(f"validation has {yv.shape[1]} targets; train has {ytr.shape[1]}")
         v_std = yv.std(axis=0)
-        for j in np.flatnonzero((v_std == 0) | (v_std <= 1e-10 * np.abs(yv.mean(axis=0)))):
+        for j in np.flatnonzero(is_constant(v_std, yv.mean(axis=0))):
             raise FeatcacheError(f"target '{_target_name(target_names, j)}' is constant on the validation "
                                  "split; validation R2 is undefined")
         xv = _standardised_tensor(Xv, x_mean, x_scale, device)

@@ -233,3 +233,22 @@ def test_training_without_validation_and_with_constant_feature():
     assert result.best_val_r2 is None and result.best_epoch == 3 and result.x_scale[3] == 1.0
     pred = result.predict(X)
     assert pred.shape == (200, 2) and np.all(np.isfinite(pred))
+
+
+def test_near_constant_float32_column_is_not_amplified():
+    """A column whose train spread is float32 rounding (std 6.5e-7 at 2.26) must not blow up a test row."""
+    from featcache.ridge import RidgeHead
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 5)).astype(np.float32)
+    X[:, 4] = np.float32(2.2577582) + rng.choice([0, 1], 400).astype(np.float32) * np.float32(2.4e-7)
+    y = X[:, 0] - 0.5 * X[:, 1] + 0.1 * rng.standard_normal(400)
+    Xt = X[:50].copy()
+    Xt[0, 4] = 2.29  # a test value just outside the train rounding spread
+    ridge = RidgeHead().fit(X[:300], y[:300], X[300:], y[300:])
+    assert ridge.coef_[4] == 0.0
+    pred = ridge.predict(Xt)
+    assert np.abs(pred - y[:50]).max() < 1.0
+    mlp = train_head(create_head("mlp_1", 5, 1, seed=0), X[:300], y[:300], X[300:], y[300:],
+                     TrainRecipe(max_epochs=3), progress=False)
+    assert np.abs(mlp.predict(Xt) - y[:50]).max() < 5.0
