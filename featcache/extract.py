@@ -659,7 +659,10 @@ def compute_block(plan: ExtractPlan, task: BlockTask, noisy: np.ndarray, sigma: 
             maps: dict[str, torch.Tensor] = {}
             if taps:
                 channels = [noisy[b0:b1], sigma[b0:b1]] if model.config.input_sigma else [noisy[b0:b1]]
-                x = torch.from_numpy(np.stack(channels, axis=1)).to(plan.device, non_blocking=True)
+                x = torch.from_numpy(np.stack(channels, axis=1))
+                if plan.device.type == "cuda":  # pinned host memory makes the copy asynchronous
+                    x = x.pin_memory()
+                x = x.to(plan.device, non_blocking=True)
                 if autocast is not None:
                     with torch.autocast(device_type=plan.device.type, dtype=autocast):
                         maps.update(model.encode(x, taps, opts.direction))
