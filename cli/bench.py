@@ -9,7 +9,7 @@ import click
 from .common import command, echo_result
 
 
-@command("bench", short_help="Measure extraction vs bare encoder, memory, 2-rank speed-up and fit times.")
+@command("bench", short_help="Time extraction vs the bare encoder, memory, ranks, fits.")
 @click.option("--quick", is_flag=True, help="Tiny sizes (seconds): checks that every measurement runs.")
 @click.option("--arch", default=None, help="Encoder shape to time (default l9e48k25s1bn1d1; quick: l4e8k5s1bn1d1).")
 @click.option("--n", "n_spectra", type=int, default=None, help="Synthetic spectra to extract (default 2048).")

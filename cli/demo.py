@@ -9,7 +9,7 @@ import click
 from .common import command, echo_result
 
 
-@command("demo", short_help="Run synth -> extract -> fit -> compare on the embedded default; print the table.")
+@command("demo", short_help="Run synth, extract, fit, compare on the embedded default.")
 @click.option("--size", type=click.Choice(["quick", "standard"]), default="quick", show_default=True,
               help="quick: a few hundred spectra (under a minute); standard: 20k train / 1k val / 1k test.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,

@@ -17,7 +17,7 @@ def resolve_unfreeze(freeze_encoder: bool, unfreeze: str | None) -> str:
     return "none" if freeze_encoder else (unfreeze or "all")
 
 
-@command("finetune", short_help="Train encoder and head end to end from the HDF5 files (one process or torchrun).")
+@command("finetune", short_help="Train encoder and head end to end (one process or torchrun).")
 @click.option("--ckpt", type=click.Path(path_type=Path), required=True, help="Encoder checkpoint to start from.")
 @click.option("--dilation", type=int, default=None,
               help="Encoder dilation (default: YAML beside the checkpoint, the d<N> name token, else 1).")

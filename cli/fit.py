@@ -50,7 +50,7 @@ def make_recipe(seed: int, max_epochs: int, batch_size: int, lr: float, weight_d
     return recipe
 
 
-@command("fit", short_help="Fit a ridge or MLP head on cached features; report val and test metrics.")
+@command("fit", short_help="Fit a ridge or MLP head on cached features.")
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path), required=True, help="Feature cache (.zarr).")
 @click.option("--layer", default=None, help="Layer of the feature (with --pool).")
 @click.option("--pool", default=None, help="Pooling of the feature (with --layer).")

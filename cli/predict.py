@@ -9,7 +9,7 @@ import click
 from .common import UserError, command, echo_result
 
 
-@command("predict", short_help="Apply a fitted head to a cache split; write predictions (.npz or .csv).")
+@command("predict", short_help="Apply a fitted head to a split of a feature cache.")
 @click.option("--head", "run_dir", type=click.Path(path_type=Path), required=True,
               help="Run directory written by featcache fit (holds head.pt).")
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path), required=True, help="Feature cache (.zarr).")

@@ -33,7 +33,7 @@ def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
     return splits
 
 
-@command("pretrain", short_help="Train the full BlindspotModel1D (T1/E1/E2) and write an encoder checkpoint.")
+@command("pretrain", short_help="Train the blind-spot denoiser; write an encoder checkpoint.")
 @click.option("--data", "data", multiple=True, required=True, metavar="SPLIT=FILE",
               help="train=FILE.h5 (required) and val=FILE.h5 (validation loss and reconstruction S/N).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),

@@ -10,7 +10,7 @@ import click
 from .common import command, echo_result
 
 
-@command("synth", short_help="Write synthetic PFS red-arm spectra (the calibrated default benchmark).")
+@command("synth", short_help="Write calibrated synthetic PFS red-arm spectra (HDF5).")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of spectra.")
 @click.option("--seed", type=click.IntRange(min=0), required=True,
