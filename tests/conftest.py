@@ -27,6 +27,18 @@ def reference() -> dict[str, np.ndarray]:
         return {k: ref[k] for k in ref.files}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared, oversubscribed CPU two spinning threads run several times
+    slower (the results do not depend on it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(*args: str, check: bool = True):
     """Run `featcache ARGS` in-process; returns click's Result."""
     from featcache_cli.main import cli

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from featcache.checkpoint import load_encoder
@@ -22,12 +21,8 @@ TEST_SEED = 4242
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, oversubscribed CPU two spinning threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """These tests train or evaluate convolutions: run them on one torch thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,8 @@ QUICK = PretrainRecipe(epochs=3, batch_size=3, lr=1e-2, max_train=8, max_val=4, 
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, oversubscribed CPU two spinning threads run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """These tests train or evaluate convolutions: run them on one torch thread (see conftest)."""
 
 
 def write_h5(path: Path, flux: np.ndarray, error: np.ndarray, noisy: np.ndarray | None = None,
