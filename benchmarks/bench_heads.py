@@ -20,10 +20,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved mlp_1 / bare runs; fastest kept")
     parser.add_argument("--no-sklearn", action="store_true")
     args = parser.parse_args()
     result = run_heads_benchmark(args.n, args.d, args.epochs, args.seed, include_sklearn=not args.no_sklearn,
-                                 threads=args.threads)
+                                 threads=args.threads, repeats=args.repeats)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, indent=1))
 
 

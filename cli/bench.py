@@ -20,15 +20,18 @@ from .common import command, echo_result
 @click.option("--heads-rows", type=int, default=None, help="Rows of the head benchmark (default 100000).")
 @click.option("--no-shards", is_flag=True, help="Skip the 1-process vs 2-rank comparison.")
 @click.option("--no-heads", is_flag=True, help="Skip the ridge / mlp_1 fit timings.")
+@click.option("--memory-scale", type=click.IntRange(min=0), default=None,
+              help="Also compare peak RSS at N and this many times N spectra (default 16; 0 or 1 skips).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Where the synthetic file and caches go (default: a temporary directory).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench.json"), show_default=True)
 def command(quick: bool, arch: str | None, n_spectra: int | None, batch_size: int | None, device: str,
             dtypes: tuple[str, ...], heads_rows: int | None, no_shards: bool, no_heads: bool,
-            workdir: Path | None, out: Path) -> None:
+            memory_scale: int | None, workdir: Path | None, out: Path) -> None:
     """Time the pipeline on synthetic data and write the figures to --out (JSON) and stdout.
 
-    Figures are ratios measured in one run (extraction vs the bare encoder, extra poolings, 2 ranks vs 1)
+    Figures are ratios measured in one run (extraction vs the bare encoder, extra poolings, 2 ranks vs 1,
+    peak memory at N vs 16 N)
     plus spectra/s, peak resident memory and head fit seconds.
 
     \b
@@ -39,7 +42,7 @@ def command(quick: bool, arch: str | None, n_spectra: int | None, batch_size: in
     from featcache.bench import BenchConfig, format_bench, run_bench
 
     overrides = {k: v for k, v in {"arch": arch, "n_spectra": n_spectra, "batch_size": batch_size,
-                                   "heads_rows": heads_rows}.items() if v is not None}
+                                   "heads_rows": heads_rows, "memory_scale": memory_scale}.items() if v is not None}
     overrides.update(device=device, shards=not no_shards, heads=not no_heads, workdir=workdir, out=out)
     if dtypes:
         overrides["dtypes"] = tuple(dtypes)

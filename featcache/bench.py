@@ -35,6 +35,8 @@ class BenchConfig:
     heads_dim: int = 384
     heads_epochs: int = 50
     shards: bool = True
+    memory_arch: str = "l4e8k5s1bn1d1"  # small encoder for the N-scaling of the pipeline's own memory
+    memory_scale: int = 16  # peak RSS extracting n and memory_scale * n spectra
     heads: bool = True
     workdir: Path | None = None
     out: Path | None = Path("reports/bench.json")
@@ -43,7 +45,7 @@ class BenchConfig:
     def quick(cls, **overrides: Any) -> BenchConfig:
         """Tiny sizes for the test suite: exercises every measurement, times nothing meaningful."""
         base = dict(arch="l4e8k5s1bn1d1", n_spectra=96, batch_size=32, heads_rows=600, heads_dim=16,
-                    heads_epochs=2)
+                    heads_epochs=2, memory_scale=2)
         base.update(overrides)
         return cls(**base)
 
@@ -79,18 +81,19 @@ def bare_encoder_rate(arch: str, n_pixels: int, batch_size: int, n_spectra: int,
 
 
 _EXTRACT_SNIPPET = """
-import json, sys
+import json, resource, sys
 from pathlib import Path
 from featcache.extract import ExtractOptions, run_extract
 options = ExtractOptions(**json.loads(sys.argv[1]))
 options.out = Path(options.out)
 report = run_extract(options)
-print(json.dumps({"rows": report.rows_done, "compute_seconds": report.compute_seconds, "seconds": report.seconds}))
+print(json.dumps({"rows": report.rows_done, "compute_seconds": report.compute_seconds, "seconds": report.seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
 def extract_in_subprocess(options: dict[str, Any], launcher: list[str] | None = None) -> dict[str, Any]:
-    """Run one extraction in a fresh process; its rates plus the process's peak resident memory (MB)."""
+    """Run one extraction in a fresh process; its rates plus (API runs) that process's own peak resident memory."""
     env = {**os.environ, "FEATCACHE_QUIET": "1"}
     if launcher:
         command = [*launcher, "-m", "featcache", "extract", *options["cli"]]
@@ -102,10 +105,7 @@ def extract_in_subprocess(options: dict[str, Any], launcher: list[str] | None = 
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark extraction failed:\n{stderr[-2000:]}")
-    import resource
-
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    result: dict[str, Any] = {"wall_seconds": wall, "peak_rss_mb_children_max": peak_mb}
+    result: dict[str, Any] = {"wall_seconds": wall}
     if not launcher:
         result.update(json.loads(stdout.strip().splitlines()[-1]))
     return result
@@ -122,6 +122,29 @@ def hdf5_read_rate(path: Path, block: int = 1024) -> float:
             e = min(s + block, ds.n_rows)
             total += ds.read_raw("flux", s, e).nbytes + ds.read_raw("error", s, e).nbytes
     return total / 1e6 / (time.perf_counter() - start)
+
+
+def memory_vs_n(config: BenchConfig, workdir: Path, small: Path) -> dict[str, Any]:
+    """Peak RSS of whole extraction processes at n and k*n spectra (small encoder: the pipeline's own memory).
+
+    Blocks stream through bounded queues, so the two should agree; their difference is what 100k spectra
+    would add to the large encoder's figure."""
+    from .synth import write_synth
+
+    large = workdir / f"synth-{config.memory_scale * config.n_spectra}.h5"
+    if not large.exists():
+        write_synth(large, config.memory_scale * config.n_spectra, seed=1)
+    peaks = {}
+    for path in (small, large):
+        api = {"data": [f"train={path}"], "out": str(workdir / f"mem-{path.stem}.zarr"), "random_init": True,
+               "arch": config.memory_arch, "layers": ["enc_pre_latent", "enc_last"],
+               "pools": ["global_mean", "mean_max", "seg_mean_K8"], "batch_size": config.batch_size,
+               "device": config.device, "mask": "quantile:0.85"}
+        run = extract_in_subprocess({"api": api, "cli": []})
+        peaks[run["rows"]] = run["peak_rss_mb"]
+    (n_small, rss_small), (n_large, rss_large) = sorted(peaks.items())
+    return {"arch": config.memory_arch, "n_small": n_small, "peak_rss_mb_small": rss_small, "n_large": n_large,
+            "peak_rss_mb_large": rss_large, "ratio": rss_large / rss_small}
 
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
@@ -167,13 +190,17 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         rate = run["rows"] / run["compute_seconds"]
         extract[dtype] = {"spectra_per_s": rate, "end_to_end_spectra_per_s": run["rows"] / run["seconds"],
                           "ratio_to_bare_encoder": rate / results["bare_encoder_spectra_per_s"][dtype],
-                          "peak_rss_mb": run["peak_rss_mb_children_max"]}
-    status("bench: one layer x one pooling")
-    single = extract_in_subprocess(extract_options(workdir / "x-one.zarr", *one))
+                          "peak_rss_mb": run["peak_rss_mb"]}
+    first = config.dtypes[0]
+    status(f"bench: one layer x one pooling ({first})")
+    single = extract_in_subprocess(extract_options(workdir / "x-one.zarr", *one, dtype=first))
     single_rate = single["rows"] / single["compute_seconds"]
     extract["one_layer_one_pool_spectra_per_s"] = single_rate
-    extract["cost_of_second_layer_and_two_more_pools"] = single_rate / extract["float32"]["spectra_per_s"] - 1.0
+    extract["cost_of_second_layer_and_two_more_pools"] = single_rate / extract[first]["spectra_per_s"] - 1.0
     results["extract"] = extract
+    if config.memory_scale > 1:
+        status(f"bench: peak memory at {config.n_spectra} vs {config.memory_scale * config.n_spectra} spectra")
+        results["memory_vs_n"] = memory_vs_n(config, workdir, data)
     results["hdf5_read_mb_per_s"] = hdf5_read_rate(data)
     if config.shards:
         status("bench: 1 process vs 2 torchrun ranks")
@@ -205,12 +232,17 @@ def format_bench(results: dict[str, Any]) -> str:
                      f"spectra/s = {ex['ratio_to_bare_encoder']:.2f} x bare | peak RSS {ex['peak_rss_mb']:.0f} MB")
     cost = 100 * results["extract"]["cost_of_second_layer_and_two_more_pools"]
     lines.append(f"  a second layer + 2 more poolings add {cost:+.1f}% to the time per spectrum")
+    if "memory_vs_n" in results:
+        mem = results["memory_vs_n"]
+        lines.append(f"  peak RSS vs N ({mem['arch']}): {mem['n_small']} spectra {mem['peak_rss_mb_small']:.0f} MB, "
+                     f"{mem['n_large']} spectra {mem['peak_rss_mb_large']:.0f} MB ({mem['ratio']:.2f} x)")
     lines.append(f"  HDF5 read {results['hdf5_read_mb_per_s']:.0f} MB/s")
     if "sharded" in results:
         sh = results["sharded"]
         lines.append(f"  2 torchrun ranks vs 1 process: {sh['speedup']:.2f} x ({sh['one_process_wall_s']:.1f} s -> "
                      f"{sh['two_ranks_wall_s']:.1f} s)")
     if "heads" in results:
-        lines.append("  heads: " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
-                                               for k, v in results["heads"].items() if not isinstance(v, dict)}))
+        scalars = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in results["heads"].items()
+                   if not isinstance(v, (dict, list))}
+        lines.append("  heads: " + json.dumps(scalars))
     return "\n".join(lines)

@@ -134,6 +134,16 @@ def make_optimizer(params: Any, lr: float, weight_decay: float,
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ (2-norm, foreach) without its per-call grouping: bitwise the same
+    result, fewer dispatches per step (clipping is a visible share of a small head's step on CPU)."""
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
+
+
 def _target_name(names: Sequence[str] | None, j: int) -> str:
     return str(names[j]) if names is not None and j < len(names) else str(j)
 
@@ -279,7 +289,7 @@ def _train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any, y_val:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip is not None:
-                    nn.utils.clip_grad_norm_(params, clip, foreach=True)
+                    clip_grad_norm([p.grad for p in params if p.grad is not None], clip)
                 opt.step()
                 loss_sum += loss.detach() * idx.shape[0]
             train_loss = loss_sum.item() / n

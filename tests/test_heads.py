@@ -18,7 +18,7 @@ from featcache.errors import FeatcacheError
 from featcache.heads import count_parameters, create_head, is_trainable, list_heads
 from featcache.metrics import bias, bootstrap_r2_ci, mae, r2, regression_metrics, rmse
 from featcache.ridge import RidgeHead, StreamingStats
-from featcache.training import TrainRecipe, TrainResult, train_head
+from featcache.training import TrainRecipe, TrainResult, clip_grad_norm, train_head
 
 
 def linear_data(n: int = 600, d: int = 30, t: int = 1, seed: int = 0):
@@ -252,3 +252,18 @@ def test_near_constant_float32_column_is_not_amplified():
     mlp = train_head(create_head("mlp_1", 5, 1, seed=0), X[:300], y[:300], X[300:], y[300:],
                      TrainRecipe(max_epochs=3), progress=False)
     assert np.abs(mlp.predict(Xt) - y[:50]).max() < 5.0
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])  # clipping active, and a no-op
+def test_lean_gradient_clipping_equals_torch(max_norm):
+    model = create_head("mlp_1", 24, 2, seed=3)
+    grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(model.parameters())]
+    for p, g in zip(model.parameters(), grads, strict=True):
+        p.grad = g.clone()
+    expected_total = torch.nn.utils.clip_grad_norm_(list(model.parameters()), max_norm, foreach=True)
+    expected = [p.grad.clone() for p in model.parameters()]
+    ours = [g.clone() for g in grads]
+    total = clip_grad_norm(ours, max_norm)
+    assert torch.equal(total, expected_total)
+    assert all(torch.equal(a, b) for a, b in zip(ours, expected, strict=True))
+    assert (max_norm > 1e5) == all(torch.equal(a, g) for a, g in zip(ours, grads, strict=True))

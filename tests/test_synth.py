@@ -18,7 +18,7 @@ from featcache.synth import (
     write_synth,
 )
 
-from .conftest import run_cli
+from .conftest import DATASET, run_cli
 
 ARRAYS = ("flux", "error", "noisy")
 
@@ -115,6 +115,23 @@ def test_calibration_smoke_noise_regime():
     faint = generate_block(5, 0, 50, mag=22.5)
     assert np.array_equal(faint["flux"], out["flux"][:50])
     assert np.median(faint["error"]) > 2 * floor
+
+
+def test_noise_regime_matches_the_real_fixture():
+    """The shared fixture was written by the real simulator at mag 21.5 (its snr column says 7.5): synth at
+    mag 21.5 must reproduce its measured S/N, continuum level and error floor, not the nominal column."""
+    with PfsDataset(DATASET) as ds:
+        real_flux, real_error = ds.read_flux(0, ds.n_rows), ds.read_error(0, ds.n_rows)
+        real_noisy = ds.read_noisy(0, ds.n_rows)
+        assert np.all(ds.params()["snr"] == 7.5)
+    real_snr = np.median(np.linalg.norm(real_flux, axis=1) / np.linalg.norm(real_noisy - real_flux, axis=1))
+    out = generate_block(7, 0, 200)
+    flux = out["flux"].astype(np.float64)
+    synth_snr = np.median(np.linalg.norm(flux, axis=1) / np.linalg.norm(out["noisy"] - flux, axis=1))
+    assert 2.5 < real_snr < 3.0  # what ||flux|| / ||noisy - flux|| gives on real files at "snr 7.5"
+    assert synth_snr == pytest.approx(real_snr, rel=0.05)
+    assert np.median(out["flux"]) == pytest.approx(np.median(real_flux), rel=0.1)
+    assert np.median(out["error"]) == pytest.approx(np.median(real_error), rel=0.1)
 
 
 def test_cli_synth_writes_and_reports(tmp_path):
