@@ -22,6 +22,9 @@ from .fit import make_recipe, parse_alphas, recipe_options
 @click.option("--pool", "pools", multiple=True, help="Only these poolings (repeatable; default: all).")
 @click.option("--seeds", type=int, default=1, show_default=True,
               help="Fit trainable heads with seeds SEED..SEED+N-1; cells show mean ± std.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train MLP cells in this many processes at once, cpus/N torch threads each (small heads use "
+                   "cores better this way than with more threads).")
 @click.option("--run", "runs", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
               help="Add rows from a featcache fit / finetune run directory (repeatable).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
@@ -34,7 +37,7 @@ from .fit import make_recipe, parse_alphas, recipe_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/compare"), show_default=True,
               help="Report directory (finished fits are kept in OUT/cells and reused).")
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
-            pools: tuple[str, ...], seeds: int, runs: tuple[Path, ...], baselines: bool, plots: bool,
+            pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool, plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: float, weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float,
             alphas: str | None, device: str, out: Path) -> None:
@@ -58,6 +61,6 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
                      hidden=hidden, dropout=dropout, alphas=parse_alphas(alphas), runs=list(runs), out=out,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
-                     test_split=test_split, plots=plots)
+                     test_split=test_split, plots=plots, jobs=jobs)
     echo_result(result.markdown.rstrip())
     status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

@@ -212,18 +212,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _fit_once(task: Task) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    result = fit_head(task.source.cache, task.spec, progress=False)
+def _task_info(task: Task) -> dict[str, Any]:
+    """The labels a fit record carries (plain values: they travel to worker processes)."""
+    return {"key": task.key, "cache": str(task.source.path), "cache_fingerprint": task.source.cache.fingerprint,
+            "encoder": task.encoder, "kind": task.kind, "layer": task.layer, "pool": task.pool,
+            "width": task.width, "head": task.head, "target": task.target, "seed": task.seed}
+
+
+def _fit_record(cache: FeatureCache, spec: FitSpec, info: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                                   dict[str, np.ndarray]]:
+    """One fit: its stored record (metrics per role, sizes, chosen alpha/epoch) and its predictions."""
+    result = fit_head(cache, spec, progress=False)
     record: dict[str, Any] = {
-        "format": CELL_FORMAT, "key": task.key, "cache": str(task.source.path),
-        "cache_fingerprint": task.source.cache.fingerprint, "encoder": task.encoder, "kind": task.kind,
-        "layer": task.layer, "pool": task.pool, "width": task.width, "head": task.head, "target": task.target,
-        "seed": task.seed, "spec": task.spec.describe(), "in_dim": result.in_dim, "chosen": result.chosen,
+        "format": CELL_FORMAT, **info, "spec": spec.describe(), "in_dim": result.in_dim, "chosen": result.chosen,
         "fit_seconds": result.seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": {}, "n": {}}
-    for role, split in (("train", task.spec.train_split), ("val", task.spec.val_split),
-                        ("test", task.spec.test_split)):
+    target = info["target"]
+    for role, split in (("train", spec.train_split), ("val", spec.val_split), ("test", spec.test_split)):
         entry = result.metrics["splits"][split]
-        record["metrics"][role] = entry["targets"][task.target]
+        record["metrics"][role] = entry["targets"][target]
         record["n"][role] = entry["n"]
     arrays: dict[str, np.ndarray] = {}
     for role in ("val", "test"):
@@ -232,6 +238,73 @@ def _fit_once(task: Task) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         arrays[f"{role}_pred"] = np.asarray(pred["pred"])[:, 0]
         arrays[f"{role}_index"] = np.asarray(pred["index"])
     return record, arrays
+
+
+def _fit_once(task: Task) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    return _fit_record(task.source.cache, task.spec, _task_info(task))
+
+
+_WORKER_CACHES: dict[str, FeatureCache] = {}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["FEATCACHE_QUIET"] = "1"
+
+
+def _fit_in_worker(cache_path: str, spec: FitSpec, info: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                                  dict[str, np.ndarray]]:
+    """A fit in a --jobs worker process: the cache is opened once per process."""
+    if cache_path not in _WORKER_CACHES:
+        _WORKER_CACHES[cache_path] = open_cache(cache_path)
+    return _fit_record(_WORKER_CACHES[cache_path], spec, info)
+
+
+def _available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _run_fits(todo: list[Task], jobs: int, save: Any, bar: Any) -> None:
+    """Make the fits: closed-form heads here (fast, all threads), trainable ones in `jobs` worker processes
+    with cpus // jobs torch threads each (small heads scale better across processes than across threads)."""
+
+    def done(task: Task, result: tuple[dict[str, Any], dict[str, np.ndarray]]) -> None:
+        save(task, *result)
+        if bar is not None:
+            bar.update(1)
+
+    parallel = [t for t in todo if head_info(t.head).trainable] if jobs > 1 else []
+    if len(parallel) < 2:
+        parallel = []
+    for task in todo:
+        if task in parallel:
+            continue
+        if bar is not None:
+            bar.set_postfix_str(f"{task.encoder} {task.layer}/{task.pool} {task.head} {task.target}", refresh=False)
+        done(task, _fit_once(task))
+    if not parallel:
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, _available_cpus() // jobs)
+    status(f"compare: {len(parallel)} trainable fits in {jobs} processes x {threads} torch threads")
+    # spawn, not fork: a forked child of a process that already ran OpenMP/oneDNN code can hang
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {pool.submit(_fit_in_worker, str(t.source.path), t.spec, _task_info(t)): t for t in parallel}
+        try:
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    done(futures[future], future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 # -- aggregation ------------------------------------------------------------------------------------------
@@ -453,9 +526,13 @@ def compare(caches: Mapping[str, str | Path] | Sequence[str | Path | tuple[str |
             hidden: int = 256, dropout: float = 0.1, alphas: list[float] | None = None,
             runs: Sequence[str | Path] = (), out: str | Path = "reports/compare", baselines: bool = True,
             device: str = "auto", train_split: str = "train", val_split: str = "val", test_split: str = "test",
-            n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True) -> CompareResult:
+            n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True, jobs: int = 1) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
-    write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1."""
+    write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
+
+    jobs > 1 trains the MLP cells in that many worker processes (each with cpus // jobs torch threads);
+    a cell's numbers can then differ from a jobs=1 run in the last float32 bits (thread count changes the
+    order of sums), never in what is fitted or chosen."""
     import pandas as pd
 
     out = Path(out)
@@ -465,6 +542,8 @@ def compare(caches: Mapping[str, str | Path] | Sequence[str | Path | tuple[str |
         head_info(head)  # lists the registered heads if unknown
     if seeds < 1:
         raise FeatcacheError(f"--seeds must be at least 1, got {seeds}")
+    if jobs < 1:
+        raise FeatcacheError(f"--jobs must be at least 1, got {jobs}")
     recipe = recipe or TrainRecipe()
     recipe.validate()
     run_dirs = [read_run(r) for r in runs]
@@ -522,16 +601,16 @@ def compare(caches: Mapping[str, str | Path] | Sequence[str | Path | tuple[str |
     if todo:
         status(f"compare: {len(todo)} fits to make, {reused} reused from {store.dir}")
     bar = progress(total=len(todo), desc="compare", unit="fit") if show_progress else None
-    for task in todo:
-        if bar is not None:
-            bar.set_postfix_str(f"{task.encoder} {task.layer}/{task.pool} {task.head} {task.target}", refresh=False)
-        record, arrays = _fit_once(task)
+
+    def save(task: Task, record: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         store.save(task.key, record, arrays)
         done[task.key] = (record, arrays)
+
+    try:
+        _run_fits(todo, jobs, save, bar)
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
 
     rows: list[dict[str, Any]] = []
     predictions: list[tuple[np.ndarray, np.ndarray]] = []

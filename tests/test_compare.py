@@ -180,3 +180,23 @@ def test_bad_compare_requests(caches, tmp_path, args, fragments):
     result = run_cli("compare", *cache_args(caches), *args, "-q", "--out", tmp_path / "r", check=False)
     assert_cli_error(result, *fragments)
     assert not (tmp_path / "r" / "cells").exists()
+
+
+def test_jobs_fill_the_same_cells_as_one_process(caches, tmp_path):
+    """--jobs 2 trains the MLP cells in worker processes: same cells, same fits (up to float32 summation
+    order), ridge cells bitwise equal, and a re-run with either setting refits nothing."""
+    kwargs = dict(heads=["ridge", "mlp_1"], layers=["enc_last"], pools=["global_mean", "seg_mean_K4"],
+                  baselines=False, recipe=TrainRecipe(max_epochs=3), plots=False, show_progress=False)
+    serial = compare(caches, ["log_g"], out=tmp_path / "serial", **kwargs)
+    parallel = compare(caches, ["log_g"], out=tmp_path / "parallel", jobs=2, **kwargs)
+    assert parallel.fitted == serial.fitted == 8
+    a, b = serial.table, parallel.table
+    assert a["keys"].tolist() == b["keys"].tolist()
+    ridge = a["head"] == "ridge"
+    assert a.loc[ridge, "test_r2"].tolist() == b.loc[ridge, "test_r2"].tolist()
+    np.testing.assert_allclose(b.loc[~ridge, "test_r2"], a.loc[~ridge, "test_r2"], atol=1e-4)
+    assert b["chosen_epochs"].tolist() == a["chosen_epochs"].tolist()
+    again = compare(caches, ["log_g"], out=tmp_path / "parallel", jobs=2, **kwargs)
+    assert again.fitted == 0 and again.reused == 8
+    with pytest.raises(compare_module.FeatcacheError, match="--jobs"):
+        compare(caches, ["log_g"], out=tmp_path / "x", jobs=0, **kwargs)
