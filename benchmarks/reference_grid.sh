@@ -11,7 +11,7 @@ DATA=${DATA:-data/synth/grid}
 CACHE=${CACHE:-cache}
 OUT=${OUT:-reports/synth-logg}
 ENC=${ENC:-data/encoders/demo-l9e16k9s1bn1d1.ckpt}
-FT_TRAIN=${FT_TRAIN:-5000}   # fine-tuning runs the encoder every epoch: a 5k subset keeps it to CPU minutes
+FT_TRAIN=${FT_TRAIN:-10000}  # fine-tuning runs the encoder every epoch: a 10k subset keeps it to CPU minutes
 FT_EPOCHS=${FT_EPOCHS:-8}
 mkdir -p "$DATA" "$CACHE" "$OUT/runs"
 
@@ -32,8 +32,11 @@ GRID=(--layer enc_pre_latent --layer enc_last --pool global_mean,mean_max,seg_me
   --out "$CACHE/synth-demo.zarr"
 "$FC" extract --ckpt "$ENC" --random-init --init-seed 0 "${COMMON[@]}" "${GRID[@]}" --out "$CACHE/synth-random.zarr"
 
+# the cache's own mask (made from all 100k train errors), so the fine-tuning rows see the same pixels
+${PYTHON:-.venv/bin/python} -c "import sys, numpy, featcache; numpy.save(sys.argv[2], featcache.open_cache(sys.argv[1]).mask)" \
+  "$CACHE/synth-demo.zarr" "$OUT/mask.npy"
 FT=(--ckpt "$ENC" --data "train=$DATA/train-n100000-s201.h5:0:$FT_TRAIN" --data "val=$DATA/val-n1000-s202.h5"
-    --data "test=$DATA/test-n1000-s203.h5" --mask quantile:0.85 --noise-seed 42
+    --data "test=$DATA/test-n1000-s203.h5" --mask "$OUT/mask.npy" --noise-seed 42
     --layer enc_pre_latent --pool seg_mean_K8 --head mlp_1 --target log_g)
 [ -f "$OUT/runs/frozen-K8-mlp_1/metrics.json" ] || \
   "$FC" finetune "${FT[@]}" --freeze-encoder --noise fresh --max-epochs "$FT_EPOCHS" --out "$OUT/runs/frozen-K8-mlp_1"
@@ -42,5 +45,5 @@ FT=(--ckpt "$ENC" --data "train=$DATA/train-n100000-s201.h5:0:$FT_TRAIN" --data 
     --out "$OUT/runs/finetuned-K8-mlp_1"
 
 "$FC" compare --cache "demo encoder=$CACHE/synth-demo.zarr" --cache "random init=$CACHE/synth-random.zarr" \
-  --target log_g --head ridge --head mlp_1 \
+  --target log_g --head ridge --head mlp_1 --jobs "${JOBS:-2}" \
   --run "$OUT/runs/frozen-K8-mlp_1" --run "$OUT/runs/finetuned-K8-mlp_1" --out "$OUT"

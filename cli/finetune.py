@@ -31,6 +31,12 @@ def resolve_unfreeze(freeze_encoder: bool, unfreeze: str | None) -> str:
 @click.option("--unfreeze", default=None, metavar="all|last:K",
               help="Encoder blocks to train: all the tap uses, or the last K of them (default: all).")
 @click.option("--encoder-lr", type=float, default=1e-4, show_default=True, help="AdamW learning rate of the encoder.")
+@click.option("--batchnorm", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
+              help="BatchNorm while the encoder trains: keep the pretrained running statistics, or normalise the "
+                   "unfrozen blocks with batch statistics (and update theirs).")
+@click.option("--scale-floor", type=float, default=0.1, show_default=True,
+              help="While the encoder trains, no feature column is scaled by less than this x the median "
+                   "column std (near-constant channels would otherwise explode).")
 @click.option("--noise", type=click.Choice(["fresh", "fixed"]), default="fresh", show_default=True,
               help="Train noise: new draws each epoch, or the extract noise (draw 0). Val/test use draw 0.")
 @click.option("--noise-level", type=float, default=1.0, show_default=True, help="noisy = flux + eps*error*level.")
@@ -57,6 +63,7 @@ def resolve_unfreeze(freeze_encoder: bool, unfreeze: str | None) -> str:
 @click.pass_context
 def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[str, ...], layer: str, pool: str,
             head: str | None, targets: tuple[str, ...], freeze_encoder: bool, unfreeze: str | None,
+            batchnorm: str, scale_floor: float,
             encoder_lr: float, noise: str, noise_level: float, noise_seed: int, mask: str, direction: str,
             init_head: Path | None, train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int,
             batch_size: int, lr: float, weight_decay: float, patience: int, grad_clip: float, hidden: int,
@@ -85,7 +92,8 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
         ckpt=ckpt, data=list(data), targets=list(targets), out=out, layer=layer, pool=pool, head=head,
         hidden=hidden, dropout=dropout,
         recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
-        unfreeze=resolve_unfreeze(freeze_encoder, unfreeze), encoder_lr=encoder_lr, noise=noise,
+        unfreeze=resolve_unfreeze(freeze_encoder, unfreeze), encoder_lr=encoder_lr, batchnorm=batchnorm,
+        scale_floor=scale_floor, noise=noise,
         noise_level=noise_level, noise_seed=noise_seed, mask=mask, direction=direction, dilation=dilation,
         init_head=init_head, train_split=train_split, val_split=val_split or None, test_split=test_split or None,
         block_rows=block_rows, eval_batch_size=eval_batch_size, device=device, resume=resume, overwrite=overwrite,

@@ -7,7 +7,15 @@ choices below make `--freeze-encoder --noise fixed` compute what `extract` + `fi
 - Standardisation: mean and population std of the *initial* encoder's train features under the extract
   noise (draw 0), in one streamed pass before training (fit's standardisation of the same cache); kept
   fixed afterwards (buffers of the model). With --init-head the fit run's own standardisation is used.
-  Targets are standardised on the train labels.
+  Targets are standardised on the train labels. When encoder blocks train, each column's scale is floored
+  at --scale-floor (default 0.1) times the median column scale: a pretrained encoder has near-constant
+  channels (std 1e-6 next to a median of 0.06 in the demo encoder), and dividing by such a std turns the
+  smallest encoder update (Adam moves every weight by about the learning rate) into a feature jump of
+  thousands of standard deviations, which wrecks the head. A --init-head's first layer is rescaled to
+  match, so the starting function is unchanged. A frozen encoder keeps fit's standardisation exactly.
+- BatchNorm: --batchnorm eval (default) keeps every block's BatchNorm on its pretrained running statistics
+  while the weights train (fine-tuning practice for small batches: training and evaluation compute the same
+  function); --batchnorm train normalises the unfrozen blocks with batch statistics and updates theirs.
 - Noise: train rows get fresh noise every epoch (stream fresh_stream(epoch index), keyed by seed and file
   row) with --noise fresh, the extract noise (stream 0) with fixed; validation and test always use the
   extract noise, so their numbers compare with the cache path.
@@ -20,8 +28,9 @@ choices below make `--freeze-encoder --noise fixed` compute what `extract` + `fi
 - Unfreezing: "last K encoder blocks" counts back from the deepest block the tap uses (enc_pre_latent
   with num_layers 5 uses encoders.0..4, so last:2 is encoders.3 and .4). Frozen blocks have
   requires_grad False and stay in eval mode (BatchNorm running statistics unchanged); unfrozen blocks
-  train in train mode. Blocks deeper than the tap and the decoders never run and are never changed, so no
-  parameter that requires grad goes unused and DDP needs no find_unused_parameters.
+  train in train mode (their BatchNorm too only with --batchnorm train). Blocks deeper than the tap and
+  the decoders never run and are never changed, so no parameter that requires grad goes unused and DDP
+  needs no find_unused_parameters.
 - Distributed: WORLD_SIZE > 1 (torchrun) or SLURM_STEP_NUM_TASKS > 1 (srun; then MASTER_ADDR and
   MASTER_PORT must be exported) starts a process group (gloo on CPU, nccl on GPU) and wraps the model in
   DistributedDataParallel. BatchNorm running statistics follow rank 0's (broadcast after each epoch, as
@@ -195,6 +204,8 @@ class FinetuneOptions:
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     unfreeze: str = "all"  # none (--freeze-encoder) | all | last:K
     encoder_lr: float = 1e-4
+    batchnorm: str = "eval"  # eval: pretrained running statistics throughout | train: batch statistics
+    scale_floor: float = 0.1  # trained encoder: feature scale >= this x the median column scale
     noise: str = "fresh"
     noise_level: float = 1.0
     noise_seed: int = 42
@@ -273,8 +284,9 @@ class FinetuneModel(nn.Module):
     """encoder (up to the tap) -> pooling -> (f - x_mean) / x_scale -> head, standardised targets out."""
 
     def __init__(self, encoder: BlindspotModel1D, tap: str, pooling: Pooling, direction: str, head: nn.Module,
-                 x_mean: np.ndarray, x_scale: np.ndarray, unfrozen: list[int]):
+                 x_mean: np.ndarray, x_scale: np.ndarray, unfrozen: list[int], batchnorm: str = "eval"):
         super().__init__()
+        self.batchnorm = batchnorm
         self.encoder = encoder
         self.head = head
         self.tap, self.pooling, self.direction = tap, pooling, direction
@@ -294,12 +306,17 @@ class FinetuneModel(nn.Module):
         return self.head((self.features(x) - self.x_mean) / self.x_scale)
 
     def train(self, mode: bool = True) -> FinetuneModel:
-        """Frozen blocks stay in eval mode even while the rest trains (their BatchNorm statistics are kept)."""
+        """Frozen blocks stay in eval mode even while the rest trains (their BatchNorm statistics are kept);
+        with batchnorm='eval' so does every BatchNorm layer."""
         super().train(mode)
         if mode:
             self.encoder.eval()
             for i in self.unfrozen:
                 self.encoder.encoders[i].train()
+            if self.batchnorm == "eval":
+                for module in self.encoder.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
         return self
 
     def parameter_groups(self, lr: float, encoder_lr: float) -> list[dict[str, Any]]:
@@ -309,6 +326,27 @@ class FinetuneModel(nn.Module):
         if encoder:
             groups.append({"params": encoder, "lr": encoder_lr})
         return groups
+
+
+def floored_scale(scale: np.ndarray, relative_floor: float) -> np.ndarray:
+    """Column scales no smaller than relative_floor x their median over non-zero columns (see the module
+    docstring: why a trained encoder needs it)."""
+    scale = np.asarray(scale, dtype=np.float64)
+    positive = scale[scale > 0]
+    if relative_floor <= 0 or positive.size == 0:
+        return scale
+    return np.maximum(scale, relative_floor * float(np.median(positive)))
+
+
+def rescale_first_layer(head: nn.Module, old_scale: np.ndarray, new_scale: np.ndarray) -> None:
+    """Multiply the first Linear layer's input columns by new/old, so that head((f - m) / new) equals the
+    original head((f - m) / old) exactly in real arithmetic."""
+    first = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise FeatcacheError("the head has no Linear layer to rescale")
+    factor = torch.as_tensor(np.asarray(new_scale) / np.asarray(old_scale), dtype=first.weight.dtype)
+    with torch.no_grad():
+        first.weight.mul_(factor.to(first.weight.device)[None, :])
 
 
 def params_digest(module: nn.Module) -> str:
@@ -535,6 +573,8 @@ def _check_options(opts: FinetuneOptions) -> None:
         (opts.noise in NOISE_MODES, f"--noise {opts.noise}: expected fresh or fixed"),
         (opts.direction in DIRECTIONS, "--direction: " + choices_message("direction", opts.direction, DIRECTIONS)),
         (opts.encoder_lr > 0, f"--encoder-lr must be positive, got {opts.encoder_lr}"),
+        (opts.batchnorm in ("eval", "train"), f"--batchnorm {opts.batchnorm}: expected eval or train"),
+        (0 <= opts.scale_floor < 1, f"--scale-floor must be in [0, 1), got {opts.scale_floor}"),
         (opts.noise_level > 0, f"--noise-level must be positive, got {opts.noise_level}"),
         (opts.block_rows >= 1, f"--block-rows must be >= 1, got {opts.block_rows}"),
         (opts.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {opts.eval_batch_size}"),
@@ -620,6 +660,7 @@ def _settings(opts: FinetuneOptions, encoder_sha: str, unfrozen: list[int], head
     return {"encoder_sha256": encoder_sha, "data": list(opts.data), "layer": opts.layer, "pool": opts.pool,
             "head": head, "hidden": opts.hidden, "dropout": opts.dropout, "targets": list(opts.targets),
             "unfreeze": list(unfrozen), "encoder_lr": opts.encoder_lr, "noise": opts.noise,
+            "batchnorm": opts.batchnorm, "scale_floor": opts.scale_floor if unfrozen else 0.0,
             "noise_level": opts.noise_level, "noise_seed": opts.noise_seed, "mask": opts.mask,
             "direction": opts.direction, "init_head": str(opts.init_head) if opts.init_head else None,
             "splits": [opts.train_split, opts.val_split, opts.test_split], "block_rows": opts.block_rows,
@@ -762,14 +803,22 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
         x_mean, x_scale = np.zeros(in_dim), np.ones(in_dim)
         y_mean, y_scale = train.y.mean(axis=0), train.y.std(axis=0)
     model = FinetuneModel(encoder, opts.layer, pooling, opts.direction, head.to(device), x_mean, x_scale,
-                          unfrozen).to(device)
+                          unfrozen, opts.batchnorm).to(device)
     if state is None and init is None:
         if dist.main:
             status(f"standardisation: pooled {opts.layer}/{opts.pool} of the initial encoder over "
                    f"{train.n} train spectra")
         mean, std = feature_moments(model, train, ctx)
+        scale = np.where(std > 0, std, 1.0)
+        if unfrozen:
+            scale = _floor_scale(scale, opts, dist)
         model.x_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
-        model.x_scale.copy_(torch.from_numpy(np.where(std > 0, std, 1.0).astype(np.float32)))
+        model.x_scale.copy_(torch.from_numpy(scale.astype(np.float32)))
+    elif state is None and init is not None and unfrozen:
+        old = model.x_scale.double().cpu().numpy()
+        new = _floor_scale(old, opts, dist)
+        rescale_first_layer(model.head, old, new)
+        model.x_scale.copy_(torch.from_numpy(new.astype(np.float32)))
     if state is not None:
         y_mean, y_scale = state["y_mean"].numpy(), state["y_scale"].numpy()
     y_mean, y_scale = np.asarray(y_mean, dtype=np.float64), np.asarray(y_scale, dtype=np.float64)
@@ -795,6 +844,15 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
                                     (head_name, hidden, dropout), y_mean, y_scale, mask, dist)
     return FinetuneResult(opts.out, fit_result, outcome.history, outcome.best_epoch, outcome.stopped, seconds,
                           unfrozen, dist.world, dist.rank, weights)
+
+
+def _floor_scale(scale: np.ndarray, opts: FinetuneOptions, dist: Dist) -> np.ndarray:
+    floored = floored_scale(scale, opts.scale_floor)
+    raised = int(np.count_nonzero(floored > scale))
+    if raised and dist.main:
+        status(f"standardisation: {raised} of {scale.size} near-constant feature columns get the scale floor "
+               f"({opts.scale_floor:g} x the median scale) while the encoder trains")
+    return floored
 
 
 def _head_shape(head: nn.Module, opts: FinetuneOptions) -> tuple[int, float]:

@@ -16,7 +16,14 @@ import torch
 from featcache.cache import open_cache
 from featcache.checkpoint import load_encoder
 from featcache.errors import FeatcacheError
-from featcache.finetune import epoch_order, init_distributed, parse_unfreeze, shard_range, steps_per_epoch
+from featcache.finetune import (
+    epoch_order,
+    floored_scale,
+    init_distributed,
+    parse_unfreeze,
+    shard_range,
+    steps_per_epoch,
+)
 
 from .conftest import CKPT, REPO, assert_cli_error, run_cli, write_pfs
 
@@ -68,19 +75,44 @@ def test_frozen_fixed_equals_fit_on_the_cache(data):
     np.testing.assert_allclose(np.load(root / "init" / "predictions.npz")["test_pred"], pa["test_pred"], atol=1e-5)
 
 
-def test_unfreeze_last_2_changes_only_those_blocks(data):
+@pytest.mark.parametrize("batchnorm", ["eval", "train"])
+def test_unfreeze_last_2_changes_only_those_blocks(data, batchnorm):
     root, splits = data
-    out = root / "last2"
+    out = root / f"last2-{batchnorm}"
     run_cli("finetune", "--ckpt", CKPT, *data_args(splits), "--unfreeze", "last:2", "--encoder-lr", "1e-2",
-            "--max-epochs", "1", "--test-split", "", "--out", out, *COMMON)
+            "--batchnorm", batchnorm, "--max-epochs", "1", "--test-split", "", "--out", out, *COMMON)
     before = load_encoder(CKPT).model.state_dict()
     after = load_encoder(out / "encoder.ckpt").model.state_dict()  # what `featcache extract --ckpt` loads
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("encoders.3.", "encoders.4.")) for k in changed), sorted(changed)
     for i in (3, 4):
-        assert f"encoders.{i}.conv.weight" in changed and f"encoders.{i}.bn.running_mean" in changed
+        assert f"encoders.{i}.conv.weight" in changed and f"encoders.{i}.bn.weight" in changed
+        # --batchnorm eval keeps the pretrained running statistics; train updates them
+        assert (f"encoders.{i}.bn.running_mean" in changed) == (batchnorm == "train")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["unfrozen_blocks"] == ["encoders.3", "encoders.4"] and "test" not in metrics["splits"]
+
+
+def test_scale_floor_and_init_head_rescaling(data):
+    """Floored scales follow the hand rule; with --init-head the first layer is rescaled so the starting
+    function is the fit run's exactly (a negligible lr keeps the run there)."""
+    np.testing.assert_allclose(floored_scale(np.array([1e-6, 0.5, 1.0, 2.0, 0.0]), 0.1), [0.075, 0.5, 1, 2, 0.075])
+    np.testing.assert_array_equal(floored_scale(np.array([1e-6, 1.0]), 0.0), [1e-6, 1.0])
+    root, splits = data
+    cache, fit_run = root / "floor.zarr", root / "floor-fit"
+    run_cli("extract", "--ckpt", CKPT, *data_args(splits), "--layer", "enc_pre_latent", "--pool", "seg_mean_K8",
+            "--out", cache, "-q")
+    run_cli("fit", "--cache", cache, "--layer", "enc_pre_latent", "--pool", "seg_mean_K8", "--head", "mlp_1",
+            "--max-epochs", "2", "--out", fit_run, *COMMON)
+    run_cli("finetune", "--ckpt", CKPT, *data_args(splits), "--unfreeze", "all", "--noise", "fixed",
+            "--init-head", fit_run, "--scale-floor", "0.9", "--max-epochs", "1", "--lr", "1e-12",
+            "--encoder-lr", "1e-12", "--out", root / "floor-ft", *COMMON)
+    fit_scale = torch.load(fit_run / "head.pt", weights_only=True)["state"]["x_scale"].double().numpy()
+    ft_scale = torch.load(root / "floor-ft" / "last.pt", weights_only=True)["model"]["x_scale"].double().numpy()
+    assert np.count_nonzero(ft_scale > fit_scale * 1.001) > 10  # many columns raised to the floor
+    np.testing.assert_allclose(ft_scale, floored_scale(fit_scale, 0.9), rtol=1e-6)
+    np.testing.assert_allclose(np.load(root / "floor-ft" / "predictions.npz")["test_pred"],
+                               np.load(fit_run / "predictions.npz")["test_pred"], atol=1e-4)
 
 
 def test_resume_continues_to_the_same_result(data):
@@ -135,6 +167,7 @@ def test_two_process_torchrun_keeps_ranks_identical(data, tmp_path):
     (["--unfreeze", "some"], ["--unfreeze some: expected all or last:K"]),
     (["--unfreeze", "all", "--freeze-encoder"], ["--freeze-encoder or --unfreeze, not both"]),
     (["--head", "ridge"], ["finetune trains by gradient descent", "mlp_1"]),
+    (["--scale-floor", "1.5"], ["--scale-floor must be in [0, 1), got 1.5"]),
     (["--val-split", "holdout"], ["--val-split holdout: no such --data split"]),
 ])
 def test_bad_requests_are_one_line(data, tmp_path, args, fragments):
