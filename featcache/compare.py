@@ -760,8 +760,31 @@ def render_markdown(table: Any, targets: list[str], context: dict[str, Any]) -> 
     for run in context["runs"]:
         origin = (f"cache fingerprint {run.metrics['cache_fingerprint']}" if run.metrics.get("cache_fingerprint")
                   else f"encoder from {run.metrics.get('source_ckpt', '?')}")
-        lines.append(f"- run `{run.name}`: {run.path} ({run.metrics.get('kind', 'fit')}), {origin}")
+        lines.append(f"- run `{run.name}`: {run.path} ({_run_setting(run)}), {_run_sizes(run)}, {origin}")
     return "\n".join(lines) + "\n"
+
+
+def _run_setting(run: RunRows) -> str:
+    """What kind of run a --run row is, in words (fine-tuning: what trained, on which noise, how long)."""
+    m = run.metrics
+    if m.get("kind") != "finetune":
+        return str(m.get("kind") or "fit")
+    noise = m.get("noise") or {}
+    mode = noise.get("mode", "?") if isinstance(noise, dict) else noise
+    trained = "encoder frozen" if m.get("unfreeze") == "none" else f"unfreeze {m.get('unfreeze')}, encoder lr " \
+        f"{m.get('encoder_lr'):g}"
+    chosen = m.get("chosen") if isinstance(m.get("chosen"), dict) else {}
+    epochs = m.get("epochs_run") or chosen.get("epochs_run")
+    return f"finetune: {trained}, {mode} noise" + (f", {epochs} epochs" if epochs else "")
+
+
+def _run_sizes(run: RunRows) -> str:
+    parts = []
+    for role in ("train", "val", "test"):
+        n = _run_split(run, role).get("n")
+        if n is not None:
+            parts.append(f"{role} {int(n)}")
+    return (" / ".join(parts) + " spectra") if parts else "sizes unknown"
 
 
 def _is_trainable(head: str) -> bool:

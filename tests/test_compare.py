@@ -148,6 +148,8 @@ def test_seeds_runs_and_resume(caches, tmp_path):
     for column in ("test_r2", "val_r2", "test_r2_lo", "test_r2_hi", "chosen_alpha"):
         assert from_run[column] == pytest.approx(cell[column], rel=1e-9), column
     assert "| ridge-run | enc_last | seg_mean_K4 | 32 |" in both.markdown
+    run_line = next(line for line in both.markdown.splitlines() if line.startswith("- run `ridge-run`"))
+    assert "(fit), train 200 / val 30 / test 30 spectra" in run_line  # 100 spectra x 2 noise draws
 
 
 def test_seed_mean_interval_reduces_to_the_plain_bootstrap():

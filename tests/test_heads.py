@@ -16,7 +16,16 @@ from sklearn.preprocessing import StandardScaler
 
 from featcache.errors import FeatcacheError
 from featcache.heads import count_parameters, create_head, is_trainable, list_heads
-from featcache.metrics import bias, bootstrap_r2_ci, mae, r2, regression_metrics, rmse
+from featcache.metrics import (
+    bias,
+    bootstrap_r2,
+    bootstrap_r2_ci,
+    mae,
+    paired_r2_difference_ci,
+    r2,
+    regression_metrics,
+    rmse,
+)
 from featcache.ridge import RidgeHead, StreamingStats
 from featcache.training import TrainRecipe, TrainResult, clip_grad_norm, train_head
 
@@ -267,3 +276,22 @@ def test_lean_gradient_clipping_equals_torch(max_norm):
     assert torch.equal(total, expected_total)
     assert all(torch.equal(a, b) for a, b in zip(ours, expected, strict=True))
     assert (max_norm > 1e5) == all(torch.equal(a, g) for a, g in zip(ours, grads, strict=True))
+
+
+def test_paired_r2_difference_interval():
+    """Same resamples for both predictions: the draws are differences of bootstrap_r2's own draws, the
+    interval brackets the point difference, identical predictions give exactly zero, and pairing makes the
+    interval narrower than either prediction's own interval."""
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=400)
+    a = y + 0.5 * rng.normal(size=400)
+    b = a + 0.3 * rng.normal(size=400)
+    diff, lo, hi = paired_r2_difference_ci(y, a, b, n_boot=500, seed=2)
+    assert diff == pytest.approx(r2(y, a) - r2(y, b)) and lo <= diff <= hi and lo > 0
+    draws = bootstrap_r2(y, a, 500, 2)[:, 0] - bootstrap_r2(y, b, 500, 2)[:, 0]
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])))
+    assert paired_r2_difference_ci(y, a, a, n_boot=100) == (0.0, 0.0, 0.0)
+    a_lo, a_hi = bootstrap_r2_ci(y, a, n_boot=500, seed=2)
+    assert hi - lo < a_hi - a_lo
+    with pytest.raises(FeatcacheError, match="one shape"):
+        paired_r2_difference_ci(y, a, b[:10])
