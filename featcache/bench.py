@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,12 @@ print(json.dumps({"rows": report.rows_done, "compute_seconds": report.compute_se
 
 def extract_in_subprocess(options: dict[str, Any], launcher: list[str] | None = None) -> dict[str, Any]:
     """Run one extraction in a fresh process; its rates plus (API runs) that process's own peak resident memory."""
+    out = Path(options["api"]["out"])
+    for stale in [out, *out.parent.glob(f"{out.name}.*")]:  # a --workdir reused: time a full extraction
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink(missing_ok=True)
     env = {**os.environ, "FEATCACHE_QUIET": "1"}
     if launcher:
         command = [*launcher, "-m", "featcache", "extract", *options["cli"]]

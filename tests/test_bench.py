@@ -36,3 +36,6 @@ def test_bench_with_one_non_default_dtype(tmp_path):
     figures = run_bench(config)
     assert set(figures["extract"]) >= {"bfloat16", "cost_of_second_layer_and_two_more_pools"}
     assert "float32" not in figures["extract"] and "memory_vs_n" not in figures
+    again = run_bench(BenchConfig.quick(dtypes=("float32",), shards=False, heads=False, memory_scale=0,
+                                        workdir=tmp_path / "work", out=None))  # same workdir, other dtype
+    assert again["extract"]["float32"]["spectra_per_s"] > 0  # timed a full extraction, not a resumed no-op
