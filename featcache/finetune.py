@@ -8,7 +8,8 @@ choices below make `--freeze-encoder --noise fixed` compute what `extract` + `fi
   noise (draw 0), in one streamed pass before training (fit's standardisation of the same cache); kept
   fixed afterwards (buffers of the model). With --init-head the fit run's own standardisation is used.
   Targets are standardised on the train labels. When encoder blocks train, each column's scale is floored
-  at --scale-floor (default 0.1) times the median column scale: a pretrained encoder has near-constant
+  at --scale-floor (default 0.1) times the median column scale (or a tenth of the median RMS feature value,
+  if larger: features that barely vary at all, as a random-init encoder's): a pretrained encoder has near-constant
   channels (std 1e-6 next to a median of 0.06 in the demo encoder), and dividing by such a std turns the
   smallest encoder update (Adam moves every weight by about the learning rate) into a feature jump of
   thousands of standard deviations, which wrecks the head. A --init-head's first layer is rescaled to
@@ -328,14 +329,20 @@ class FinetuneModel(nn.Module):
         return groups
 
 
-def floored_scale(scale: np.ndarray, relative_floor: float) -> np.ndarray:
-    """Column scales no smaller than relative_floor x their median over non-zero columns (see the module
-    docstring: why a trained encoder needs it)."""
+def floored_scale(scale: np.ndarray, relative_floor: float, mean: np.ndarray | None = None) -> np.ndarray:
+    """Column scales no smaller than relative_floor x a typical scale: the median column std, or a tenth of
+    the features' median RMS value where that is larger (an encoder whose features barely vary across
+    spectra, such as a random-init one, would otherwise get a floor far below what one update moves them).
+    See the module docstring for why a trained encoder needs it."""
     scale = np.asarray(scale, dtype=np.float64)
     positive = scale[scale > 0]
     if relative_floor <= 0 or positive.size == 0:
         return scale
-    return np.maximum(scale, relative_floor * float(np.median(positive)))
+    typical = float(np.median(positive))
+    if mean is not None:
+        rms = np.sqrt(np.asarray(mean, dtype=np.float64) ** 2 + scale ** 2)
+        typical = max(typical, 0.1 * float(np.median(rms[rms > 0])))
+    return np.maximum(scale, relative_floor * typical)
 
 
 def rescale_first_layer(head: nn.Module, old_scale: np.ndarray, new_scale: np.ndarray) -> None:
@@ -804,19 +811,23 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
         y_mean, y_scale = train.y.mean(axis=0), train.y.std(axis=0)
     model = FinetuneModel(encoder, opts.layer, pooling, opts.direction, head.to(device), x_mean, x_scale,
                           unfrozen, opts.batchnorm).to(device)
+    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if unfrozen and opts.batchnorm == "eval" and norms and dist.main and all(
+            m.num_batches_tracked is not None and int(m.num_batches_tracked) == 0 for m in norms):
+        status("note: this encoder's BatchNorm running statistics were never trained (a random init?); "
+               "--batchnorm eval keeps them as they are, --batchnorm train would normalise with batch statistics")
     if state is None and init is None:
         if dist.main:
             status(f"standardisation: pooled {opts.layer}/{opts.pool} of the initial encoder over "
                    f"{train.n} train spectra")
         mean, std = feature_moments(model, train, ctx)
-        scale = np.where(std > 0, std, 1.0)
-        if unfrozen:
-            scale = _floor_scale(scale, opts, dist)
+        scale = _floor_scale(std, mean, opts, dist) if unfrozen else std
+        scale = np.where(scale > 0, scale, 1.0)
         model.x_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
         model.x_scale.copy_(torch.from_numpy(scale.astype(np.float32)))
     elif state is None and init is not None and unfrozen:
         old = model.x_scale.double().cpu().numpy()
-        new = _floor_scale(old, opts, dist)
+        new = _floor_scale(old, model.x_mean.double().cpu().numpy(), opts, dist)
         rescale_first_layer(model.head, old, new)
         model.x_scale.copy_(torch.from_numpy(new.astype(np.float32)))
     if state is not None:
@@ -846,12 +857,12 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
                           unfrozen, dist.world, dist.rank, weights)
 
 
-def _floor_scale(scale: np.ndarray, opts: FinetuneOptions, dist: Dist) -> np.ndarray:
-    floored = floored_scale(scale, opts.scale_floor)
+def _floor_scale(scale: np.ndarray, mean: np.ndarray, opts: FinetuneOptions, dist: Dist) -> np.ndarray:
+    floored = floored_scale(scale, opts.scale_floor, mean)
     raised = int(np.count_nonzero(floored > scale))
     if raised and dist.main:
         status(f"standardisation: {raised} of {scale.size} near-constant feature columns get the scale floor "
-               f"({opts.scale_floor:g} x the median scale) while the encoder trains")
+               f"(--scale-floor {opts.scale_floor:g}) while the encoder trains")
     return floored
 
 

@@ -98,6 +98,11 @@ def test_scale_floor_and_init_head_rescaling(data):
     function is the fit run's exactly (a negligible lr keeps the run there)."""
     np.testing.assert_allclose(floored_scale(np.array([1e-6, 0.5, 1.0, 2.0, 0.0]), 0.1), [0.075, 0.5, 1, 2, 0.075])
     np.testing.assert_array_equal(floored_scale(np.array([1e-6, 1.0]), 0.0), [1e-6, 1.0])
+    # features that barely vary (std 2e-7 around 0.01): the floor follows their size, 0.1 x 0.1 x 0.01
+    np.testing.assert_allclose(floored_scale(np.array([1e-7, 2e-7, 3e-7]), 0.1, np.full(3, 0.01)), [1e-4] * 3)
+    # the demo encoder's regime (spread larger than a tenth of the size): the median std rules, as without mean
+    spread = np.array([1e-6, 0.05, 0.07, 0.2])
+    np.testing.assert_array_equal(floored_scale(spread, 0.1, np.full(4, 0.3)), floored_scale(spread, 0.1))
     root, splits = data
     cache, fit_run = root / "floor.zarr", root / "floor-fit"
     run_cli("extract", "--ckpt", CKPT, *data_args(splits), "--layer", "enc_pre_latent", "--pool", "seg_mean_K8",
@@ -107,10 +112,11 @@ def test_scale_floor_and_init_head_rescaling(data):
     run_cli("finetune", "--ckpt", CKPT, *data_args(splits), "--unfreeze", "all", "--noise", "fixed",
             "--init-head", fit_run, "--scale-floor", "0.9", "--max-epochs", "1", "--lr", "1e-12",
             "--encoder-lr", "1e-12", "--out", root / "floor-ft", *COMMON)
-    fit_scale = torch.load(fit_run / "head.pt", weights_only=True)["state"]["x_scale"].double().numpy()
+    fit_state = torch.load(fit_run / "head.pt", weights_only=True)["state"]
+    fit_scale, fit_mean = fit_state["x_scale"].double().numpy(), fit_state["x_mean"].double().numpy()
     ft_scale = torch.load(root / "floor-ft" / "last.pt", weights_only=True)["model"]["x_scale"].double().numpy()
     assert np.count_nonzero(ft_scale > fit_scale * 1.001) > 10  # many columns raised to the floor
-    np.testing.assert_allclose(ft_scale, floored_scale(fit_scale, 0.9), rtol=1e-6)
+    np.testing.assert_allclose(ft_scale, floored_scale(fit_scale, 0.9, fit_mean), rtol=1e-6)
     np.testing.assert_allclose(np.load(root / "floor-ft" / "predictions.npz")["test_pred"],
                                np.load(fit_run / "predictions.npz")["test_pred"], atol=1e-4)
 
