@@ -278,8 +278,10 @@ def _run_fits(todo: list[Task], jobs: int, save: Any, bar: Any) -> None:
     parallel = [t for t in todo if head_info(t.head).trainable] if jobs > 1 else []
     if len(parallel) < 2:
         parallel = []
+    parallel.sort(key=lambda t: -t.width)  # widest (slowest) first: the pool then finishes sooner
+    in_workers = {t.key for t in parallel}
     for task in todo:
-        if task in parallel:
+        if task.key in in_workers:
             continue
         if bar is not None:
             bar.set_postfix_str(f"{task.encoder} {task.layer}/{task.pool} {task.head} {task.target}", refresh=False)
