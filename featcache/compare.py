@@ -533,8 +533,8 @@ def compare(caches: Mapping[str, str | Path] | Sequence[str | Path | tuple[str |
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
     jobs > 1 trains the MLP cells in that many worker processes (each with cpus // jobs torch threads);
-    a cell's numbers can then differ from a jobs=1 run in the last float32 bits (thread count changes the
-    order of sums), never in what is fitted or chosen."""
+    an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread count changes the order of
+    float32 sums, and training amplifies such differences a little); ridge cells are identical."""
     import pandas as pd
 
     out = Path(out)
