@@ -71,7 +71,7 @@ from .noise import add_noise, fresh_stream
 from .pooling import Pooling, get_pooling
 from .progress import progress, status
 from .ridge import is_constant
-from .training import TrainRecipe, TrainResult, make_optimizer
+from .training import TrainRecipe, TrainResult, clip_grad_norm, make_optimizer
 
 CHECKPOINT_FORMAT = 1
 NOISE_MODES = ("fresh", "fixed")
@@ -969,7 +969,7 @@ def _train(model: FinetuneModel, ctx: RunContext, train: SplitData, val: SplitDa
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if clip is not None:
-                        nn.utils.clip_grad_norm_(params, clip, foreach=True)
+                        clip_grad_norm([p.grad for p in params if p.grad is not None], clip)
                     opt.step()
                     global_step += 1
                     loss_sum += loss.detach().double() * xb.shape[0]

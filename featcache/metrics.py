@@ -117,12 +117,8 @@ def bootstrap_r2_ci(y_true: Any, y_pred: Any, n_boot: int = 1000, seed: int = 0,
                     level: float = 0.95) -> tuple[Any, Any]:
     """Percentile bootstrap interval (lo, hi) for R2, resampling test rows; floats for 1-D input, arrays
     (one per target) for 2-D. Draws whose resample has constant truth are ignored."""
-    if not 0.0 < level < 1.0:
-        raise FeatcacheError(f"level must be between 0 and 1, got {level}")
     one_d = np.asarray(y_true).ndim == 1
-    draws = bootstrap_r2(y_true, y_pred, n_boot=n_boot, seed=seed)
-    tail = 100.0 * (1.0 - level) / 2.0
-    lo, hi = np.nanpercentile(draws, [tail, 100.0 - tail], axis=0)
+    lo, hi = _percentile_interval(bootstrap_r2(y_true, y_pred, n_boot=n_boot, seed=seed), level)
     if one_d:
         return float(lo[0]), float(hi[0])
     return lo, hi
@@ -133,14 +129,20 @@ def paired_r2_difference_ci(y_true: Any, pred_a: Any, pred_b: Any, n_boot: int =
     """R2(a) - R2(b) on the same test rows and its percentile bootstrap interval, each resample scoring both
     predictions (paired: the spread of the test sample that both share cancels, so the interval is much
     narrower than the two separate intervals suggest). 1-D inputs; returns (difference, lo, hi)."""
-    if not 0.0 < level < 1.0:
-        raise FeatcacheError(f"level must be between 0 and 1, got {level}")
     yt = np.asarray(y_true, dtype=np.float64).ravel()
     pa, pb = np.asarray(pred_a, dtype=np.float64).ravel(), np.asarray(pred_b, dtype=np.float64).ravel()
     if not yt.shape == pa.shape == pb.shape:
         raise FeatcacheError(f"paired predictions need one shape: truth {yt.shape}, a {pa.shape}, b {pb.shape}")
-    draws = bootstrap_r2(yt, pa, n_boot, seed)[:, 0] - bootstrap_r2(yt, pb, n_boot, seed)[:, 0]  # same resamples
+    draws = bootstrap_r2(yt, pa, n_boot, seed) - bootstrap_r2(yt, pb, n_boot, seed)  # the same resamples
+    lo, hi = _percentile_interval(draws, level)
+    return float(r2(yt, pa) - r2(yt, pb)), float(lo[0]), float(hi[0])
+
+
+def _percentile_interval(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column percentile interval of bootstrap draws (n_boot, T); NaN draws (constant resamples) ignored."""
+    if not 0.0 < level < 1.0:
+        raise FeatcacheError(f"level must be between 0 and 1, got {level}")
     tail = 100.0 * (1.0 - level) / 2.0
-    lo, hi = np.nanpercentile(draws, [tail, 100.0 - tail])
-    return float(r2(yt, pa) - r2(yt, pb)), float(lo), float(hi)
+    lo, hi = np.nanpercentile(draws, [tail, 100.0 - tail], axis=0)
+    return lo, hi
 
