@@ -667,7 +667,7 @@ def _settings(opts: FinetuneOptions, encoder_sha: str, unfrozen: list[int], head
     return {"encoder_sha256": encoder_sha, "data": list(opts.data), "layer": opts.layer, "pool": opts.pool,
             "head": head, "hidden": opts.hidden, "dropout": opts.dropout, "targets": list(opts.targets),
             "unfreeze": list(unfrozen), "encoder_lr": opts.encoder_lr, "noise": opts.noise,
-            "batchnorm": opts.batchnorm, "scale_floor": opts.scale_floor if unfrozen else 0.0,
+            "batchnorm": opts.batchnorm if unfrozen else "eval", "scale_floor": opts.scale_floor if unfrozen else 0.0,
             "noise_level": opts.noise_level, "noise_seed": opts.noise_seed, "mask": opts.mask,
             "direction": opts.direction, "init_head": str(opts.init_head) if opts.init_head else None,
             "splits": [opts.train_split, opts.val_split, opts.test_split], "block_rows": opts.block_rows,
