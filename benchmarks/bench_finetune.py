@@ -25,7 +25,7 @@ from featcache.checkpoint import random_encoder, save_checkpoint
 from featcache.extract import parse_arch
 from featcache.finetune import benchmark_epoch
 
-FIXTURE_CKPT = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "blindspot-l5e8k5" / "l5e8k5s1bn1d1.ckpt"
+FIXTURE_CKPT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "blindspot-l5e8k5" / "l5e8k5s1bn1d1.ckpt"
 
 
 def write_spectra(path: Path, n: int, pixels: int, seed: int = 0) -> Path:

@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURE = SHARED / "fixtures" / "blindspot-l5e8k5"
+# the reference checkpoint written by the original research code, copied into the repository so that a
+# fresh clone tests itself (tests/fixtures/blindspot-l5e8k5/README.md says what each file is)
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "blindspot-l5e8k5"
 CKPT = FIXTURE / "l5e8k5s1bn1d1.ckpt"
 DATASET = FIXTURE / "dataset.h5"
 MASK = FIXTURE / "mask.npy"
