@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from featcache.checkpoint import random_encoder, save_checkpoint
-from featcache.extract import parse_arch
-from featcache.finetune import benchmark_epoch
+from featcache.bench.finetune import benchmark_epoch
+from featcache.model.checkpoint import random_encoder, save_checkpoint
+from featcache.model.config import EncoderConfig
 
 FIXTURE_CKPT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "blindspot-l5e8k5" / "l5e8k5s1bn1d1.ckpt"
 
@@ -56,7 +56,7 @@ def main() -> None:
         if args.arch == "fixture":
             ckpt = FIXTURE_CKPT
         else:
-            ckpt = save_checkpoint(random_encoder(parse_arch(args.arch)).model, root / f"{args.arch}.ckpt")
+            ckpt = save_checkpoint(random_encoder(EncoderConfig.from_tag(args.arch)).model, root / f"{args.arch}.ckpt")
         rows = benchmark_epoch(ckpt, [f"train={data}"], root / "runs", modes=tuple(args.modes.split(",")),
                                batch_size=args.batch_size, epochs=args.epochs)
     for row in rows:

@@ -2,7 +2,7 @@
 
 Prints one JSON dict of seconds (wall, and process CPU: steadier on a shared machine) and ratios
 (ridge_speedup_vs_sklearn > 1: ours faster; mlp_1_ratio_vs_bare > 1: ours slower), plus the load average.
-The measurement itself lives in featcache.bench_heads (also run by `featcache bench`).
+The measurement itself lives in featcache.bench.heads (also run by `featcache bench`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from featcache.bench_heads import run_heads_benchmark
+from featcache.bench.heads import run_heads_benchmark
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
     python benchmarks/calibrate_synth.py --train 20000 --workdir /tmp/cal --keep
 
 Generates train/val/test with `featcache.synth.write_synth` (seeds S, S+1, S+2; no stored noisy array),
-reads them back with the foundation reader `featcache.data.PfsDataset`, makes the 0.85 wavelength mask from
+reads them back with the foundation reader `featcache.spectra.pfsspec.PfsDataset`, makes the 0.85 wavelength mask from
 the train errors (pixel kept where the median over train spectra of error < the 0.85 quantile of those
 medians), draws noisy = flux + N(0,1) * error with a fixed numpy seed, and fits Ridge regressions
 (standardised features, float64 Gram accumulated in row blocks, one eigendecomposition, alpha chosen on
@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from featcache.data import PfsDataset  # noqa: E402
-from featcache.synth import write_synth  # noqa: E402
+from featcache.spectra.pfsspec import PfsDataset  # noqa: E402
+from featcache.synth.generate import write_synth  # noqa: E402
 
 TARGETS = ("log_g", "T_eff", "M_H")
 NOISE_SEED = 20240611

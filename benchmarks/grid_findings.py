@@ -3,7 +3,7 @@
     python benchmarks/grid_findings.py reports/synth-logg [--encoder "demo encoder"] [--random "random init"]
 
 Each finding is a difference of test R2 between two cells scored on the same test spectra, with a paired
-95% bootstrap interval (featcache.metrics.paired_r2_difference_ci: 1000 resamples, each scoring both cells),
+95% bootstrap interval (featcache.heads.metrics.paired_r2_difference_ci: 1000 resamples, each scoring both cells),
 which is what "A beats B" needs; the separate intervals in compare.md overlap far more than the paired one.
 A finding holds when the whole interval is above zero. Cells with several seeds use their first seed.
 Writes OUT/findings.md and prints it.
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from featcache.metrics import paired_r2_difference_ci  # noqa: E402
+from featcache.heads.metrics import paired_r2_difference_ci  # noqa: E402
 
 POOLS = ("global_mean", "mean_max", "seg_mean_K8")
 LAYERS = ("enc_pre_latent", "enc_last")

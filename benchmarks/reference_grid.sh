@@ -39,9 +39,9 @@ FT=(--ckpt "$ENC" --data "train=$DATA/train-n100000-s201.h5:0:$FT_TRAIN" --data 
     --data "test=$DATA/test-n1000-s203.h5" --mask "$OUT/mask.npy" --noise-seed 42
     --layer enc_pre_latent --pool seg_mean_K8 --head mlp_1 --target log_g)
 [ -f "$OUT/runs/frozen-K8-mlp_1/metrics.json" ] || \
-  "$FC" finetune "${FT[@]}" --freeze-encoder --noise fresh --max-epochs "$FT_EPOCHS" --out "$OUT/runs/frozen-K8-mlp_1"
+  "$FC" finetune "${FT[@]}" --freeze-encoder --train-noise fresh --max-epochs "$FT_EPOCHS" --out "$OUT/runs/frozen-K8-mlp_1"
 [ -f "$OUT/runs/finetuned-K8-mlp_1/metrics.json" ] || \
-  "$FC" finetune "${FT[@]}" --unfreeze all --encoder-lr 1e-4 --noise fresh --max-epochs "$FT_EPOCHS" \
+  "$FC" finetune "${FT[@]}" --unfreeze all --encoder-lr 1e-4 --train-noise fresh --max-epochs "$FT_EPOCHS" \
     --out "$OUT/runs/finetuned-K8-mlp_1"
 
 "$FC" compare --cache "demo encoder=$CACHE/synth-demo.zarr" --cache "random init=$CACHE/synth-random.zarr" \

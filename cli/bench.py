@@ -39,7 +39,7 @@ def command(quick: bool, arch: str | None, n_spectra: int | None, batch_size: in
       featcache bench                      # l9e48k25, 2048 spectra, float32 + bfloat16
       featcache bench --quick --out /tmp/bench.json
     """
-    from featcache.bench import BenchConfig, format_bench, run_bench
+    from featcache.bench.run import BenchConfig, format_bench, run_bench
 
     overrides = {k: v for k, v in {"arch": arch, "n_spectra": n_spectra, "batch_size": batch_size,
                                    "heads_rows": heads_rows, "memory_scale": memory_scale}.items() if v is not None}

@@ -1,4 +1,5 @@
-"""What every command shares: --config FILE.yaml, --quiet, and one-line errors for user mistakes."""
+"""What every command shares: --config FILE.yaml, --quiet, one-line errors for user mistakes, and the old
+spellings of renamed options (accepted for one release, with a one-line notice)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,63 @@ from typing import Any
 
 import click
 
-from featcache.errors import FeatcacheError
+from featcache.common.errors import FeatcacheError
 
 
 class UserError(click.ClickException):
     """Printed as 'Error: <message>' on one line; exit status 2."""
 
     exit_code = 2
+
+
+# (old option, old value or None) -> (new option, new value or None): renamed in 0.2, accepted until 0.3
+Renames = dict[tuple[str, str | None], tuple[str, str | None]]
+
+
+def deprecation_notice(old: str, new: str) -> None:
+    click.echo(f"featcache: {old} is deprecated and will be removed in 0.3; use {new}", err=True)
+
+
+class FeatcacheCommand(click.Command):
+    """A click command that rewrites renamed option spellings (and renamed values) before parsing."""
+
+    def __init__(self, *args: Any, renames: Renames | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.renames: Renames = dict(renames or {})
+
+    def rename(self, option: str, value: str | None) -> tuple[str, str | None] | None:
+        """The new (option, value) of a deprecated spelling, or None."""
+        if (option, value) in self.renames:
+            return self.renames[(option, value)]
+        if (option, None) in self.renames:
+            new, _ = self.renames[(option, None)]
+            return new, value
+        return None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            option, eq, inline = arg.partition("=")
+            value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
+            found = self.rename(option, value) if option.startswith("--") else None
+            if found is None:
+                out.append(arg)
+                i += 1
+                continue
+            new, new_value = found
+            shown = f"{option} {value}" if (option, value) in self.renames else option
+            deprecation_notice(shown, f"{new} {new_value}" if (option, value) in self.renames else new)
+            if eq:
+                out.append(f"{new}={new_value}")
+                i += 1
+            else:
+                out.append(new)
+                if value is not None:
+                    out.append(str(new_value))
+                i += 2
+        return super().parse_args(ctx, out)
 
 
 def _normalise_config_value(param: click.Parameter, value: Any) -> Any:
@@ -52,7 +103,17 @@ def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -
             if opt.startswith("--"):
                 by_key.setdefault(opt[2:].replace("-", "_"), p)
     defaults: dict[str, Any] = {}
+    renames = getattr(ctx.command, "renames", {})
     for key, value in loaded.items():
+        option = "--" + str(key).replace("_", "-")
+        found = None
+        if isinstance(ctx.command, FeatcacheCommand):
+            found = ctx.command.rename(option, value if isinstance(value, str) else None)
+        if found is not None:
+            new, new_value = found
+            deprecation_notice(f"--config key '{key}'" + (f": {value}" if (option, value) in renames else ""),
+                               f"'{new[2:]}'" + (f": {new_value}" if (option, value) in renames else ""))
+            key, value = new[2:], new_value
         param = by_key.get(str(key).replace("-", "_"))
         if param is None or param.name is None:
             names = sorted({(p.opts[0].lstrip("-") if isinstance(p, click.Option) else str(p.name))
@@ -63,15 +124,17 @@ def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -
 
 
 def _set_quiet(ctx: click.Context, param: click.Parameter, quiet: bool) -> bool:
-    from featcache.progress import set_quiet
+    from featcache.common.progress import set_quiet
 
     if quiet:
         set_quiet(True)
     return quiet
 
 
-def command(name: str, **settings: Any) -> Callable[[Callable[..., Any]], click.Command]:
-    """A featcache command: adds --config and --quiet, and turns FeatcacheError into a one-line exit 2."""
+def command(name: str, renames: Renames | None = None, **settings: Any
+            ) -> Callable[[Callable[..., Any]], click.Command]:
+    """A featcache command: adds --config and --quiet, accepts the old spellings in `renames` with a
+    notice, and turns FeatcacheError into a one-line exit 2."""
 
     def decorate(func: Callable[..., Any]) -> click.Command:
         @functools.wraps(func)
@@ -87,7 +150,7 @@ def command(name: str, **settings: Any) -> Callable[[Callable[..., Any]], click.
                                expose_value=False, callback=_load_config,
                                help="YAML file whose keys are this command's option names "
                                     "(the command line wins).")(wrapped)
-        return click.command(name, **settings)(wrapped)
+        return click.command(name, cls=FeatcacheCommand, renames=renames, **settings)(wrapped)
 
     return decorate
 

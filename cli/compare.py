@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import command, echo_result
-from .fit import make_recipe, parse_alphas, recipe_options
+from .options import make_recipe, parse_alphas, recipe_options, split_role_options
 
 
 @command("compare", short_help="Table every layer x pooling x head cell, with baselines and CIs.")
@@ -30,9 +30,7 @@ from .fit import make_recipe, parse_alphas, recipe_options
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Include the raw-input pseudo-layers (input_flux, input_error) where the cache has them.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
-@click.option("--train-split", default="train", show_default=True)
-@click.option("--val-split", default="val", show_default=True, help="Chooses alpha / epochs and the bold cell.")
-@click.option("--test-split", default="test", show_default=True, help="Scored with a bootstrap interval.")
+@split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/compare"), show_default=True,
               help="Report directory (finished fits are kept in OUT/cells and reused).")
@@ -53,8 +51,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
       featcache compare --cache pretrained=cache/m215.zarr --cache random=cache/m215-random.zarr \\
         --target log_g --head ridge --head mlp_1 --seeds 3 --out reports/m215-logg
     """
-    from featcache.compare import compare
-    from featcache.progress import status
+    from featcache.common.progress import status
+    from featcache.reports.comparison import compare
 
     result = compare(list(caches), list(targets), heads=list(heads) or None, layers=list(layers) or None,
                      pools=list(pools) or None, seeds=seeds,

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
+from featcache.extraction.options import COMPUTE_DTYPES, HASH_MODES, STORE_DTYPES, ExtractOptions
+
 from .common import UserError, command, command_line, echo_result
+from .options import data_option, defaults, device_option, noise_options
+
+D = defaults(ExtractOptions)
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -21,45 +26,40 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 
 @command("extract", short_help="Run the encoder once over all spectra into a Zarr feature cache.")
 @click.option("--ckpt", type=click.Path(path_type=Path), help="Encoder checkpoint (Lightning .ckpt or state dict).")
-@click.option("--data", "data", multiple=True, metavar="NAME=FILE[:START:STOP]", required=True,
-              help="A split: name, pfsspec HDF5 file, optional row slice. Repeat for train/val/test.")
-@click.option("--layer", "layers", multiple=True, default=("enc_pre_latent", "enc_last"), show_default=True,
+@data_option()
+@click.option("--layer", "layers", multiple=True, default=tuple(D["layers"]), show_default=True,
               help="Encoder tap (enc_0..enc_N, enc_pre_latent, enc_last) or input_flux / input_error. Repeatable.")
-@click.option("--pool", "pools", multiple=True, default=("global_mean,mean_max,seg_mean_K8",), show_default=True,
+@click.option("--pool", "pools", multiple=True, default=(",".join(D["pools"]),), show_default=True,
               help="Poolings, comma-separated or repeated (global_mean, global_max, mean_max, seg_mean_K{K}, "
                    "seg_max_K{K}, seg_meanmax_K{K}, none).")
-@click.option("--mask", default="quantile:0.85", show_default=True,
-              help="FILE.npy | quantile:R (from the first split's errors) | none.")
-@click.option("--noise", type=click.Choice(["generated", "stored"]), default="generated", show_default=True,
-              help="Draw noise per spectrum from --noise-seed, or use the file's stored 'noisy' array.")
-@click.option("--noise-level", type=float, default=1.0, show_default=True, help="noisy = flux + eps*error*level.")
-@click.option("--noise-seed", type=int, default=42, show_default=True, help="Seed of the per-spectrum noise.")
+@noise_options(D)
 @click.option("--noise-draws", multiple=True, metavar="K|NAME=K",
               help="Noise realisations per spectrum (all splits, or one: --noise-draws train=4).")
-@click.option("--direction", type=click.Choice(["forward", "reverse", "both"]), default="forward",
+@click.option("--direction", type=click.Choice(["forward", "reverse", "both"]), default=D["direction"],
               show_default=True, help="Taps of x, of x flipped (flipped back), or both on channels.")
 @click.option("--dilation", type=int, default=None,
               help="Encoder dilation (default: YAML beside the checkpoint, the d<N> name token, else 1).")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Spectra per encoder forward.")
-@click.option("--block-rows", type=int, default=1024, show_default=True,
+@click.option("--batch-size", type=int, default=D["batch_size"], show_default=True,
+              help="Spectra per encoder forward.")
+@click.option("--block-rows", type=int, default=D["block_rows"], show_default=True,
               help="Rows per Zarr chunk and per resumable block.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:i].")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="Compute dtype (autocast) of the encoder.")
-@click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@device_option(D["device"])
+@click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=D["dtype"], show_default=True,
+              help="Compute dtype (autocast) of the encoder.")
+@click.option("--store-dtype", type=click.Choice(STORE_DTYPES), default=D["store_dtype"], show_default=True,
               help="dtype of the stored features.")
 @click.option("--keep-maps", is_flag=True, help="Also store raw (C, L') maps of taps with C*L' <= 4096.")
 @click.option("--random-init", is_flag=True,
               help="Use randomly initialised weights (the random-encoder baseline) of --ckpt's or --arch's shape.")
-@click.option("--init-seed", type=int, default=0, show_default=True, help="Seed of --random-init.")
+@click.option("--init-seed", type=int, default=D["init_seed"], show_default=True, help="Seed of --random-init.")
 @click.option("--arch", default=None, help="Architecture for --random-init without --ckpt, e.g. l9e48k25s1bn1d1.")
-@click.option("--hash", "hash_mode", type=click.Choice(["sampled", "full"]), default="sampled", show_default=True,
+@click.option("--hash", "hash_mode", type=click.Choice(HASH_MODES), default=D["hash"], show_default=True,
               help="Data file identity for the fingerprint: sampled blocks, or every byte.")
 @click.option("--shard", default=None, metavar="I/N", help="Compute only shard I of N (Slurm job arrays).")
 @click.option("--prepare", "prepare_only", is_flag=True,
               help="Only create the cache's arrays and metadata (run once before a Slurm job array of --shard runs).")
 @click.option("--overwrite", is_flag=True, help="Replace a cache that was made from other inputs.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("cache/features.zarr"), show_default=True,
+@click.option("--out", type=click.Path(path_type=Path), default=D["out"], show_default=True,
               help="Output cache (a .zarr directory).")
 def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], pools: tuple[str, ...], mask: str,
             noise: str, noise_level: float, noise_seed: int, noise_draws: tuple[str, ...], direction: str,
@@ -78,7 +78,7 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
         --layer enc_pre_latent --layer enc_last --pool global_mean,mean_max,seg_mean_K8 \\
         --mask quantile:0.85 --noise-level 1.0 --noise-seed 42 --out cache/m215.zarr
     """
-    from featcache.extract import ExtractOptions, run_extract
+    from featcache.extraction.run import run_extract
 
     options = ExtractOptions(
         data=list(data), out=out, ckpt=ckpt, layers=list(layers), pools=list(pools), mask=mask, noise=noise,

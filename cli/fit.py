@@ -6,48 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, command, command_line, echo_result, resolved_options
-
-
-def parse_alphas(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        return [float(a) for a in text.split(",") if a.strip()]
-    except ValueError:
-        raise UserError(f"--alphas {text}: expected comma-separated numbers, e.g. 1e-3,1e-2,1e-1") from None
-
-
-def recipe_options(func):
-    """The training recipe's knobs, shared by fit, compare and finetune."""
-    options = [
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and shuffling."),
-        click.option("--max-epochs", type=int, default=50, show_default=True, help="At most this many epochs."),
-        click.option("--batch-size", type=int, default=256, show_default=True, help="Rows per optimiser step."),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate of the head."),
-        click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="AdamW weight decay."),
-        click.option("--patience", type=int, default=15, show_default=True,
-                     help="Early stopping: epochs without a better validation R2."),
-        click.option("--grad-clip", type=float, default=0.5, show_default=True, help="Gradient norm clip (0: off)."),
-        click.option("--hidden", type=int, default=256, show_default=True, help="Hidden width of mlp heads."),
-        click.option("--dropout", type=float, default=0.1, show_default=True, help="Dropout of mlp heads."),
-        click.option("--alphas", default=None,
-                     help="Ridge alphas relative to n_train, comma-separated (default: 21 values 1e-4..1e6)."),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:i]."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def make_recipe(seed: int, max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,
-                grad_clip: float):
-    from featcache.training import TrainRecipe
-
-    recipe = TrainRecipe(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
-                         patience=patience, grad_clip=grad_clip or None, seed=seed)
-    recipe.validate()
-    return recipe
+from .common import command, command_line, echo_result, resolved_options
+from .options import make_recipe, parse_alphas, recipe_options, split_role_options
 
 
 @command("fit", short_help="Fit a ridge or MLP head on cached features.")
@@ -58,9 +18,7 @@ def make_recipe(seed: int, max_epochs: int, batch_size: int, lr: float, weight_d
               help="A feature to concatenate (repeatable).")
 @click.option("--target", "targets", multiple=True, required=True, help="Label to predict (repeatable).")
 @click.option("--head", default="ridge", show_default=True, help="ridge | linear | mlp_1 | mlp_2.")
-@click.option("--train-split", default="train", show_default=True)
-@click.option("--val-split", default="val", show_default=True, help="Chooses alpha / epochs (never test).")
-@click.option("--test-split", default="test", show_default=True, help="Scored once at the end ('' to skip).")
+@split_role_options()
 @recipe_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory (default reports/runs/<layer>-<pool>-<head>-<target>).")
@@ -79,8 +37,9 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
       featcache fit --cache cache/m215.zarr --layer enc_pre_latent --pool seg_mean_K8 \\
         --head mlp_1 --target log_g --out reports/runs/pre_latent-K8-mlp_1
     """
-    from featcache.cache import open_cache
-    from featcache.fit import FitSpec, fit_head, parse_features, save_run
+    from featcache.cache.reader import open_cache
+    from featcache.heads.fit import FitSpec, fit_head, parse_features
+    from featcache.heads.runs import save_run
 
     feature_list = parse_features(layer, pool, features)
     spec = FitSpec(features=feature_list, targets=list(targets), head=head, hidden=hidden, dropout=dropout,

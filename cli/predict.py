@@ -28,8 +28,8 @@ def command(run_dir: Path, cache_path: Path, split: str, out: Path, force: bool)
     """
     import numpy as np
 
-    from featcache.fit import predict_split
-    from featcache.metrics import r2
+    from featcache.heads.metrics import r2
+    from featcache.heads.predict import predict_split
 
     if out.suffix not in (".npz", ".csv"):
         raise UserError(f"--out {out}: expected a .npz or .csv file name")

@@ -42,8 +42,8 @@ def command(out: str, n: int, seed: int, mag: float, rv_max: float, noise_free: 
       featcache synth data/val.h5 --n 1000 --seed 2
       featcache synth data/test.h5 --n 1000 --seed 3 --mag 22.0
     """
-    from featcache.progress import progress, status
-    from featcache.synth import write_synth
+    from featcache.common.progress import progress, status
+    from featcache.synth.generate import write_synth
 
     path = Path(out)
     start = time.time()

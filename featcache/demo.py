@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FeatcacheError
-from .progress import progress, status
+from .common.errors import FeatcacheError
+from .common.progress import progress, status
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_ENCODER = REPO / "data" / "encoders" / "demo-l9e16k9s1bn1d1.ckpt"
@@ -36,7 +36,7 @@ class DemoResult:
 
 def synth_files(size: str, data_dir: Path) -> dict[str, Path]:
     """The demo's train/val/test files, generated once (a file with the same name holds the same spectra)."""
-    from .synth import write_synth
+    from .synth.generate import write_synth
 
     data_dir.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -54,9 +54,10 @@ def run_demo(size: str = "quick", out: Path | None = None, data_dir: Path | None
              encoder: Path | None = None, heads: tuple[str, ...] = ("ridge", "mlp_1"), device: str = "auto",
              max_epochs: int | None = None) -> DemoResult:
     """The whole pipeline on the embedded default; safe to re-run (everything is reused)."""
-    from .compare import compare
-    from .extract import ExtractOptions, run_extract
-    from .training import TrainRecipe
+    from .extraction.options import ExtractOptions
+    from .extraction.run import run_extract
+    from .heads.recipe import TrainRecipe
+    from .reports.comparison import compare
 
     if size not in SIZES:
         raise FeatcacheError(f"--size {size}: choose from: {', '.join(SIZES)}")

@@ -14,7 +14,7 @@ $BIN/featcache synth data/synth/demo-test.h5 --n 1000 --seed 3 --mag 21.5
 # 2. train: T1 against the clean flux, fresh noise each epoch, 2 epochs (about 25 min on one thread)
 nice -n 5 $BIN/featcache pretrain --data train=data/synth/demo-train.h5 --data val=data/synth/demo-val.h5 \
     --out "$OUT" --overwrite --num-layers 9 --embed-dim 16 --kernel-size 9 --loss T1 \
-    --batch-size 16 --lr 3e-3 --epochs 2 --seed 0 --threads 1
+    --batch-size 16 --lr 3e-3 --max-epochs 2 --seed 0 --threads 1
 
 # 3. reconstruction S/N on the 1k test spectra: fresh noise (seed 0) and the file's own noisy array
 $BIN/python - "$OUT" <<'EOF'
@@ -22,13 +22,14 @@ import sys
 
 import torch
 
-from featcache.checkpoint import load_encoder
-from featcache.pretrain import checkpoint_mask, evaluate
+from featcache.model.checkpoint import load_encoder
+from featcache.pretrain.files import checkpoint_mask
+from featcache.pretrain.snr import evaluate
 
 torch.set_num_threads(1)
 ckpt = sys.argv[1]
 encoder, mask = load_encoder(ckpt), checkpoint_mask(ckpt)
-for noise in ("fresh", "stored"):
+for noise in ("generated", "stored"):
     r = evaluate(encoder, "data/synth/demo-test.h5", None, mask, seed=0, noise=noise, batch_size=32)
     print(f"test ({noise} noise): S/N {r.median_noisy:.2f} -> {r.median_denoised:.2f} ({r.gain:.2f}x)")
 EOF

@@ -1,0 +1,128 @@
+"""Option groups several commands share, spelled once: the same option name means the same thing in every
+command, and its default comes from the library (the dataclass that takes it), shown in --help."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from featcache.common.device import DEVICE_HELP
+from featcache.common.errors import FeatcacheError
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of a library dataclass (what the CLI shows and passes on)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def stack(*options: Decorator) -> Decorator:
+    """Apply several click options in the order they are listed (as --help shows them)."""
+
+    def apply(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+def data_option(help_text: str = "A split: name, pfsspec HDF5 file, optional row slice. Repeat for "
+                                 "train/val/test.") -> Decorator:
+    return click.option("--data", "data", multiple=True, metavar="NAME=FILE[:START:STOP]", required=True,
+                        help=help_text)
+
+
+def device_option(default: str = "auto") -> Decorator:
+    return click.option("--device", default=default, show_default=True, help=DEVICE_HELP + ".")
+
+
+def noise_options(values: dict[str, Any], sources: tuple[str, ...] = ("generated", "stored")) -> Decorator:
+    """--mask, --noise (where the noisy flux comes from), --noise-level, --noise-seed."""
+    return stack(
+        click.option("--mask", default=values["mask"], show_default=True,
+                     help="FILE.npy | quantile:R (from the first split's errors) | none."),
+        click.option("--noise", type=click.Choice(sources), default=values["noise"], show_default=True,
+                     help="Where the noisy flux comes from: generated (flux + eps x error x level, eps keyed by "
+                          "noise seed and spectrum) or the file's stored 'noisy' array"
+                          + ("; auto: generated when the file has clean flux." if "auto" in sources else ".")),
+        click.option("--noise-level", type=float, default=values["noise_level"], show_default=True,
+                     help="noisy = flux + eps x error x level (generated noise)."),
+        click.option("--noise-seed", type=int, default=values["noise_seed"],
+                     show_default=values["noise_seed"] is not None,
+                     help="Seed of the per-spectrum noise" + (" (default: --seed)." if values["noise_seed"] is None
+                                                              else ".")),
+    )
+
+
+def train_noise_option(default: str) -> Decorator:
+    return click.option("--train-noise", type=click.Choice(["fresh", "fixed"]), default=default, show_default=True,
+                        help="Noise of the train rows: new draws every epoch, or the same draw (the extract "
+                             "noise, draw 0) every epoch. Validation and test always use draw 0.")
+
+
+def split_role_options(test_help: str = "Scored once at the end ('' to skip).") -> Decorator:
+    return stack(
+        click.option("--train-split", default="train", show_default=True),
+        click.option("--val-split", default="val", show_default=True,
+                     help="Chooses alpha / epochs and early stopping (never test)."),
+        click.option("--test-split", default="test", show_default=True, help=test_help),
+    )
+
+
+def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The torch heads' training recipe (heads.recipe.TrainRecipe), shared by fit, compare and finetune."""
+    from featcache.heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
+
+    d = defaults(TrainRecipe)
+    return stack(
+        click.option("--seed", type=int, default=d["seed"], show_default=True,
+                     help="Seed of initialisation, shuffling and dropout."),
+        click.option("--max-epochs", type=int, default=d["max_epochs"], show_default=True,
+                     help="At most this many epochs (early stopping may stop sooner)."),
+        click.option("--batch-size", type=int, default=d["batch_size"], show_default=True,
+                     help="Rows per optimiser step."),
+        click.option("--lr", type=float, default=d["lr"], show_default=True, help="AdamW learning rate of the head."),
+        click.option("--weight-decay", type=float, default=d["weight_decay"], show_default=True,
+                     help="AdamW weight decay."),
+        click.option("--patience", type=int, default=d["patience"], show_default=True,
+                     help="Early stopping: epochs without a better validation R2."),
+        click.option("--grad-clip", type=float, default=d["grad_clip"], show_default=True,
+                     help="Gradient norm clip (0: off)."),
+        click.option("--hidden", type=int, default=DEFAULT_HIDDEN, show_default=True,
+                     help="Hidden width of mlp heads."),
+        click.option("--dropout", type=float, default=DEFAULT_DROPOUT, show_default=True,
+                     help="Dropout of mlp heads."),
+        click.option("--alphas", default=None,
+                     help="Ridge alphas relative to n_train, comma-separated (default: 21 values 1e-4..1e6)."),
+        device_option(),
+    )(func)
+
+
+def make_recipe(seed: int, max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,
+                grad_clip: float) -> Any:
+    from featcache.heads.recipe import TrainRecipe
+
+    recipe = TrainRecipe(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
+                         patience=patience, grad_clip=grad_clip or None, seed=seed)
+    recipe.validate()
+    return recipe
+
+
+def parse_alphas(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        raise FeatcacheError(f"--alphas {text}: expected comma-separated numbers, e.g. 1e-3,1e-2,1e-1") from None

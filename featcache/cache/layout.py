@@ -1,0 +1,73 @@
+"""The cache's layout in code: names and paths of its arrays, its metadata key, and how to open it.
+
+FORMAT.md beside this file specifies the layout apart from the code that writes it (as zarr-python does
+for Zarr itself); this module is the one place the code spells those paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+FORMAT_VERSION = 1
+META_KEY = "featcache"
+
+
+def _zarr():
+    import zarr
+
+    return zarr
+
+
+@contextlib.contextmanager
+def quiet_zarr_warnings() -> Iterator[None]:
+    """zarr warns that consolidated metadata is not in the v3 spec yet; we know, and it is optional."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        yield
+
+
+def open_root(path: str | os.PathLike[str], mode: str = "r") -> Any:
+    """Open the store's root group, ignoring consolidated metadata (it may be stale while a run adds arrays)."""
+    return _zarr().open_group(str(path), mode=mode, use_consolidated=False)
+
+
+def feature_path(split: str, layer: str, pool: str) -> str:
+    return f"{split}/features/{layer}/{pool}"
+
+
+def map_path(split: str, layer: str) -> str:
+    return f"{split}/maps/{layer}"
+
+
+def marker_path(generation: int, split: str) -> str:
+    return f"_done/g{generation}/{split}"
+
+
+@dataclass
+class ArraySpec:
+    """One array a generation adds: a pooled feature (R, D) or a raw map (R, C, L') of a split."""
+
+    split: str
+    kind: str  # 'features' | 'maps'
+    layer: str
+    pool: str | None
+    shape: tuple[int, ...]
+    attrs: dict[str, Any]
+
+    @property
+    def path(self) -> str:
+        return feature_path(self.split, self.layer, self.pool or "") if self.kind == "features" \
+            else map_path(self.split, self.layer)
+
+    @property
+    def dimension_names(self) -> list[str]:
+        return ["row", *(["feature"] if self.kind == "features" else ["channel", "position"])]
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"path": self.path, "split": self.split, "kind": self.kind, "layer": self.layer, "pool": self.pool,
+                "definition": self.attrs.get("definition")}

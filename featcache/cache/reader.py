@@ -1,0 +1,235 @@
+"""Reading a cache: `featcache.open_cache(path).features("train", layer, pool)` and the lazy row views that
+the heads stream from. A reader never sees a half-written array: every accessor refuses one whose blocks are
+not all marked done."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..common.errors import FeatcacheError, choices_message
+from .layout import META_KEY, feature_path, map_path, marker_path, open_root
+
+
+class FeatureCache:
+    """Read access to a feature cache: `featcache.open_cache(path).features("train", layer, pool)`."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise FeatcacheError(f"{self.path}: not a featcache cache (no zarr.json; run featcache extract)")
+        self.root = open_root(self.path, "r")
+        meta = self.root.attrs.get(META_KEY)
+        if not isinstance(meta, dict):
+            raise FeatcacheError(f"{self.path}: a Zarr store but not a featcache cache (no '{META_KEY}' attrs)")
+        self.meta: dict[str, Any] = meta
+
+    # -- description --------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["fingerprint"])
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta["splits"])
+
+    def _split(self, split: str) -> dict[str, Any]:
+        if split not in self.meta["splits"]:
+            raise FeatcacheError(f"{self.path}: " + choices_message("split", split, self.splits))
+        return self.meta["splits"][split]
+
+    def n_rows(self, split: str) -> int:
+        return int(self._split(split)["n_rows"])
+
+    def n_spectra(self, split: str) -> int:
+        """Distinct spectra of a split (rows / draws)."""
+        return int(self._split(split)["n_source"])
+
+    def _arrays(self, split: str) -> dict[str, dict[str, Any]]:
+        """{array path: {generation, layer, pool, ...}} for a split."""
+        out: dict[str, dict[str, Any]] = {}
+        for gen in self.meta["generations"]:
+            for item in gen["arrays"]:
+                if item["split"] == split:
+                    out[item["path"]] = {**item, "generation": gen["id"]}
+        return out
+
+    def layers(self, split: str) -> list[str]:
+        self._split(split)
+        seen: list[str] = []
+        for item in self._arrays(split).values():
+            if item["kind"] == "features" and item["layer"] not in seen:
+                seen.append(item["layer"])
+        return seen
+
+    def pools(self, split: str, layer: str) -> list[str]:
+        layers = self.layers(split)
+        if layer not in layers:
+            raise FeatcacheError(f"{self.path}: " + choices_message(f"layer in split '{split}'", layer, layers))
+        return [i["pool"] for i in self._arrays(split).values() if i["kind"] == "features" and i["layer"] == layer]
+
+    def label_names(self, split: str) -> list[str]:
+        return list(self._split(split)["labels"])
+
+    # -- completion ---------------------------------------------------------------------------------
+    def done_blocks(self, generation: int, split: str) -> np.ndarray:
+        """Boolean per block: True where the generation's arrays are durably written."""
+        try:
+            return np.asarray(self.root[marker_path(generation, split)][:], dtype=bool)
+        except KeyError:
+            return np.zeros(int(self._split(split)["n_blocks"]), dtype=bool)
+
+    def missing_blocks(self) -> dict[str, list[int]]:
+        """{'g<k>/<split>': [block, ...]} for every block not yet done."""
+        missing: dict[str, list[int]] = {}
+        for gen in self.meta["generations"]:
+            for split in gen["splits"]:
+                todo = np.flatnonzero(~self.done_blocks(gen["id"], split)).tolist()
+                if todo:
+                    missing[f"g{gen['id']}/{split}"] = todo
+        return missing
+
+    def is_complete(self) -> bool:
+        return not self.missing_blocks()
+
+    def _require_complete(self, split: str, path: str) -> dict[str, Any]:
+        arrays = self._arrays(split)
+        if path not in arrays:
+            raise KeyError(path)
+        gen = arrays[path]["generation"]
+        done = self.done_blocks(gen, split)
+        if not done.all():
+            raise FeatcacheError(f"{self.path}: '{path}' is incomplete ({int((~done).sum())} of {done.size} blocks "
+                                 "missing); re-run the same featcache extract command to finish it")
+        return arrays[path]
+
+    # -- data ---------------------------------------------------------------------------------------
+    def feature_array(self, split: str, layer: str, pool: str):
+        """The lazy zarr array (R, D) of a feature (slicing reads only the chunks needed)."""
+        self._split(split)
+        path = feature_path(split, layer, pool)
+        try:
+            self._require_complete(split, path)
+        except KeyError:
+            if layer not in self.layers(split):
+                raise FeatcacheError(f"{self.path}: " + choices_message(f"layer in split '{split}'", layer,
+                                                                        self.layers(split))) from None
+            raise FeatcacheError(f"{self.path}: " + choices_message(
+                f"pooling of {layer} in split '{split}'", pool, self.pools(split, layer))) from None
+        return self.root[path]
+
+    def features(self, split: str, layer: str, pool: str, rows: slice | np.ndarray | None = None,
+                 draw: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+        """Features (R, D) as numpy; `draw=0` keeps one noise draw per spectrum, `rows` slices."""
+        array = self.feature_array(split, layer, pool)
+        selection = self._select(split, rows, draw)
+        return np.asarray(array[selection], dtype=dtype)
+
+    def _select(self, split: str, rows: slice | np.ndarray | None, draw: int | None) -> slice | np.ndarray:
+        if draw is not None:
+            n = self.n_spectra(split)
+            draws = int(self._split(split)["draws"])
+            if not 0 <= draw < draws:
+                raise FeatcacheError(f"{self.path}: split '{split}' has draws 0..{draws - 1}, not {draw}")
+            base = slice(draw * n, (draw + 1) * n)  # draw-major: draw d is one contiguous block of rows
+            if rows is None:
+                return base
+            return np.arange(base.start, base.stop)[rows]
+        return slice(None) if rows is None else rows
+
+    def maps(self, split: str, layer: str) -> Any:
+        path = map_path(split, layer)
+        try:
+            self._require_complete(split, path)
+        except KeyError:
+            raise FeatcacheError(f"{self.path}: no maps of '{layer}' in split '{split}' (extract with "
+                                 "--keep-maps)") from None
+        return self.root[path]
+
+    def labels(self, split: str, name: str, draw: int | None = None) -> np.ndarray:
+        names = self.label_names(split)
+        if name not in names:
+            raise FeatcacheError(f"{self.path}: unknown label '{name}' in split '{split}'; available: "
+                                 + ", ".join(names))
+        return np.asarray(self.root[f"{split}/labels/{name}"][self._select(split, None, draw)])
+
+    def index(self, split: str, draw: int | None = None) -> np.ndarray:
+        self._split(split)
+        return np.asarray(self.root[f"{split}/index"][self._select(split, None, draw)])
+
+    def draws(self, split: str) -> np.ndarray:
+        self._split(split)
+        return np.asarray(self.root[f"{split}/draw"][:])
+
+    @property
+    def mask(self) -> np.ndarray:
+        return np.asarray(self.root["mask"][:], dtype=bool)
+
+    @property
+    def wave(self) -> np.ndarray:
+        return np.asarray(self.root["wave"][:])
+
+    def feature_info(self, split: str, layer: str, pool: str) -> dict[str, Any]:
+        return dict(self.feature_array(split, layer, pool).attrs)
+
+    def info(self) -> dict[str, Any]:
+        """Everything `featcache inspect CACHE` prints, as a dict."""
+        splits = {}
+        for split in self.splits:
+            entry = dict(self.meta["splits"][split])
+            entry["features"] = {layer: self.pools(split, layer) for layer in self.layers(split)}
+            splits[split] = entry
+        return {"path": str(self.path), "format": self.meta.get("format"), "version": self.meta.get("version"),
+                "fingerprint": self.fingerprint, "parts": self.meta.get("parts"),
+                "encoder": self.meta.get("encoder"), "mask": self.meta.get("mask"), "noise": self.meta.get("noise"),
+                "direction": self.meta.get("direction"), "store_dtype": self.meta.get("store_dtype"),
+                "splits": splits, "complete": self.is_complete(), "missing_blocks": self.missing_blocks(),
+                "commands": self.meta.get("commands", [])}
+
+    def __repr__(self) -> str:
+        return f"FeatureCache('{self.path}', splits={self.splits}, fingerprint={self.fingerprint[:12]})"
+
+
+def open_cache(path: str | os.PathLike[str]) -> FeatureCache:
+    """Open a feature cache written by `featcache extract` for reading."""
+    path = Path(path)
+    if not path.exists():
+        raise FeatcacheError(f"{path}: no such cache (run featcache extract first)")
+    return FeatureCache(path)
+
+
+class FeatureMatrix:
+    """Several cached features side by side, sliced lazily by rows: X[a:b] reads only those chunks.
+
+    draw=None takes every row (all noise draws: training); draw=d takes the d-th draw of each spectrum.
+    """
+
+    def __init__(self, cache: FeatureCache, split: str, features: list[tuple[str, str]], draw: int | None):
+        self.arrays = [cache.feature_array(split, layer, pool) for layer, pool in features]
+        n_rows = cache.n_rows(split)
+        if draw is None:
+            self.offset, self.n = 0, n_rows
+        else:
+            self.offset, self.n = draw * cache.n_spectra(split), cache.n_spectra(split)
+        self.widths = [int(a.shape[1]) for a in self.arrays]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n, sum(self.widths)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.n)
+        if step != 1:
+            raise IndexError("FeatureMatrix takes contiguous row slices")
+        sel = slice(self.offset + start, self.offset + stop)
+        parts = [np.asarray(a[sel], dtype=np.float32) for a in self.arrays]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def load(self) -> np.ndarray:
+        return self[0:self.n]

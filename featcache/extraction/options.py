@@ -1,0 +1,47 @@
+"""What `featcache extract` takes, by name, with its defaults (the CLI shows these; they are defined here only).
+
+Kept free of torch and zarr so the command line can read the defaults without importing either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STORE_DTYPES = ("float32", "float16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+HASH_MODES = ("sampled", "full")
+MAX_MAP_SIZE = 4096  # --keep-maps stores a tap's raw map only when C * L' is at most this
+
+
+@dataclass
+class ExtractOptions:
+    """Everything `featcache extract` takes (the CLI options, by name)."""
+
+    data: list[str]
+    out: Path = Path("cache/features.zarr")
+    ckpt: Path | None = None
+    layers: list[str] = field(default_factory=lambda: ["enc_pre_latent", "enc_last"])
+    pools: list[str] = field(default_factory=lambda: ["global_mean", "mean_max", "seg_mean_K8"])
+    mask: str = "quantile:0.85"
+    noise: str = "generated"
+    noise_level: float = 1.0
+    noise_seed: int = 42
+    noise_draws: list[str] = field(default_factory=list)
+    direction: str = "forward"
+    dilation: int | None = None
+    batch_size: int = 256
+    block_rows: int = 1024
+    device: str = "auto"
+    dtype: str = "float32"
+    store_dtype: str = "float32"
+    keep_maps: bool = False
+    random_init: bool = False
+    init_seed: int = 0
+    arch: str | None = None
+    hash: str = "sampled"
+    overwrite: bool = False
+    shard: tuple[int, int] | None = None
+    prepare_only: bool = False
+    wait_seconds: float = 3600.0
+    command: str = "featcache extract"

@@ -1,0 +1,241 @@
+"""The extraction plan: every option and input validated, and the fingerprint computed, before any work.
+
+A plan is what a run will compute: the encoder (loaded or random-init), the splits (file rows x noise draws),
+the mask, the layers x poolings and the arrays they fill. Building one opens every input, so a mistake is
+reported (one line, naming the option or file) before a cache is created or touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cache.fingerprint import digest
+from ..cache.layout import ArraySpec
+from ..cache.writer import SplitLayout, StoreSpec
+from ..common.device import resolve_device
+from ..common.errors import FeatcacheError, choices_message
+from ..model.checkpoint import LoadedEncoder, load_encoder, random_encoder
+from ..model.encoder import CODE_VERSION, EncoderConfig
+from ..model.pooling import get_pooling, parse_poolings
+from ..model.taps import DIRECTIONS, PSEUDO_LAYERS
+from ..spectra.inputs import NoiseSpec
+from ..spectra.mask import MaskSpec, make_mask, parse_mask_spec
+from ..spectra.pfsspec import PfsDataset, file_identity
+from ..spectra.splits import SplitSpec, parse_split_specs
+from .options import COMPUTE_DTYPES, HASH_MODES, MAX_MAP_SIZE, STORE_DTYPES, ExtractOptions
+
+
+@dataclass
+class LayerPlan:
+    """A tap (or pseudo-layer) to read out: its channels and map length at this mask."""
+
+    name: str
+    channels: int
+    length: int
+    pseudo: bool
+
+
+@dataclass
+class ExtractPlan:
+    options: ExtractOptions
+    encoder: LoadedEncoder
+    splits: list[SplitLayout]
+    mask: np.ndarray
+    mask_spec: MaskSpec
+    noise: NoiseSpec
+    wave: np.ndarray
+    layers: list[LayerPlan]
+    pools: list[str]
+    arrays: list[ArraySpec]
+    parts: dict[str, Any]
+    fingerprint: str
+    device: torch.device
+
+    def store_spec(self) -> StoreSpec:
+        """What the cache writer needs: the layout's facts plus extraction's own metadata."""
+        return StoreSpec(path=self.options.out, fingerprint=self.fingerprint, parts=self.parts,
+                         attrs=self._attrs(), mask=self.mask, wave=self.wave, splits=self.splits,
+                         arrays=self.arrays, block_rows=self.options.block_rows,
+                         store_dtype=self.options.store_dtype, command=self.options.command,
+                         overwrite=self.options.overwrite)
+
+    def _attrs(self) -> dict[str, Any]:
+        opts, enc, noise = self.options, self.encoder, self.noise
+        return {
+            "encoder": {**enc.config.as_dict(), "tag": enc.config.tag,
+                        "source": str(enc.path) if enc.path else f"random-init (seed {opts.init_seed})",
+                        "format": enc.file_format, "dilation_source": enc.dilation_source,
+                        "weights_sha256": self.parts["encoder"]["weights_sha256"]},
+            "mask": {"spec": self.mask_spec.text, "n_pixels": int(self.mask.size), "n_kept": int(self.mask.sum()),
+                     "computed_from": self.splits[0].name if self.mask_spec.kind == "quantile" else None},
+            "noise": {"mode": noise.mode, "seed": noise.seed if noise.generated else None,
+                      "level": noise.level if noise.generated else None,
+                      "draws": {s.name: s.draws for s in self.splits},
+                      "sigma_channel": "error * noise_level" if noise.generated else "error",
+                      "generator": "numpy Philox keyed by (seed, source row), counter stream = draw"},
+            "direction": opts.direction, "compute_dtype": opts.dtype, "store_dtype": opts.store_dtype,
+        }
+
+
+def parse_draws(values: list[str], split_names: list[str]) -> dict[str, int]:
+    """--noise-draws K (every split) or NAME=K (one split)."""
+    draws = dict.fromkeys(split_names, 1)
+    for value in values:
+        for part in str(value).split(","):
+            name, _, count = part.strip().rpartition("=")
+            if not count.isdigit() or int(count) < 1:
+                raise FeatcacheError(f"--noise-draws {value}: expected a positive count K or NAME=K")
+            if name and name not in draws:
+                raise FeatcacheError(f"--noise-draws {value}: " + choices_message("split", name, split_names))
+            for target in [name] if name else split_names:
+                draws[target] = int(count)
+    return draws
+
+
+def _check_options(opts: ExtractOptions) -> NoiseSpec:
+    if opts.direction not in DIRECTIONS:
+        raise FeatcacheError("--direction: " + choices_message("direction", opts.direction, DIRECTIONS))
+    if opts.store_dtype not in STORE_DTYPES:
+        raise FeatcacheError("--store-dtype: " + choices_message("dtype", opts.store_dtype, STORE_DTYPES))
+    if opts.dtype not in COMPUTE_DTYPES:
+        raise FeatcacheError("--dtype: " + choices_message("dtype", opts.dtype, COMPUTE_DTYPES))
+    if opts.batch_size < 1 or opts.block_rows < 1:
+        raise FeatcacheError("--batch-size and --block-rows must be positive")
+    if opts.hash not in HASH_MODES:
+        raise FeatcacheError(f"--hash {opts.hash}: expected sampled or full")
+    return NoiseSpec(opts.noise, opts.noise_seed, opts.noise_level).validate()
+
+
+def load_plan_encoder(opts: ExtractOptions, device: torch.device) -> LoadedEncoder:
+    """The checkpoint, or with --random-init the same architecture (from --ckpt or --arch) freshly initialised."""
+    if opts.random_init:
+        if opts.arch:
+            config = EncoderConfig.from_tag(opts.arch)
+        elif opts.ckpt:
+            config = load_encoder(opts.ckpt, dilation=opts.dilation).config
+        else:
+            raise FeatcacheError("--random-init needs the architecture: give --ckpt (its shape is used) or --arch")
+        if opts.dilation is not None:
+            config = EncoderConfig(**{**config.as_dict(), "dilation": opts.dilation})
+        return random_encoder(config, seed=opts.init_seed, device=device)
+    if opts.ckpt is None:
+        raise FeatcacheError("--ckpt is required (or --random-init with --arch)")
+    return load_encoder(opts.ckpt, dilation=opts.dilation, device=device)
+
+
+def _read_splits(specs: list[SplitSpec], draws: dict[str, int], noise: NoiseSpec
+                 ) -> tuple[list[SplitLayout], np.ndarray]:
+    """Each split's rows and labels, every file on the first file's wavelength grid."""
+    splits: list[SplitLayout] = []
+    wave: np.ndarray | None = None
+    for spec in specs:
+        with PfsDataset(spec.path) as ds:
+            start, stop = spec.resolve(ds.n_rows)
+            if wave is None:
+                wave = ds.wave
+            elif ds.wave.shape != wave.shape or not np.allclose(ds.wave, wave, rtol=0, atol=1e-6):
+                raise FeatcacheError(f"{spec.path}: wavelength grid differs from {specs[0].path} (P={ds.n_pixels} "
+                                     f"vs {wave.shape[0]}); every split must share one grid")
+            if not noise.generated and not ds.has_noisy:
+                raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
+                                     "(dataset/arrays/noisy/value); use --noise generated")
+            labels = ds.label_names() if ds.params_key else []
+        splits.append(SplitLayout(spec.name, spec.path, start, stop, draws[spec.name], labels, {}))
+    assert wave is not None
+    return splits, wave
+
+
+def _layers(model: Any, names: list[str], n_kept: int, direction: str, pools: list[str]) -> list[LayerPlan]:
+    layers: list[LayerPlan] = []
+    channels = model.config.embed_dim * (2 if direction == "both" else 1)
+    for name in names:
+        if name in PSEUDO_LAYERS:
+            layers.append(LayerPlan(name, 1, n_kept, True))
+            continue
+        length = model.tap_length(name, n_kept)
+        if length < 1:
+            raise FeatcacheError(f"--layer {name}: the mask keeps {n_kept} pixels, too few for this depth")
+        layers.append(LayerPlan(name, channels, length, False))
+    for layer in layers:
+        for pool in pools:
+            try:
+                get_pooling(pool).width(layer.channels, layer.length)
+            except FeatcacheError as exc:
+                raise FeatcacheError(f"--pool {pool} on --layer {layer.name}: {exc}") from None
+    return layers
+
+
+def _arrays(splits: list[SplitLayout], layers: list[LayerPlan], pools: list[str], opts: ExtractOptions
+            ) -> list[ArraySpec]:
+    arrays: list[ArraySpec] = []
+    for split in splits:
+        for layer in layers:
+            for pool in pools:
+                pooling = get_pooling(pool)
+                width = pooling.width(layer.channels, layer.length)
+                arrays.append(ArraySpec(split.name, "features", layer.name, pool, (split.n_rows, width), {
+                    "D": width, "C": layer.channels, "L": layer.length, "pooling": pool,
+                    "definition": pooling.definition, "layer": layer.name,
+                    "direction": "forward" if layer.pseudo else opts.direction}))
+            if opts.keep_maps and not layer.pseudo and layer.channels * layer.length <= MAX_MAP_SIZE:
+                arrays.append(ArraySpec(split.name, "maps", layer.name, None,
+                                        (split.n_rows, layer.channels, layer.length),
+                                        {"C": layer.channels, "L": layer.length, "layer": layer.name,
+                                         "definition": "the raw (C, L') map"}))
+    return arrays
+
+
+def _parts(opts: ExtractOptions, encoder: LoadedEncoder, splits: list[SplitLayout], mask: np.ndarray,
+           noise: NoiseSpec) -> dict[str, Any]:
+    """What the fingerprint covers: everything that changes the numbers."""
+    return {
+        "encoder": {"weights_sha256": encoder.weights_digest(), "config": encoder.config.as_dict(),
+                    "code_version": CODE_VERSION, "random_init_seed": opts.init_seed if opts.random_init else None},
+        "data": {s.name: {"identity": s.identity, "start": s.start, "stop": s.stop, "draws": s.draws}
+                 for s in splits},
+        "mask": {"sha256": hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()[:32], "n_kept": int(mask.sum())},
+        "noise": {"mode": noise.mode, "seed": noise.seed if noise.generated else None,
+                  "level": noise.level if noise.generated else None},
+        "direction": opts.direction,
+        "compute_dtype": opts.dtype,
+        "store_dtype": opts.store_dtype,
+        "block_rows": opts.block_rows,
+    }
+
+
+def build_plan(opts: ExtractOptions) -> ExtractPlan:
+    """Validate every option and input before any work starts."""
+    noise = _check_options(opts)
+    layer_names = list(dict.fromkeys(opts.layers))
+    if not layer_names:
+        raise FeatcacheError("--layer: give at least one layer")
+    pools = parse_poolings(opts.pools)
+    if not pools:
+        raise FeatcacheError("--pool: give at least one pooling")
+    specs = parse_split_specs(opts.data)
+    draws = parse_draws(opts.noise_draws, [s.name for s in specs])
+    if not noise.generated and any(d > 1 for d in draws.values()):
+        raise FeatcacheError("--noise-draws > 1 needs --noise generated (a stored noisy array is one draw)")
+    device = resolve_device(opts.device)
+    encoder = load_plan_encoder(opts, device)
+    for name in layer_names:
+        if name not in PSEUDO_LAYERS and name not in encoder.model.tap_names:
+            raise FeatcacheError("--layer: " + choices_message("layer", name,
+                                                               [*encoder.model.tap_names, *PSEUDO_LAYERS]))
+    splits, wave = _read_splits(specs, draws, noise)
+    mask_spec = parse_mask_spec(opts.mask)
+    first = splits[0]
+    with PfsDataset(first.path) as ds:
+        mask = make_mask(mask_spec, ds, first.start, first.stop, source=f"split '{first.name}'")
+    for split in splits:
+        split.identity = file_identity(split.path, full=opts.hash == "full")
+    layers = _layers(encoder.model, layer_names, int(mask.sum()), opts.direction, pools)
+    arrays = _arrays(splits, layers, pools, opts)
+    parts = _parts(opts, encoder, splits, mask, noise)
+    return ExtractPlan(opts, encoder, splits, mask, mask_spec, noise, wave[mask], layers, pools, arrays, parts,
+                       digest(parts), device)

@@ -1,0 +1,173 @@
+"""Fine-tuning's data: each split's rows and labels, and the batches an epoch reads, straight from HDF5.
+
+Each rank owns a contiguous shard of the train rows, read in row blocks (spectra.order: blocks shuffled,
+rows shuffled within, a function of (seed + rank, epoch), so a resumed run sees the same batches; with one
+block and one process exactly fit's shuffle). Every rank takes ceil((N // W) / batch_size) optimiser steps per
+epoch (DDP needs equal counts); the last batch takes the rest. Train rows get fresh noise every epoch
+(stream fresh_stream(epoch index)) with --train-noise fresh, the extract noise (stream 0) with fixed;
+validation and test always use the extract noise, so their numbers compare with the cache path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..common.background import background
+from ..common.errors import FeatcacheError
+from ..heads.standardise import is_constant
+from ..spectra.inputs import NoiseSpec, read_inputs
+from ..spectra.noise import fresh_stream
+from ..spectra.order import contiguous_blocks, epoch_order, shard_range
+from ..spectra.pfsspec import PfsDataset
+from ..spectra.splits import parse_split_specs
+from .distributed import Dist
+from .options import FinetuneOptions
+
+EXTRACT_STREAM = 0  # draw 0: the noise `featcache extract` uses (validation, test, standardisation)
+RANK_SEED_STRIDE = 1_000_003  # rank r shuffles and drops out with seed + r * stride (rank 0: fit's seed)
+
+
+@dataclass
+class SplitData:
+    """One split's rows of a file and its labels (small: held in memory on every rank)."""
+
+    name: str
+    path: Path
+    start: int
+    stop: int
+    y: np.ndarray  # (n, T) float64
+
+    @property
+    def n(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class RunContext:
+    """What every pass needs: options, mask, noise, the process's place and device."""
+
+    opts: FinetuneOptions
+    mask: np.ndarray
+    dist: Dist
+    input_sigma: bool
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def noise(self) -> NoiseSpec:
+        return NoiseSpec(self.opts.noise, self.opts.noise_seed, self.opts.noise_level)
+
+    def stream_blocks(self, split: SplitData, blocks: list[tuple[int, int, np.ndarray | None]], stream: int
+                      ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(file rows, encoder inputs) per block (block rows relative to the split), permuted where a
+        permutation is given; read and noised in a background thread at most two blocks ahead."""
+
+        def produce() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+            with PfsDataset(split.path) as ds:
+                for start, stop, perm in blocks:
+                    a, b = split.start + start, split.start + stop
+                    x = read_inputs(ds, a, b, self.mask, self.noise, stream=stream).encoder_input(self.input_sigma)
+                    rows = np.arange(a, b)
+                    if perm is not None:
+                        x, rows = x[perm], rows[perm]
+                    yield rows, torch.from_numpy(np.ascontiguousarray(x))
+
+        return background(produce(), depth=2)
+
+    def eval_stream(self, split: SplitData) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """This rank's contiguous shard of a split, in order, with the extract noise."""
+        lo, hi = shard_range(split.n, self.dist.rank, self.dist.world)
+        return self.stream_blocks(split, contiguous_blocks(lo, hi, self.opts.block_rows), EXTRACT_STREAM)
+
+
+def steps_per_epoch(n_rows: int, world: int, batch_size: int) -> int:
+    """Optimiser steps per epoch on every rank: ceil of the smallest shard over the batch size."""
+    return max(1, math.ceil((n_rows // world) / batch_size))
+
+
+def train_batches(split: SplitData, ctx: RunContext, epoch: int, y_std: np.ndarray
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's batches of an epoch: its shard's blocks shuffled, rows shuffled within, the tail of a
+    block carried into the next; exactly `steps_per_epoch` batches, the last taking what is left."""
+    opts, rank, world = ctx.opts, ctx.dist.rank, ctx.dist.world
+    lo, hi = shard_range(split.n, rank, world)
+    steps = steps_per_epoch(split.n, world, opts.recipe.batch_size)
+    bs = opts.recipe.batch_size
+    blocks = [(lo + s, lo + e, p) for s, e, p in
+              epoch_order(hi - lo, opts.block_rows, opts.recipe.seed + RANK_SEED_STRIDE * rank, epoch)]
+    stream = fresh_stream(epoch - 1) if opts.train_noise == "fresh" else EXTRACT_STREAM
+    carry_x: torch.Tensor | None = None
+    carry_y: torch.Tensor | None = None
+    done = 0
+    for rows, x in ctx.stream_blocks(split, blocks, stream):
+        y = torch.from_numpy(y_std[rows - split.start])
+        if carry_x is not None and carry_y is not None:
+            x, y = torch.cat([carry_x, x]), torch.cat([carry_y, y])
+        i = 0
+        while done < steps - 1 and len(x) - i >= bs:
+            yield x[i:i + bs], y[i:i + bs]
+            i += bs
+            done += 1
+        carry_x, carry_y = x[i:], y[i:]
+    if carry_x is not None and carry_y is not None and len(carry_x):
+        yield carry_x, carry_y
+
+
+def _check_roles(opts: FinetuneOptions, names: list[str]) -> list[str]:
+    for flag, role in (("--train-split", opts.train_split), ("--val-split", opts.val_split),
+                       ("--test-split", opts.test_split)):
+        if role is not None and role not in names:
+            hint = "" if flag == "--train-split" else f" (pass {flag} '' to go without)"
+            raise FeatcacheError(f"{flag} {role}: no such --data split; given: {', '.join(names)}{hint}")
+    roles = [r for r in (opts.train_split, opts.val_split, opts.test_split) if r is not None]
+    if len(set(roles)) != len(roles):
+        raise FeatcacheError("--train-split, --val-split and --test-split must name different splits")
+    return roles
+
+
+def load_splits(opts: FinetuneOptions) -> tuple[dict[str, SplitData], tuple[Path, int, int]]:
+    """The split roles' rows and labels, validated; and (file, start, stop) of the first --data split, which
+    the mask is made from (as extract makes it)."""
+    specs = parse_split_specs(opts.data)
+    roles = _check_roles(opts, [s.name for s in specs])
+    splits: dict[str, SplitData] = {}
+    wave: np.ndarray | None = None
+    first: tuple[Path, int, int] | None = None
+    for spec in specs:
+        with PfsDataset(spec.path) as ds:
+            start, stop = spec.resolve(ds.n_rows)
+            if wave is None:
+                wave, first = ds.wave, (spec.path, start, stop)
+            elif ds.wave.shape != wave.shape or not np.allclose(ds.wave, wave, rtol=0, atol=1e-6):
+                raise FeatcacheError(f"{spec.path}: wavelength grid differs from {specs[0].path}; every split "
+                                     "must share one grid")
+            if opts.noise == "stored" and not ds.has_noisy:
+                raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
+                                     "(dataset/arrays/noisy/value); use --noise generated")
+            if spec.name not in roles:
+                continue
+            labels = ds.labels(list(opts.targets), start, stop)
+        y = np.stack([np.asarray(labels[t], dtype=np.float64) for t in opts.targets], axis=1)
+        for j, target in enumerate(opts.targets):
+            bad = int(np.count_nonzero(~np.isfinite(y[:, j])))
+            if bad:
+                raise FeatcacheError(f"target '{target}' has {bad} NaN or inf values on the {spec.name} split; "
+                                     "drop or fill those rows")
+        splits[spec.name] = SplitData(spec.name, spec.path, start, stop, y)
+    assert first is not None
+    for role, word in ((opts.train_split, "train"), (opts.val_split, "validation")):
+        if role is None:
+            continue
+        y = splits[role].y
+        for j in np.flatnonzero(is_constant(y.std(axis=0), y.mean(axis=0))):
+            raise FeatcacheError(f"target '{opts.targets[j]}' is constant on the {word} split "
+                                 f"(every value is {y[0, j]:.6g}); nothing to fit")
+    return splits, first

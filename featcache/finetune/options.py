@@ -1,0 +1,158 @@
+"""What `featcache finetune` takes, by name, with its defaults (defined here once; the CLI shows them), and
+the settings a --resume must match. Torch-free, so the command line reads the defaults without torch."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..common.errors import FeatcacheError, choices_message
+from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
+from ..model.taps import DIRECTIONS, PSEUDO_LAYERS
+
+TRAIN_NOISE = ("fresh", "fixed")
+BATCHNORM_MODES = ("eval", "train")
+# options that may change on --resume; every other setting must match the checkpoint's
+RESUME_FREE = ("max_epochs", "patience")
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything `featcache finetune` takes (the CLI options, by name)."""
+
+    ckpt: Path
+    data: list[str]
+    targets: list[str]
+    out: Path
+    layer: str = "enc_pre_latent"
+    pool: str = "seg_mean_K8"
+    head: str | None = None  # None: mlp_1, or the --init-head run's head
+    hidden: int = DEFAULT_HIDDEN
+    dropout: float = DEFAULT_DROPOUT
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    unfreeze: str = "all"  # none (--freeze-encoder) | all | last:K
+    encoder_lr: float = 1e-4
+    batchnorm: str = "eval"  # eval: pretrained running statistics throughout | train: batch statistics
+    scale_floor: float = 0.1  # trained encoder: feature scale >= this x the median column scale
+    noise: str = "generated"  # generated | stored: where the noisy flux comes from (as extract's --noise)
+    train_noise: str = "fresh"  # fresh: new draws every epoch | fixed: the extract noise (draw 0)
+    noise_level: float = 1.0
+    noise_seed: int = 42
+    mask: str = "quantile:0.85"
+    direction: str = "forward"
+    dilation: int | None = None
+    init_head: Path | None = None
+    train_split: str = "train"
+    val_split: str | None = "val"
+    test_split: str | None = "test"
+    block_rows: int = 1024
+    eval_batch_size: int = 256
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    check_sync: bool = False
+    n_boot: int = 1000
+    progress: bool = True
+    command: str = "featcache finetune"
+    config: dict[str, Any] | None = None  # what config.yaml records (the CLI's resolved options)
+
+    def __post_init__(self) -> None:
+        if self.noise in TRAIN_NOISE:  # the spelling before 0.2: --noise fresh|fixed meant --train-noise
+            warnings.warn(f"FinetuneOptions(noise={self.noise!r}) is deprecated: use train_noise={self.noise!r} "
+                          "(noise now names the source, generated or stored, as in extract)",
+                          DeprecationWarning, stacklevel=3)
+            self.noise, self.train_noise = "generated", self.noise
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as plain data (config.yaml when called from Python)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("config", "progress"):
+                continue
+            if isinstance(value, TrainRecipe):
+                value = value.to_dict()
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+def validate_options(opts: FinetuneOptions) -> None:
+    """Every check that needs no file: one line naming the option, before anything is read or written."""
+    from ..heads.registry import head_info, list_heads
+    from ..model.pooling import get_pooling
+    from ..spectra.inputs import NoiseSpec
+
+    opts.recipe.validate()
+    NoiseSpec(opts.noise, opts.noise_seed, opts.noise_level).validate()
+    checks = [
+        (opts.train_noise in TRAIN_NOISE, f"--train-noise {opts.train_noise}: expected fresh or fixed"),
+        (opts.noise == "generated" or opts.train_noise == "fixed",
+         "--noise stored is one fixed draw per spectrum: use it with --train-noise fixed"),
+        (opts.direction in DIRECTIONS, "--direction: " + choices_message("direction", opts.direction, DIRECTIONS)),
+        (opts.encoder_lr > 0, f"--encoder-lr must be positive, got {opts.encoder_lr}"),
+        (opts.batchnorm in BATCHNORM_MODES, f"--batchnorm {opts.batchnorm}: expected eval or train"),
+        (0 <= opts.scale_floor < 1, f"--scale-floor must be in [0, 1), got {opts.scale_floor}"),
+        (opts.block_rows >= 1, f"--block-rows must be >= 1, got {opts.block_rows}"),
+        (opts.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {opts.eval_batch_size}"),
+        (bool(opts.targets), "give at least one --target"),
+        (len(set(opts.targets)) == len(opts.targets), "--target: a label is given twice"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FeatcacheError(message)
+    if opts.layer in PSEUDO_LAYERS:
+        raise FeatcacheError(f"--layer {opts.layer}: an input pseudo-layer has no encoder to fine-tune; fit a head "
+                             "on the cache instead (featcache fit)")
+    if opts.head is not None and not head_info(opts.head).trainable:
+        raise FeatcacheError(f"--head {opts.head}: finetune trains by gradient descent; choose one of "
+                             + ", ".join(h for h in list_heads() if head_info(h).trainable))
+    get_pooling(opts.pool)
+
+
+def parse_unfreeze(text: str, depth: int, layer: str = "") -> list[int]:
+    """none -> [], all -> [0..depth], last:K -> the K deepest blocks the tap uses (depth-K+1..depth)."""
+    value = str(text).strip().lower()
+    n_blocks = depth + 1
+    if value in ("none", "frozen"):
+        return []
+    if value == "all":
+        return list(range(n_blocks))
+    if value.startswith("last:"):
+        count = value[5:]
+        if not count.isdigit() or not 1 <= int(count) <= n_blocks:
+            raise FeatcacheError(f"--unfreeze {text}: layer {layer or 'the tap'} uses {n_blocks} encoder blocks "
+                                 f"(encoders.0..{depth}); K must be 1..{n_blocks}")
+        return list(range(n_blocks - int(count), n_blocks))
+    raise FeatcacheError(f"--unfreeze {text}: expected all or last:K (or --freeze-encoder)")
+
+
+def describe_unfreeze(blocks: list[int]) -> str:
+    if not blocks:
+        return "encoder frozen"
+    span = f"encoders.{blocks[0]}" if len(blocks) == 1 else f"encoders.{blocks[0]}-{blocks[-1]}"
+    return f"training {span}"
+
+
+def resume_settings(opts: FinetuneOptions, encoder_sha: str, unfrozen: list[int], head: str) -> dict[str, Any]:
+    """What must match for --resume (plain data, so the checkpoint loads with weights_only=True)."""
+    recipe = {k: v for k, v in opts.recipe.to_dict().items() if k not in RESUME_FREE and k != "eval_batch_size"}
+    return {"encoder_sha256": encoder_sha, "data": list(opts.data), "layer": opts.layer, "pool": opts.pool,
+            "head": head, "hidden": opts.hidden, "dropout": opts.dropout, "targets": list(opts.targets),
+            "unfreeze": list(unfrozen), "encoder_lr": opts.encoder_lr, "noise": opts.noise,
+            "train_noise": opts.train_noise,
+            "batchnorm": opts.batchnorm if unfrozen else "eval", "scale_floor": opts.scale_floor if unfrozen else 0.0,
+            "noise_level": opts.noise_level, "noise_seed": opts.noise_seed, "mask": opts.mask,
+            "direction": opts.direction, "init_head": str(opts.init_head) if opts.init_head else None,
+            "splits": [opts.train_split, opts.val_split, opts.test_split], "block_rows": opts.block_rows,
+            "recipe": recipe}
+
+
+def upgrade_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """Settings saved before 0.2 called the train noise 'noise' (fresh|fixed): read them in today's words."""
+    if saved.get("noise") in TRAIN_NOISE and "train_noise" not in saved:
+        return {**saved, "noise": "generated", "train_noise": saved["noise"]}
+    return saved

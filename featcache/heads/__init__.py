@@ -1,0 +1,18 @@
+"""Heads on cached features: the registry of named heads, exact streaming ridge, the torch training loop and
+its recipe, early stopping, `fit_head` (choose on validation, score test once), run directories, predict,
+and the regression metrics with their bootstrap intervals.
+
+May import: featcache.common, featcache.cache (never extraction: fitting needs no encoder).
+"""
+
+from ..common.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "create_head": "registry", "head_info": "registry", "is_trainable": "registry", "list_heads": "registry",
+    "register_head": "registry", "count_parameters": "registry",
+    "RidgeHead": "ridge", "StreamingStats": "ridge", "alpha_grid": "ridge",
+    "TrainRecipe": "recipe", "TrainResult": "training", "train_head": "training",
+    "EarlyStopping": "early_stopping",
+    "FitSpec": "fit", "FitResult": "fit", "fit_head": "fit", "parse_features": "fit",
+    "save_run": "runs", "load_head": "runs", "LoadedHead": "runs", "predict_split": "predict",
+})

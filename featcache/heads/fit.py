@@ -1,0 +1,177 @@
+"""Fit a head on cached features and report it: `featcache fit` and `featcache predict` in Python.
+
+Hyper-parameters (ridge alpha, MLP epochs) are chosen on the validation split only; the test split is
+scored once, at the end, with a bootstrap interval. Training rows include every noise draw; validation
+and test use draw 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cache.reader import FeatureCache, FeatureMatrix, open_cache
+from ..common.device import resolve_device
+from ..common.errors import FeatcacheError
+from .metrics import split_metrics
+from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
+from .registry import create_head, head_info
+from .ridge import RidgeHead, StreamingStats
+from .training import TrainResult, train_head
+
+# Part of every fit's identity (compare's cell keys): bump when a change alters the numbers a fit produces.
+FIT_CODE_VERSION = 2  # 2: near-constant float32 feature columns are treated as constant
+
+
+def parse_features(layer: str | None, pool: str | None, features: list[str] | tuple[str, ...]
+                   ) -> list[tuple[str, str]]:
+    """--layer/--pool (one feature) and/or repeated --feature LAYER/POOL (concatenated in order)."""
+    out: list[tuple[str, str]] = []
+    if layer or pool:
+        if not (layer and pool):
+            raise FeatcacheError("give both --layer and --pool (or --feature LAYER/POOL)")
+        out.append((layer, pool))
+    for text in features:
+        if text.count("/") != 1 or not all(text.split("/")):
+            raise FeatcacheError(f"--feature {text}: expected LAYER/POOL, e.g. enc_pre_latent/seg_mean_K8")
+        item = tuple(text.split("/"))
+        if item not in out:
+            out.append(item)  # type: ignore[arg-type]
+    if not out:
+        raise FeatcacheError("no features: give --layer and --pool, or --feature LAYER/POOL")
+    return out
+
+
+@dataclass
+class FitSpec:
+    """What to fit: features, targets, head and its recipe, and which splits play which role."""
+
+    features: list[tuple[str, str]]
+    targets: list[str]
+    head: str = "ridge"
+    hidden: int = DEFAULT_HIDDEN
+    dropout: float = DEFAULT_DROPOUT
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    alphas: list[float] | None = None
+    train_split: str = "train"
+    val_split: str | None = "val"
+    test_split: str | None = "test"
+    device: str = "auto"
+    n_boot: int = 1000
+
+    def describe(self) -> dict[str, Any]:
+        """The recipe as plain data (keys of a compare cell, config.yaml)."""
+        recipe = self.recipe.to_dict() if head_info(self.head).trainable else {}
+        return {"features": [f"{layer}/{pool}" for layer, pool in self.features], "targets": list(self.targets),
+                "head": self.head, "hidden": self.hidden if head_info(self.head).trainable else None,
+                "dropout": self.dropout if head_info(self.head).trainable else None, "recipe": recipe,
+                "alphas": self.alphas, "splits": [self.train_split, self.val_split, self.test_split],
+                "code_version": FIT_CODE_VERSION}
+
+
+@dataclass
+class FitResult:
+    spec: FitSpec
+    predictor: RidgeHead | TrainResult
+    in_dim: int
+    metrics: dict[str, Any]
+    predictions: dict[str, dict[str, np.ndarray]]
+    history: list[dict[str, Any]]
+    seconds: float
+    cache_path: str
+    cache_fingerprint: str
+    encoder_sha256: str
+
+    @property
+    def chosen(self) -> dict[str, Any]:
+        if isinstance(self.predictor, RidgeHead):
+            return {"alpha": self.predictor.alpha_}
+        return {"best_epoch": self.predictor.best_epoch, "epochs_run": len(self.predictor.history)}
+
+    def summary(self) -> str:
+        """The one-line summary `featcache fit` prints."""
+        parts = [f"{self.spec.head} on {'+'.join(self.spec.describe()['features'])} (D={self.in_dim})"]
+        for target in self.spec.targets:
+            bits = [target + ":"]
+            for split in (self.spec.val_split, self.spec.test_split):
+                entry = self.metrics["splits"].get(split or "", {}).get("targets", {}).get(target)
+                if entry:
+                    ci = entry.get("r2_ci95")
+                    ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+                    bits.append(f"{split} R2 {entry['r2']:.3f}{ci_text} (n={entry['n']})")
+            parts.append(" ".join(bits))
+        chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.chosen.items())
+        return "; ".join(parts) + f"; {chosen}; {self.seconds:.1f} s"
+
+
+def _labels(cache: FeatureCache, split: str, targets: list[str], draw: int | None) -> np.ndarray:
+    return np.stack([cache.labels(split, t, draw=draw).astype(np.float64) for t in targets], axis=1)
+
+
+def _check_request(cache: FeatureCache, spec: FitSpec) -> None:
+    for split in (spec.train_split, spec.val_split, spec.test_split):
+        if split is not None and split not in cache.splits:
+            raise FeatcacheError(f"{cache.path}: no split '{split}'; the cache has: {', '.join(cache.splits)}")
+    if not spec.targets:
+        raise FeatcacheError("give at least one --target")
+    for target in spec.targets:
+        cache.labels(spec.train_split, target, draw=0)  # names the available labels if unknown
+    for layer, pool in spec.features:
+        cache.feature_array(spec.train_split, layer, pool)  # lists the cache's layers / pools if unknown
+    head_info(spec.head)
+
+
+def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool = True) -> FitResult:
+    """Fit spec.head on the cached features; choose on validation, score test once."""
+    cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
+    _check_request(cache, spec)
+    started = time.perf_counter()
+    x = {"train": FeatureMatrix(cache, spec.train_split, spec.features, draw=None)}
+    y = {"train": _labels(cache, spec.train_split, spec.targets, draw=None)}
+    for role, split in (("val", spec.val_split), ("test", spec.test_split)):
+        if split is not None:
+            x[role] = FeatureMatrix(cache, split, spec.features, draw=0)
+            y[role] = _labels(cache, split, spec.targets, draw=0)
+    predictor, history = _fit_predictor(spec, x, y, progress)
+    seconds = time.perf_counter() - started
+
+    metrics: dict[str, Any] = {"splits": {}}
+    predictions: dict[str, dict[str, np.ndarray]] = {}
+    for role, split in (("train", spec.train_split), ("val", spec.val_split), ("test", spec.test_split)):
+        if split is None:
+            continue
+        pred = np.asarray(predictor.predict(x[role])).reshape(len(x[role]), -1)
+        metrics["splits"][split] = split_metrics(split, role, y[role], pred, spec.targets,
+                                                 n_spectra=cache.n_spectra(split), n_boot=spec.n_boot)
+        if role != "train":
+            predictions[role] = {"split": np.array(split), "index": cache.index(split, draw=0),
+                                 "true": y[role], "pred": pred}
+    return FitResult(spec, predictor, x["train"].shape[1], metrics, predictions, history, seconds, str(cache.path),
+                     cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]))
+
+
+def _fit_predictor(spec: FitSpec, x: dict[str, FeatureMatrix], y: dict[str, np.ndarray], progress: bool
+                   ) -> tuple[RidgeHead | TrainResult, list[dict[str, Any]]]:
+    """Ridge from streamed statistics (alpha by validation R2), or a torch head trained on loaded rows."""
+    in_dim, val_x, val_y = x["train"].shape[1], x.get("val"), y.get("val")
+    if spec.head == "ridge":
+        head = create_head("ridge", in_dim, len(spec.targets), alphas=spec.alphas)
+        train_stats = StreamingStats.from_arrays(x["train"], y["train"])
+        val_stats = StreamingStats.from_arrays(val_x, val_y) if val_x is not None else None
+        ridge = head.fit_stats(train_stats, val_stats, target_names=spec.targets)
+        history: list[dict[str, Any]] = []
+        if ridge.val_r2_per_alpha_ is not None:
+            curve = np.asarray(ridge.val_r2_per_alpha_).reshape(len(ridge.alphas_), -1)
+            history = [{"alpha": float(a), **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(spec.targets)}}
+                       for i, a in enumerate(ridge.alphas_)]
+        return ridge, history
+    model = create_head(spec.head, in_dim, len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
+                        seed=spec.recipe.seed)
+    trained = train_head(model, x["train"].load(), y["train"], val_x.load() if val_x is not None else None, val_y,
+                         recipe=spec.recipe, device=resolve_device(spec.device), progress=progress,
+                         target_names=spec.targets, desc=f"fit {spec.head}")
+    return trained, [dict(h) for h in trained.history]

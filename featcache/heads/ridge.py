@@ -1,0 +1,356 @@
+"""Exact, streaming ridge regression: every alpha from one eigendecomposition, memory independent of N.
+
+Rows are seen once, in chunks (e.g. straight from the Zarr cache): `StreamingStats` accumulates n, the
+column sums and the cross-product matrices X^T X, X^T y, y^T y in float64. From those alone `RidgeHead`
+
+* standardises the features on train (population std, as scikit-learn's StandardScaler; a zero-variance
+  feature keeps scale 1 and gets coefficient 0),
+* fits an intercept (centring), eigendecomposes the standardised train Gram once and gets the
+  coefficients for every alpha,
+* scores each alpha by validation R2 computed from the validation statistics expressed in the train
+  standardisation: SSE_val(alpha) = y^T y - 2 w^T X^T y + w^T X^T X w, without reading rows again.
+
+The result is the same as scikit-learn's `Ridge(alpha)` on `StandardScaler`-ed features (float64).
+
+Alpha scaling: grid values are *relative* and are multiplied by n_train (default). With standardised
+features the Gram is n_train times the correlation matrix (trace = n_train per non-constant feature), so the
+relative alpha compares directly with its eigenvalues, whose mean is 1: 1e-4 is nearly least squares and
+1e6 shrinks every coefficient to about zero, whatever N is. `alphas_`/`alpha_` hold the *effective* alphas,
+the ones that give the same fit in scikit-learn's `Ridge`.
+
+Multi-target: one alpha is shared by all targets, chosen by the mean validation R2 across targets (the
+per-target curves are kept in `val_r2_per_alpha_`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..common.errors import FeatcacheError
+from .standardise import is_constant, target_name
+
+DEFAULT_ALPHA_GRID: tuple[float, float, int] = (1e-4, 1e6, 21)
+DEFAULT_CHUNK_ROWS = 32_768
+
+
+class StreamingStats:
+    """Running float64 sufficient statistics of (X, y) over row chunks.
+
+    Sums are kept about a shift (the first chunk's mean), which avoids the cancellation of the textbook
+    X^T X - n m m^T when features have a large mean compared with their spread.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.y_1d: bool | None = None
+        self.shift_x: np.ndarray | None = None
+        self.shift_y: np.ndarray | None = None
+        self.sx: np.ndarray | None = None     # sum (x - shift_x)            (D,)
+        self.sy: np.ndarray | None = None     # sum (y - shift_y)            (T,)
+        self.sxx: np.ndarray | None = None    # sum (x - cx)(x - cx)^T       (D, D)
+        self.sxy: np.ndarray | None = None    # sum (x - cx)(y - cy)^T       (D, T)
+        self.syy: np.ndarray | None = None    # sum (y - cy)(y - cy)^T       (T, T)
+
+    @property
+    def n_features(self) -> int:
+        return 0 if self.sx is None else int(self.sx.shape[0])
+
+    @property
+    def n_targets(self) -> int:
+        return 0 if self.sy is None else int(self.sy.shape[0])
+
+    def update(self, X_chunk: Any, y_chunk: Any) -> StreamingStats:
+        """Add a chunk of rows (X: (m, D), y: (m,) or (m, T)); returns self so calls can chain."""
+        X = np.asarray(X_chunk)
+        y = np.asarray(y_chunk)
+        y_1d = y.ndim == 1
+        if y_1d:
+            y = y[:, None]
+        if X.ndim != 2 or y.ndim != 2 or X.shape[0] != y.shape[0]:
+            raise FeatcacheError(f"features and targets do not match: shapes {X.shape} and "
+                                 f"{np.shape(y_chunk)}")
+        if X.shape[0] == 0:
+            return self
+        X = X.astype(np.float64)  # always a fresh array: the in-place shift below must not touch the input
+        y = y.astype(np.float64)
+        if self.sx is None:
+            self.y_1d = y_1d
+            self.shift_x = X.mean(axis=0)
+            self.shift_y = y.mean(axis=0)
+            d, t = X.shape[1], y.shape[1]
+            self.sx, self.sy = np.zeros(d), np.zeros(t)
+            self.sxx, self.sxy, self.syy = np.zeros((d, d)), np.zeros((d, t)), np.zeros((t, t))
+        elif X.shape[1] != self.n_features or y.shape[1] != self.n_targets:
+            raise FeatcacheError(f"chunk has {X.shape[1]} features and {y.shape[1]} targets; earlier chunks "
+                                 f"had {self.n_features} and {self.n_targets}")
+        X -= self.shift_x
+        y -= self.shift_y
+        self.n += X.shape[0]
+        self.sx += X.sum(axis=0)
+        self.sy += y.sum(axis=0)
+        self.sxx += X.T @ X  # NumPy routes A.T @ A to BLAS syrk (half the work of a general product)
+        self.sxy += X.T @ y
+        self.syy += y.T @ y
+        return self
+
+    @classmethod
+    def from_arrays(cls, X: Any, y: Any, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> StreamingStats:
+        """Stream any row-sliceable arrays (NumPy, Zarr, h5py) through `update` in chunks."""
+        stats = cls()
+        n = len(X)
+        if len(y) != n:
+            raise FeatcacheError(f"features have {n} rows but targets have {len(y)}")
+        for start in range(0, n, max(1, int(chunk_rows))):
+            stop = min(n, start + chunk_rows)
+            stats.update(X[start:stop], y[start:stop])
+        return stats
+
+    def _require(self, what: str) -> None:
+        if self.n == 0:
+            raise FeatcacheError(f"no rows in the {what} statistics")
+
+    @property
+    def mean_x(self) -> np.ndarray:
+        self._require("feature")
+        return self.shift_x + self.sx / self.n
+
+    @property
+    def mean_y(self) -> np.ndarray:
+        self._require("target")
+        return self.shift_y + self.sy / self.n
+
+    def moments_about(self, mx: np.ndarray, my: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sum (x-mx)(x-mx)^T, sum (x-mx)(y-my)^T, sum (y-my)(y-my)^T) about arbitrary centres."""
+        self._require("moment")
+        dx = self.shift_x - np.asarray(mx, dtype=np.float64)
+        dy = self.shift_y - np.asarray(my, dtype=np.float64)
+        n = self.n
+        xx = self.sxx + np.outer(self.sx, dx) + np.outer(dx, self.sx) + n * np.outer(dx, dx)
+        xy = self.sxy + np.outer(self.sx, dy) + np.outer(dx, self.sy) + n * np.outer(dx, dy)
+        yy = self.syy + np.outer(self.sy, dy) + np.outer(dy, self.sy) + n * np.outer(dy, dy)
+        return xx, xy, yy
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Moments about this split's own means (scatter matrices)."""
+        return self.moments_about(self.mean_x, self.mean_y)
+
+    def standardisation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, scale, constant-mask) of the features: population std, scale 1 for constant columns."""
+        mean = self.mean_x
+        xx, _, _ = self.centred()
+        std = np.sqrt(np.clip(np.diag(xx) / self.n, 0.0, None))
+        const = is_constant(std, mean)
+        return mean, np.where(const, 1.0, std), const
+
+    def standardised(self, mean: np.ndarray, scale: np.ndarray, y_centre: np.ndarray,
+                     const: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gram Z^T Z, cross Z^T y', y'^T y' with z = (x - mean)/scale and y' = y - y_centre, i.e. this
+        split's statistics seen through another split's standardisation (the validation case)."""
+        xx, xy, yy = self.moments_about(mean, y_centre)
+        zz = xx / np.outer(scale, scale)
+        zy = xy / scale[:, None]
+        if const is not None and const.any():
+            zz[const, :] = 0.0
+            zz[:, const] = 0.0
+            zy[const, :] = 0.0
+        return zz, zy, yy
+
+    def check_finite(self, split: str) -> None:
+        """NaN/inf anywhere in the rows reaches the sums, so one O(D^2) check covers every row."""
+        self._require(split)
+        if not (np.isfinite(self.sx).all() and np.isfinite(self.sxx).all()):
+            raise FeatcacheError(f"features contain NaN or inf values on the {split} split; "
+                                 "check the cache (or the spectra it was built from)")
+        if not (np.isfinite(self.sy).all() and np.isfinite(self.syy).all()):
+            raise FeatcacheError(f"targets contain NaN or inf values on the {split} split; "
+                                 "drop or fill those rows")
+
+
+def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric eigendecomposition on one BLAS thread: a D x D (D ~ 384) problem gains nothing from
+    threads, and multithreaded OpenBLAS LAPACK on a busy 2-core machine was measured 100x slower."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        return np.linalg.eigh(a)
+    with threadpool_limits(1, user_api="blas"):
+        return np.linalg.eigh(a)
+
+
+def alpha_grid(lo: float = 1e-4, hi: float = 1e6, num: int = 21) -> np.ndarray:
+    """Log-spaced relative alphas, both ends included."""
+    if not (lo > 0 and hi >= lo and int(num) >= 1):
+        raise FeatcacheError(f"bad alpha grid ({lo}, {hi}, {num}): need 0 < lo <= hi and num >= 1")
+    return np.logspace(np.log10(lo), np.log10(hi), int(num))
+
+
+class RidgeHead:
+    """Ridge with intercept on train-standardised features; alpha chosen by validation R2 (never test).
+
+    alphas: explicit (relative, see module doc) alphas, or None for `alpha_grid`. scale_alphas=False
+    takes them as effective alphas (scikit-learn's units on standardised features).
+    """
+
+    def __init__(self, alphas: Sequence[float] | None = None,
+                 alpha_grid: tuple[float, float, int] = DEFAULT_ALPHA_GRID,
+                 scale_alphas: bool = True) -> None:
+        self.alphas = None if alphas is None else [float(a) for a in alphas]
+        self.alpha_grid = tuple(alpha_grid)
+        self.scale_alphas = bool(scale_alphas)
+        self.coef_: np.ndarray | None = None
+        self.intercept_: np.ndarray | float | None = None
+        self.alpha_: float | None = None
+        self.alphas_: np.ndarray | None = None
+        self.val_r2_per_alpha_: np.ndarray | None = None
+        self.val_r2_: float | None = None
+        self.x_mean_: np.ndarray | None = None
+        self.x_scale_: np.ndarray | None = None
+        self.n_train_: int | None = None
+        self._y_1d = True
+
+    def relative_alphas(self) -> np.ndarray:
+        rel = alpha_grid(*self.alpha_grid) if self.alphas is None else np.asarray(self.alphas, np.float64)
+        if rel.ndim != 1 or rel.size == 0 or not np.all(np.isfinite(rel)) or np.any(rel <= 0):
+            raise FeatcacheError(f"alphas must be positive finite numbers, got {rel.tolist()}")
+        return np.sort(rel)
+
+    def fit_stats(self, train: StreamingStats, val: StreamingStats | None = None,
+                  target_names: Sequence[str] | None = None) -> RidgeHead:
+        """Fit from accumulated statistics; val is required when there is more than one alpha."""
+        train.check_finite("train")
+        if train.n < 2:
+            raise FeatcacheError(f"ridge needs at least 2 train rows, got {train.n}")
+        n, t = train.n, train.n_targets
+        mx, scale, const = train.standardisation()
+        my = train.mean_y
+        zz, zy, yy = train.standardised(mx, scale, my, const)
+        y_std = np.sqrt(np.clip(np.diag(yy) / n, 0.0, None))
+        for j in np.flatnonzero(is_constant(y_std, my)):
+            raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the train split "
+                                 f"(every value is {my[j]:.6g}); nothing to fit")
+        rel = self.relative_alphas()
+        alphas = rel * n if self.scale_alphas else rel
+        if val is None and alphas.size > 1:
+            raise FeatcacheError("choosing alpha needs a validation split (alpha is never chosen on test); "
+                                 "give validation rows or a single alpha")
+
+        lam, vecs = _eigh(zz)
+        lam = np.clip(lam, 0.0, None)
+        proj = vecs.T @ zy                                        # (D, T) in the eigenbasis
+        coefs_eig = proj[None, :, :] / (lam[None, :, None] + alphas[:, None, None])   # (A, D, T)
+
+        if val is not None:
+            val.check_finite("validation")
+            if val.n_features != train.n_features or val.n_targets != t:
+                raise FeatcacheError(f"validation has {val.n_features} features and {val.n_targets} targets; "
+                                     f"train has {train.n_features} and {t}")
+            vzz, vzy, vyy = val.standardised(mx, scale, my, const)
+            _, _, vyy_own = val.centred()
+            sst = np.diag(vyy_own)
+            vy_std = np.sqrt(np.clip(sst / val.n, 0.0, None))
+            for j in np.flatnonzero(is_constant(vy_std, val.mean_y)):
+                raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the validation "
+                                     "split; validation R2 is undefined")
+            g = vecs.T @ vzz @ vecs                                # validation Gram in the eigenbasis
+            c = vecs.T @ vzy
+            quad = np.einsum("adt,adt->at", np.einsum("de,aet->adt", g, coefs_eig), coefs_eig)
+            sse = np.diag(vyy)[None, :] - 2.0 * np.einsum("adt,dt->at", coefs_eig, c) + quad
+            r2 = 1.0 - np.clip(sse, 0.0, None) / sst[None, :]     # (A, T)
+            best = int(np.argmax(r2.mean(axis=1)))                 # first (smallest) alpha on ties
+            self.val_r2_per_alpha_ = r2[:, 0] if train.y_1d else r2
+            self.val_r2_ = float(r2[best].mean())
+        else:
+            best = 0
+            self.val_r2_per_alpha_ = None
+            self.val_r2_ = None
+
+        w = vecs @ coefs_eig[best]                                 # (D, T), standardised units
+        coef = w / scale[:, None]
+        coef[const, :] = 0.0
+        intercept = my - mx @ coef
+        self._y_1d = bool(train.y_1d)
+        self.coef_ = coef[:, 0] if self._y_1d else coef
+        self.intercept_ = float(intercept[0]) if self._y_1d else intercept
+        self.alphas_ = alphas
+        self.alpha_ = float(alphas[best])
+        self.x_mean_, self.x_scale_, self.n_train_ = mx, scale, n
+        return self
+
+    def fit(self, X_train: Any, y_train: Any, X_val: Any = None, y_val: Any = None,
+            chunk_rows: int = DEFAULT_CHUNK_ROWS, target_names: Sequence[str] | None = None) -> RidgeHead:
+        """Convenience: stream the arrays (NumPy, Zarr, h5py) in chunks, then `fit_stats`."""
+        train = StreamingStats.from_arrays(X_train, y_train, chunk_rows)
+        val = None if X_val is None else StreamingStats.from_arrays(X_val, y_val, chunk_rows)
+        return self.fit_stats(train, val, target_names=target_names)
+
+    def _check_fitted(self) -> None:
+        if self.coef_ is None:
+            raise FeatcacheError("the ridge head is not fitted yet")
+
+    def predict(self, X: Any, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
+        """Predictions in the target's units (float64); chunked so float32 inputs are not copied whole."""
+        self._check_fitted()
+        coef = np.asarray(self.coef_, dtype=np.float64)
+        n = len(X)
+        out = np.empty((n,) + coef.shape[1:], dtype=np.float64)
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            out[start:stop] = np.asarray(X[start:stop], dtype=np.float64) @ coef + self.intercept_
+        return out
+
+    def score(self, X: Any, y: Any) -> float:
+        """Mean R2 across targets."""
+        from .metrics import r2
+
+        return float(np.mean(r2(y, self.predict(X))))
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain tensors and numbers, loadable with torch.load(weights_only=True)."""
+        self._check_fitted()
+
+        def tensor(a: Any) -> torch.Tensor | None:
+            return None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+        return {
+            "kind": "ridge",
+            "coef": tensor(self.coef_),
+            "intercept": tensor(self.intercept_),
+            "alpha": self.alpha_,
+            "alphas": tensor(self.alphas_),
+            "val_r2_per_alpha": tensor(self.val_r2_per_alpha_),
+            "val_r2": self.val_r2_,
+            "x_mean": tensor(self.x_mean_),
+            "x_scale": tensor(self.x_scale_),
+            "n_train": self.n_train_,
+            "y_1d": self._y_1d,
+            "relative_alphas": None if self.alphas is None else list(self.alphas),
+            "alpha_grid": list(self.alpha_grid),
+            "scale_alphas": self.scale_alphas,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RidgeHead:
+        if state.get("kind") != "ridge":
+            raise FeatcacheError(f"not a ridge head state (kind {state.get('kind')!r})")
+
+        def array(v: Any) -> np.ndarray | None:
+            return None if v is None else torch.as_tensor(v).double().numpy()
+
+        head = cls(alphas=state.get("relative_alphas"), alpha_grid=tuple(state["alpha_grid"]),
+                   scale_alphas=bool(state["scale_alphas"]))
+        head._y_1d = bool(state["y_1d"])
+        head.coef_ = array(state["coef"])
+        intercept = array(state["intercept"])
+        head.intercept_ = float(intercept) if head._y_1d else intercept
+        head.alpha_ = state["alpha"]
+        head.alphas_ = array(state["alphas"])
+        head.val_r2_per_alpha_ = array(state["val_r2_per_alpha"])
+        head.val_r2_ = state["val_r2"]
+        head.x_mean_ = array(state["x_mean"])
+        head.x_scale_ = array(state["x_scale"])
+        head.n_train_ = state["n_train"]
+        return head

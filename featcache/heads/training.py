@@ -1,0 +1,270 @@
+"""The training loop for torch heads: compact, deterministic, and close to a bare PyTorch loop in speed.
+
+Features and targets are standardised on train and held as one in-memory tensor each; every step gathers a
+batch of shuffled row indices (no DataLoader). Defaults are the reference experiment's recipe: AdamW
+(lr 1e-3, weight decay 1e-4), batch 256, at most 50 epochs, ReduceLROnPlateau(0.5, patience 5) on
+validation loss, early stopping (patience 15) on validation R2 keeping the best weights, gradient clipping
+at 0.5, MSE on standardised targets. The loop avoids per-step host syncs: the train loss is summed on the
+device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..common.device import torch_threads
+from ..common.errors import FeatcacheError
+from ..common.progress import progress as progress_bar
+from .early_stopping import EarlyStopping
+from .recipe import TrainRecipe
+from .standardise import column_moments, is_constant, target_name
+
+
+@dataclass
+class TrainResult:
+    """The head with its best weights, plus the standardisation that maps predictions to target units."""
+
+    model: nn.Module
+    best_epoch: int
+    best_val_r2: float | None
+    history: list[dict[str, float]]
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    y_mean: np.ndarray
+    y_scale: np.ndarray
+    y_1d: bool
+    seconds: float
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, X: Any, batch_size: int = 16_384, device: str | torch.device | None = None) -> np.ndarray:
+        """Predictions in the target's original units (float64), rows streamed in batches."""
+        if device is None:
+            device = next(self.model.parameters()).device
+        mean = torch.as_tensor(self.x_mean, dtype=torch.float32, device=device)
+        scale = torch.as_tensor(self.x_scale, dtype=torch.float32, device=device)
+        n = len(X)
+        out = np.empty((n, self.y_mean.shape[0]), dtype=np.float64)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                xb = torch.as_tensor(np.asarray(X[start:stop], dtype=np.float32), device=device)
+                out[start:stop] = self.model((xb - mean) / scale).double().cpu().numpy()
+        self.model.train(was_training)
+        out = out * self.y_scale + self.y_mean
+        return out[:, 0] if self.y_1d else out
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain tensors and numbers (torch.load(weights_only=True) can read it back)."""
+        return {
+            "kind": "torch",
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "best_epoch": self.best_epoch,
+            "best_val_r2": self.best_val_r2,
+            "history": [dict(h) for h in self.history],
+            "x_mean": torch.as_tensor(self.x_mean), "x_scale": torch.as_tensor(self.x_scale),
+            "y_mean": torch.as_tensor(self.y_mean), "y_scale": torch.as_tensor(self.y_scale),
+            "y_1d": self.y_1d, "seconds": self.seconds, "recipe": dict(self.recipe),
+        }
+
+    @classmethod
+    def from_state(cls, model: nn.Module, state: dict[str, Any]) -> TrainResult:
+        """Rebuild around a freshly created head of the same architecture (see heads.create_head)."""
+        model.load_state_dict(state["state_dict"])
+        model.eval()
+        return cls(model=model, best_epoch=int(state["best_epoch"]), best_val_r2=state["best_val_r2"],
+                   history=list(state["history"]), x_mean=state["x_mean"].double().numpy(),
+                   x_scale=state["x_scale"].double().numpy(), y_mean=state["y_mean"].double().numpy(),
+                   y_scale=state["y_scale"].double().numpy(), y_1d=bool(state["y_1d"]),
+                   seconds=float(state["seconds"]), recipe=dict(state["recipe"]))
+
+
+def make_optimizer(params: Any, lr: float, weight_decay: float,
+                   device: str | torch.device = "cpu") -> torch.optim.Optimizer:
+    """AdamW, fused where the device supports it (one kernel per step instead of a per-parameter loop:
+    a measurable share of a small head's step on CPU); same maths as the default implementation."""
+    params = list(params)
+    if torch.device(device).type in ("cpu", "cuda"):
+        try:
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ (2-norm, foreach) without its per-call grouping: bitwise the same
+    result, fewer dispatches per step (clipping is a visible share of a small head's step on CPU)."""
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
+
+
+def _check_split(X: Any, y: Any, split: str, n_features: int | None,
+                 target_names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X)
+    y = np.asarray(y, dtype=np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    if X.ndim != 2 or y.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise FeatcacheError(f"{split}: features and targets do not match: shapes {X.shape} and {y.shape}")
+    if X.shape[0] == 0:
+        raise FeatcacheError(f"the {split} split has no rows")
+    if n_features is not None and X.shape[1] != n_features:
+        raise FeatcacheError(f"{split} features have {X.shape[1]} columns; train has {n_features}")
+    bad_rows = int(np.count_nonzero(~np.isfinite(X).all(axis=1)))
+    if bad_rows:
+        raise FeatcacheError(f"features contain NaN or inf values ({bad_rows} of {X.shape[0]} {split} rows); "
+                             "check the cache (or the spectra it was built from)")
+    for j in range(y.shape[1]):
+        bad = int(np.count_nonzero(~np.isfinite(y[:, j])))
+        if bad:
+            raise FeatcacheError(f"target '{target_name(target_names, j)}' has {bad} NaN or inf values on the "
+                                 f"{split} split; drop or fill those rows")
+    return X, y
+
+
+def _standardised_tensor(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, device: torch.device) -> torch.Tensor:
+    out = torch.from_numpy(np.array(X, dtype=np.float32, copy=True))
+    out.sub_(torch.from_numpy(mean.astype(np.float32))).div_(torch.from_numpy(scale.astype(np.float32)))
+    return out.to(device)
+
+
+def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(MSE on standardised targets, mean R2 across targets) in one pass and one host sync."""
+    model.eval()
+    with torch.inference_mode():
+        pred = torch.cat([model(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)])
+        err = (pred - y).double()
+        yd = y.double()
+        sse = (err * err).sum(dim=0)
+        sst = ((yd - yd.mean(dim=0)) ** 2).sum(dim=0)
+        loss = sse.sum() / err.numel()
+        r2 = (1.0 - sse / sst).mean()
+        loss_f, r2_f = torch.stack([loss, r2]).tolist()
+    model.train()
+    return loss_f, r2_f
+
+
+@dataclass
+class _Standardised:
+    """Train (and validation) rows as standardised tensors on the device, and the standardisation."""
+
+    xs: torch.Tensor
+    ys: torch.Tensor
+    xv: torch.Tensor | None
+    yv: torch.Tensor | None
+    x_mean: np.ndarray
+    x_scale: np.ndarray
+    y_mean: np.ndarray
+    y_scale: np.ndarray
+
+
+def _standardise(X_train: Any, y_train: Any, X_val: Any, y_val: Any, device: torch.device,
+                 target_names: Sequence[str] | None) -> _Standardised:
+    """Check both splits and standardise them with the train split's mean and population std."""
+    Xtr, ytr = _check_split(X_train, y_train, "train", None, target_names)
+    x_mean, x_std = column_moments(Xtr)
+    x_scale = np.where(is_constant(x_std, x_mean), 1.0, x_std)  # constant columns: scale 1
+    y_mean, y_scale = ytr.mean(axis=0), ytr.std(axis=0)
+    for j in np.flatnonzero(is_constant(y_scale, y_mean)):
+        raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the train split "
+                             f"(every value is {y_mean[j]:.6g}); nothing to fit")
+    xs = _standardised_tensor(Xtr, x_mean, x_scale, device)
+    ys = torch.from_numpy(((ytr - y_mean) / y_scale).astype(np.float32)).to(device)
+    xv = yvs = None
+    if X_val is not None:
+        Xv, yv = _check_split(X_val, y_val, "validation", Xtr.shape[1], target_names)
+        if yv.shape[1] != ytr.shape[1]:
+            raise FeatcacheError(f"validation has {yv.shape[1]} targets; train has {ytr.shape[1]}")
+        for j in np.flatnonzero(is_constant(yv.std(axis=0), yv.mean(axis=0))):
+            raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the validation "
+                                 "split; validation R2 is undefined")
+        xv = _standardised_tensor(Xv, x_mean, x_scale, device)
+        yvs = torch.from_numpy(((yv - y_mean) / y_scale).astype(np.float32)).to(device)
+    return _Standardised(xs, ys, xv, yvs, x_mean, x_scale, y_mean, y_scale)
+
+
+def train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any = None, y_val: Any = None,
+               recipe: TrainRecipe | None = None, device: str | torch.device = "cpu", progress: bool = True,
+               target_names: Sequence[str] | None = None, desc: str = "fit",
+               num_threads: int | None = None) -> TrainResult:
+    """Train `model` (standardised features in, standardised targets out) and return its best weights.
+
+    Without validation rows the scheduler and early stopping follow the train loss and the last epoch is
+    kept. Deterministic given recipe.seed: shuffling uses its own torch.Generator and dropout runs under a
+    seeded, forked global RNG (the caller's RNG state is left as it was). num_threads sets torch's CPU
+    threads for this call only (a small head on a busy machine is often fastest on one thread).
+    """
+    started = time.perf_counter()
+    recipe = recipe or TrainRecipe()
+    recipe.validate()
+    device = torch.device(device)
+    with torch_threads(num_threads):
+        data = _standardise(X_train, y_train, X_val, y_val, device, target_names)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(recipe.seed)
+            bar = progress_bar(total=recipe.max_epochs, desc=desc, unit="epoch") if progress else None
+            try:
+                history, stopper = _train_loop(model, data, recipe, device, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+    stopper.restore(model)
+    model.eval()
+    has_val = data.xv is not None
+    return TrainResult(model=model, best_epoch=stopper.best_epoch,
+                       best_val_r2=stopper.best_score if has_val else None, history=history,
+                       x_mean=data.x_mean, x_scale=data.x_scale, y_mean=data.y_mean, y_scale=data.y_scale,
+                       y_1d=np.asarray(y_train).ndim == 1, seconds=time.perf_counter() - started,
+                       recipe=recipe.to_dict())
+
+
+def _train_loop(model: nn.Module, data: _Standardised, recipe: TrainRecipe, device: torch.device,
+                bar: Any) -> tuple[list[dict[str, float]], EarlyStopping]:
+    """The epoch loop (nanoGPT-style: one flat loop, a comment per phase); leaves the last weights in model."""
+    n, bs = data.xs.shape[0], int(recipe.batch_size)
+    gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, recipe.lr, recipe.weight_decay, device)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=recipe.plateau_factor,
+                                                       patience=recipe.plateau_patience)
+    loss_fn, stopper, history = nn.MSELoss(), EarlyStopping(recipe.patience), []
+    for epoch in range(1, recipe.max_epochs + 1):
+        t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
+        # one pass over the shuffled train rows; the loss is summed on the device (no per-step host sync)
+        perm = torch.randperm(n, generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            loss = loss_fn(model(data.xs[idx]), data.ys[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.grad_clip:
+                clip_grad_norm([p.grad for p in params if p.grad is not None], recipe.grad_clip)
+            opt.step()
+            loss_sum += loss.detach() * idx.shape[0]
+        # validation scores, then the plateau schedule on the validation loss (train loss without one)
+        train_loss = loss_sum.item() / n
+        val_loss, val_r2 = (_evaluate(model, data.xv, data.yv, recipe.eval_batch_size) if data.xv is not None
+                            else (float("nan"), float("nan")))
+        sched.step(val_loss if data.xv is not None else train_loss)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_r2": val_r2,
+                        "lr": lr, "seconds": time.perf_counter() - t0})
+        if bar is not None:
+            bar.set_postfix(loss=f"{train_loss:.4f}", val_r2=f"{val_r2:.4f}", refresh=False)
+            bar.update(1)
+        # early stopping on validation R2, keeping the best weights
+        if stopper.step(epoch, val_r2 if data.xv is not None else None, model):
+            break
+    return history, stopper

@@ -1,0 +1,75 @@
+"""The files a pretraining run keeps beside its checkpoint (<stem>.yaml, .mask.npy, .log.csv), and the
+checkpoint's own featcache metadata that --resume continues from."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..common.errors import FeatcacheError
+from ..common.files import write_text
+from ..model.checkpoint import load_torch_file
+from ..model.config import EncoderConfig
+from .recipe import PretrainRecipe
+
+LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_snr_noisy", "val_snr_denoised", "lr", "seconds")
+
+
+def mask_path_for(out: str | os.PathLike[str]) -> Path:
+    """<stem>.mask.npy beside the checkpoint."""
+    out = Path(out)
+    return out.with_name(out.stem + ".mask.npy")
+
+
+def log_path_for(out: str | os.PathLike[str]) -> Path:
+    """<stem>.log.csv beside the checkpoint."""
+    out = Path(out)
+    return out.with_name(out.stem + ".log.csv")
+
+
+def checkpoint_mask(ckpt: str | os.PathLike[str]) -> np.ndarray:
+    """The wavelength mask a pretrained encoder was trained with (<stem>.mask.npy beside it)."""
+    path = mask_path_for(ckpt)
+    if not path.exists():
+        raise FeatcacheError(f"{path}: no mask beside the checkpoint (pretrain writes <stem>.mask.npy)")
+    return np.load(path, allow_pickle=False).astype(bool)
+
+
+def write_log(path: Path, history: list[dict[str, float]]) -> None:
+    """<stem>.log.csv: one row per epoch (written atomically after each)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(LOG_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in LOG_COLUMNS})
+    write_text(path, buffer.getvalue())
+
+
+def read_log(path: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """The per-epoch metrics a run wrote to <stem>.log.csv."""
+    with open(path, newline="") as handle:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def load_resume_state(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checkpoint dict of an earlier pretrain run (with its 'featcache' metadata) to resume from."""
+    out = Path(out)
+    if not out.exists():
+        raise FeatcacheError(f"--resume: {out} does not exist (nothing to resume; drop --resume to start)")
+    state = load_torch_file(out)
+    meta = state.get("featcache") if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or meta.get("kind") != "pretrain" or "optimizer_states" not in state:
+        raise FeatcacheError(f"--resume: {out} was not written by featcache pretrain (no optimizer state and "
+                             "pretrain metadata to continue from)")
+    return state
+
+
+def saved_settings(state: dict[str, Any]) -> tuple[EncoderConfig, PretrainRecipe]:
+    """The architecture and recipe stored in a pretrain checkpoint's metadata."""
+    meta = state["featcache"]
+    return EncoderConfig(**meta["config"]), PretrainRecipe.from_saved(meta["recipe"])

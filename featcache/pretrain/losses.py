@@ -1,0 +1,87 @@
+"""The original blind-spot losses, the model's input, and one optimiser step.
+
+Losses (out = model(x) = (mu_x, sigma_x), sigma_n = error * noise_level, var = sigma_x^2 + sigma_n^2):
+- T1: Laplace NLL of the denoised estimate `denoise(out, noisy, sigma_n)` against the clean flux, with
+  scale b = sqrt(var / 2): mean(|est - flux| / b + log(2b)).
+- E1: Laplace NLL of mu_x against the noisy input, same b (self-supervised).
+- E2: Gaussian NLL of mu_x against the noisy input: mean(0.5 (noisy - mu)^2 / var + 0.5 log var).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..common.errors import FeatcacheError, choices_message
+from ..model.encoder import BlindspotModel1D, denoise
+from ..spectra.inputs import Inputs
+from .recipe import LOSSES
+
+_VAR_FLOOR = 1e-12  # keeps log(var) finite where both sigma_x and the error are zero
+
+
+def pretrain_loss(name: str, output: torch.Tensor, noisy: torch.Tensor, sigma_n: torch.Tensor,
+                  flux: torch.Tensor | None = None) -> torch.Tensor:
+    """The original T1 / E1 / E2 losses (see the module docstring), averaged over spectra and pixels."""
+    mu_x, sigma_x = output[:, 0], output[:, 1]
+    var = (sigma_x**2 + sigma_n**2).clamp_min(_VAR_FLOOR)
+    if name == "E2":
+        return (0.5 * (noisy - mu_x) ** 2 / var + 0.5 * torch.log(var)).mean()
+    b = torch.sqrt(var / 2)
+    if name == "E1":
+        return ((noisy - mu_x).abs() / b + torch.log(2 * b)).mean()
+    if name == "T1":
+        if flux is None:
+            raise FeatcacheError("loss T1 needs the clean flux")
+        est = denoise(output, noisy, sigma_n)
+        return ((est - flux).abs() / b + torch.log(2 * b)).mean()
+    raise FeatcacheError(choices_message("loss", name, LOSSES))
+
+
+def model_input(noisy: torch.Tensor, sigma: torch.Tensor, input_sigma: bool) -> torch.Tensor:
+    """(B, 2, L) = [noisy, sigma] with input_sigma, else (B, 1, L)."""
+    return torch.stack([noisy, sigma], dim=1) if input_sigma else noisy[:, None]
+
+
+@dataclass
+class Batch:
+    """Masked model-ready arrays of some spectra (flux may be None without clean flux)."""
+
+    noisy: torch.Tensor
+    sigma: torch.Tensor
+    flux: torch.Tensor | None
+
+    def to(self, device: torch.device) -> Batch:
+        nb = device.type == "cuda"
+        return Batch(self.noisy.to(device, non_blocking=nb), self.sigma.to(device, non_blocking=nb),
+                     None if self.flux is None else self.flux.to(device, non_blocking=nb))
+
+    def __len__(self) -> int:
+        return int(self.noisy.shape[0])
+
+    def take(self, index: torch.Tensor | slice) -> Batch:
+        return Batch(self.noisy[index], self.sigma[index], None if self.flux is None else self.flux[index])
+
+    @classmethod
+    def from_inputs(cls, inputs: Inputs) -> Batch:
+        as_t = torch.from_numpy
+        return cls(as_t(inputs.noisy), as_t(inputs.sigma), None if inputs.flux is None else as_t(inputs.flux))
+
+    @staticmethod
+    def concatenate(parts: list[Batch]) -> Batch:
+        flux = None if any(p.flux is None for p in parts) else torch.cat([p.flux for p in parts])  # type: ignore[misc]
+        return Batch(torch.cat([p.noisy for p in parts]), torch.cat([p.sigma for p in parts]), flux)
+
+
+def training_step(model: BlindspotModel1D, optimizer: torch.optim.Optimizer, batch: Batch, loss_name: str,
+                  grad_clip: float = 1.0) -> float:
+    """One Adam step on a batch (model in train mode); returns the batch loss."""
+    output = model(model_input(batch.noisy, batch.sigma, model.config.input_sigma))
+    loss = pretrain_loss(loss_name, output, batch.noisy, batch.sigma, batch.flux)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip and grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())

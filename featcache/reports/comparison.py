@@ -1,0 +1,278 @@
+"""`featcache compare` in Python: the layer x pooling x head table, with baselines, intervals and plots.
+
+Why this shape:
+
+* A *fit* (one cache, one feature, one head, one target, one seed) is the unit of work and of storage (the
+  cell store, cells.py): a re-run refits nothing, a changed recipe refits only the cells it affects.
+* A *cell* of the table (encoder, layer, pooling, head, target) aggregates its seeds (rows.py). Each target
+  gets its own head, as in the reference experiment. Ridge is deterministic: one fit whatever --seeds says.
+* The best cell of each target, in bold, is the one with the highest validation R2 over the whole table
+  (encoder rows, baselines and --run rows alike); test R2 never takes part in the choice.
+* Baselines (sources.py): raw-input rows from the caches' pseudo-layers, a random-init cache as another
+  --cache, and --run rows from fit / finetune run directories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..common.errors import FeatcacheError, choices_message
+from ..common.files import atomic_write, write_json, write_text
+from ..common.progress import progress, status
+from ..common.serialise import plain
+from ..heads.fit import FitSpec
+from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
+from ..heads.registry import head_info
+from ..model.taps import PSEUDO_LAYERS
+from .cells import CellStore, Fit, Task, cell_key, run_fits
+from .render import render_markdown, source_info, write_plots
+from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
+from .sources import Source, open_sources
+
+DEFAULT_HEADS = ("ridge", "mlp_1")
+CacheArgs = Mapping[str, str | Path] | Sequence[str | Path | tuple[str | None, str | Path]]
+
+
+@dataclass
+class CompareResult:
+    """The table (one row per cell: target x encoder x layer x pooling x head), the best cells, the files."""
+
+    table: Any  # pandas.DataFrame
+    best: dict[str, dict[str, Any]]
+    markdown: str
+    out: Path
+    fitted: int
+    reused: int
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class CompareRequest:
+    """What to compare, validated: the sources, the runs, the grid's settings."""
+
+    sources: list[Source]
+    runs: list[RunRows]
+    targets: list[str]
+    heads: list[str]
+    seeds: int
+    recipe: TrainRecipe
+    splits: list[str]
+    n_boot: int
+
+
+def _check_labels(sources: list[Source], targets: list[str], splits: list[str]) -> None:
+    if not targets:
+        raise FeatcacheError("give at least one --target")
+    for src in sources:
+        for split in splits:
+            if split not in src.cache.splits:
+                raise FeatcacheError(f"{src.path}: no split '{split}'; the cache has: {', '.join(src.cache.splits)}")
+            names = src.cache.label_names(split)
+            for target in targets:
+                if target not in names:
+                    raise FeatcacheError(f"{src.path}: unknown label '{target}' in split '{split}'; available: "
+                                         + (", ".join(names) or "(none)"))
+
+
+def _grid(sources: list[Source], layers: Sequence[str] | None, pools: Sequence[str] | None, baselines: bool,
+          train_split: str) -> list[tuple[Source, str, str, str, str]]:
+    """(source, row label, kind, layer, pool) in table order: encoder rows per cache, then raw-input rows."""
+    all_layers: list[str] = []
+    for src in sources:
+        all_layers += [layer for layer in src.cache.layers(train_split) if layer not in all_layers]
+    for layer in layers or []:
+        if layer not in all_layers:
+            raise FeatcacheError(choices_message("layer", layer, all_layers))
+
+    def wanted_layer(layer: str) -> bool:
+        if layer in PSEUDO_LAYERS:  # --layer narrows encoder layers; baselines stay unless named or turned off
+            return layer in (layers or []) or (baselines and not any(x in PSEUDO_LAYERS for x in layers or []))
+        return not layers or layer in layers
+
+    all_pools: list[str] = []
+    for src in sources:
+        for layer in src.cache.layers(train_split):
+            if wanted_layer(layer):
+                all_pools += [p for p in src.cache.pools(train_split, layer) if p not in all_pools]
+    for pool in pools or []:
+        if pool not in all_pools:
+            raise FeatcacheError(choices_message("pooling", pool, all_pools))
+    encoder_rows, baseline_rows = [], []
+    for src in sources:
+        for layer in src.cache.layers(train_split):
+            if not wanted_layer(layer):
+                continue
+            pseudo = layer in PSEUDO_LAYERS
+            if pseudo and src.baseline_name is None:
+                continue
+            for pool in src.cache.pools(train_split, layer):
+                if pools and pool not in pools:
+                    continue
+                if pseudo:
+                    baseline_rows.append((src, str(src.baseline_name), "baseline", layer, pool))
+                else:
+                    encoder_rows.append((src, src.name, "encoder", layer, pool))
+    rows = encoder_rows + baseline_rows
+    if not rows:
+        raise FeatcacheError("nothing to compare: no cache has the requested layers and poolings")
+    return rows
+
+
+def _read_runs(runs: Sequence[str | Path], targets: list[str]) -> list[RunRows]:
+    """--run directories, each under a unique name, each predicting one of the targets."""
+    run_dirs = [read_run(r) for r in runs]
+    seen: set[str] = set()
+    for run in run_dirs:
+        base, i = run.name, 2
+        while run.name in seen:
+            run.name, i = f"{base}-{i}", i + 1
+        seen.add(run.name)
+        if not set(run_targets(run)) & set(targets):
+            raise FeatcacheError(f"--run {run.path}: predicts {', '.join(run_targets(run)) or 'nothing'}, "
+                                 f"none of the targets {', '.join(targets)}")
+    return run_dirs
+
+
+def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]], spec: dict[str, Any]
+           ) -> list[list[Task]]:
+    """One group of fits per table cell (one fit per seed for trainable heads, one for ridge)."""
+    train_split = request.splits[0]
+    cells: list[list[Task]] = []
+    for target in request.targets:
+        for src, label, kind, layer, pool in grid:
+            for split in request.splits:
+                src.cache.feature_array(split, layer, pool)  # missing or incomplete: one-line error up front
+            width = int(src.cache.feature_info(train_split, layer, pool).get("D") or
+                        src.cache.feature_array(train_split, layer, pool).shape[1])
+            for head in request.heads:
+                trainable = head_info(head).trainable
+                group = []
+                for i in range(request.seeds if trainable else 1):
+                    seed = request.recipe.seed + i if trainable else None
+                    recipe = replace(request.recipe, seed=seed) if seed is not None else request.recipe
+                    fit = FitSpec(features=[(layer, pool)], targets=[target], head=head, recipe=recipe, **spec)
+                    key = cell_key(src.cache.fingerprint, fit)
+                    group.append(Task(src, label, kind, layer, pool, width, head, target, seed, fit, key))
+                cells.append(group)
+    return cells
+
+
+def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progress: bool
+                ) -> tuple[dict[str, Fit], int, int]:
+    """Every fit of the table, reused from the store or made now. Returns (fits by key, fitted, reused)."""
+    done: dict[str, Fit] = {}
+    todo: list[Task] = []
+    queued: set[str] = set()
+    for task in (t for group in cells for t in group):
+        if task.key in done or task.key in queued:
+            continue  # the same fit twice (e.g. one cache under two names) is made once
+        loaded = store.load(task.key)
+        if loaded is None:
+            todo.append(task)
+            queued.add(task.key)
+        else:
+            done[task.key] = loaded
+    reused = len(done)
+    todo.sort(key=lambda t: head_info(t.head).trainable)  # closed-form heads first: a partial run has their table
+    if todo:
+        status(f"compare: {len(todo)} fits to make, {reused} reused from {store.dir}")
+    bar = progress(total=len(todo), desc="compare", unit="fit") if show_progress else None
+
+    def save(task: Task, record: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        store.save(task.key, record, arrays)
+        done[task.key] = (record, arrays)
+
+    try:
+        run_fits(todo, jobs, save, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return done, len(todo), reused
+
+
+def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit]
+           ) -> tuple[Any, dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The table (cells, then --run rows), with each target's best row by validation R2 marked."""
+    import pandas as pd
+
+    rows, predictions = [], []
+    for group in cells:
+        row, truth, pred = cell_row(group, [done[t.key] for t in group], request.n_boot)
+        rows.append(row)
+        predictions.append((truth, pred))
+    for run in request.runs:
+        for target in request.targets:
+            if target in run_targets(run):
+                row, truth, pred = run_row(run, target, request.n_boot)
+                rows.append(row)
+                predictions.append((truth, pred))
+    table = pd.DataFrame(rows)
+    table["best"] = False
+    best: dict[str, dict[str, Any]] = {}
+    best_pred: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for target in request.targets:
+        sub = table[(table["target"] == target) & table["val_r2"].notna()]
+        if len(sub):
+            index = int(sub["val_r2"].idxmax())  # first of equals, in table order
+            table.loc[index, "best"] = True
+            best[target] = plain(table.loc[index].to_dict(), finite_only=True)
+            best_pred[target] = predictions[index]
+    return table, best, best_pred
+
+
+def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] = DEFAULT_HEADS,
+            layers: Sequence[str] | None = None, pools: Sequence[str] | None = None, seeds: int = 1,
+            recipe: TrainRecipe | None = None, hidden: int = DEFAULT_HIDDEN, dropout: float = DEFAULT_DROPOUT,
+            alphas: list[float] | None = None, runs: Sequence[str | Path] = (), out: str | Path = "reports/compare",
+            baselines: bool = True, device: str = "auto", train_split: str = "train", val_split: str = "val",
+            test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
+            jobs: int = 1) -> CompareResult:
+    """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
+    write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
+
+    jobs > 1 trains the MLP cells in that many worker processes (each with cpus // jobs torch threads);
+    an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread count changes the order of
+    float32 sums, and training amplifies such differences a little); ridge cells are identical."""
+    out = Path(out)
+    targets = list(dict.fromkeys(targets))
+    heads = list(dict.fromkeys(heads or DEFAULT_HEADS))
+    for head in heads:
+        head_info(head)  # lists the registered heads if unknown
+    if seeds < 1:
+        raise FeatcacheError(f"--seeds must be at least 1, got {seeds}")
+    if jobs < 1:
+        raise FeatcacheError(f"--jobs must be at least 1, got {jobs}")
+    recipe = recipe or TrainRecipe()
+    recipe.validate()
+    run_dirs = _read_runs(runs, targets)
+    sources = open_sources(caches, train_split)
+    splits = [train_split, val_split, test_split]
+    _check_labels(sources, targets, splits)
+    request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot)
+    spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
+                test_split=test_split, device=device)
+    cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
+    done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress)
+    table, best, best_pred = _table(request, cells, done)
+    all_heads = heads + [h for h in dict.fromkeys(table["head"]) if h not in heads]
+    markdown = render_markdown(table, targets, {"sources": sources, "runs": run_dirs, "heads": all_heads,
+                                                "seeds": seeds, "n_boot": n_boot, "splits": splits,
+                                                "recipe": recipe})
+    out.mkdir(parents=True, exist_ok=True)
+    files = [write_text(out / "compare.md", markdown), out / "compare.csv", out / "compare.json"]
+    atomic_write(files[1], lambda tmp: table.to_csv(tmp, index=False))
+    summary = {"targets": targets, "heads": all_heads, "seeds": seeds, "n_boot": n_boot, "boot_seed": BOOT_SEED,
+               "ci_level": CI_LEVEL, "splits": dict(zip(("train", "val", "test"), splits, strict=True)),
+               "recipe": recipe.to_dict(), "hidden": hidden, "dropout": dropout, "alphas": alphas,
+               "caches": [source_info(s, splits) for s in sources],
+               "runs": [{"name": r.name, "path": str(r.path), "kind": r.metrics.get("kind", "fit")} for r in run_dirs],
+               "best": best, "fitted": fitted, "reused": reused, "cells": table.to_dict(orient="records")}
+    write_json(files[2], summary, indent=1, finite_only=True)
+    if plots:
+        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown)
+    return CompareResult(table, best, markdown, out, fitted, reused, files)

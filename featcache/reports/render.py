@@ -1,0 +1,197 @@
+"""compare.md and report.md: the table per target, the best cell, the data and caches, then the plots."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..common.errors import FeatcacheError
+from ..common.files import write_text
+from ..heads.recipe import TrainRecipe
+from ..heads.registry import head_info
+from .rows import BOOT_SEED, CI_LEVEL, RunRows, run_split
+from .sources import Source
+
+
+def source_info(src: Source, splits: list[str]) -> dict[str, Any]:
+    sizes = {split: {"spectra": src.cache.n_spectra(split), "rows": src.cache.n_rows(split)} for split in splits}
+    return {"name": src.name, "path": str(src.path), "fingerprint": src.cache.fingerprint,
+            "encoder": (src.cache.meta.get("encoder") or {}).get("source"), "sizes": sizes}
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _test_text(row: Mapping[str, Any]) -> str:
+    spread = f" ± {_fmt(row['test_r2_std'])}" if row["seeds"] > 1 and math.isfinite(row["test_r2_std"]) else ""
+    return f"{_fmt(row['test_r2'])}{spread} [{_fmt(row['test_r2_lo'])}, {_fmt(row['test_r2_hi'])}]"
+
+
+def _val_text(row: Mapping[str, Any]) -> str:
+    spread = f" ± {_fmt(row['val_r2_std'])}" if row["seeds"] > 1 and math.isfinite(row["val_r2_std"]) else ""
+    return f"{_fmt(row['val_r2'])}{spread}"
+
+
+def cell_label(row: Mapping[str, Any]) -> str:
+    feature = f"{row['layer']}/{row['pool']}" if row["pool"] else str(row["layer"])
+    return f"{row['head']} on {row['encoder']} {feature}"
+
+
+def markdown_table(table: Any, target: str, heads: list[str]) -> str:
+    """Rows (encoder, layer, pooling, width); per head: test R2 [95% CI] and validation R2; the best in bold."""
+    sub = table[table["target"] == target]
+    header = ["encoder", "layer", "pooling", "D"]
+    for head in heads:
+        header += [f"{head} test R2 [95% CI]", f"{head} val R2"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (2 * len(heads))) + "|"]
+    row_keys = list(dict.fromkeys(zip(sub["encoder"], sub["layer"], sub["pool"], sub["width"], strict=True)))
+    for encoder, layer, pool, width in row_keys:
+        cells = sub[(sub["encoder"] == encoder) & (sub["layer"] == layer) & (sub["pool"] == pool)
+                    & (sub["width"] == width)]
+        texts = [str(encoder), str(layer), str(pool) or "—", str(width) if width >= 0 else "—"]
+        for head in heads:
+            match = cells[cells["head"] == head]
+            if not len(match):
+                texts += ["—", "—"]
+                continue
+            row = match.iloc[0]
+            test, val = _test_text(row), _val_text(row)
+            if row["best"]:
+                test, val = f"**{test}**", f"**{val}**"
+            texts += [test, val]
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(table: Any, targets: list[str], context: dict[str, Any]) -> str:
+    """compare.md: a section per target with its table, the best cell, per-encoder bests, data and caches."""
+    sources: list[Source] = context["sources"]
+    heads: list[str] = context["heads"]
+    seeds, n_boot = context["seeds"], context["n_boot"]
+    train_split, val_split, test_split = context["splits"]
+    recipe: TrainRecipe = context["recipe"]
+    lines = ["# featcache compare", ""]
+    for target in targets:
+        sub = table[table["target"] == target]
+        lines += [f"## {target}", "", markdown_table(table, target, heads), ""]
+        chosen = sub[sub["best"]]
+        if len(chosen):
+            row = chosen.iloc[0]
+            lines.append(f"Best by validation R2 (bold; test never used to choose): {cell_label(row)} "
+                         f"(D={row['width']}): val R2 {_val_text(row)}, test R2 {_test_text(row)}.")
+        per_encoder = []
+        for encoder in dict.fromkeys(sub["encoder"]):
+            enc = sub[(sub["encoder"] == encoder) & sub["val_r2"].notna()]
+            if len(enc):
+                row = enc.loc[enc["val_r2"].idxmax()]
+                per_encoder.append(f"{encoder} {_fmt(row['test_r2'])} ({row['head']}, {row['layer']}/{row['pool']})")
+        if len(per_encoder) > 1:
+            lines.append("Test R2 of each encoder's best cell by validation R2: " + "; ".join(per_encoder) + ".")
+        lines.append("")
+    trainable = [h for h in heads if _is_trainable(h) and (table["head"] == h).any()]
+    lines.append(f"Test R2: {int(CI_LEVEL * 100)}% percentile bootstrap interval, {n_boot} resamples of the "
+                 f"'{test_split}' spectra (draw 0, seed {BOOT_SEED}); validation R2 on '{val_split}' (draw 0) "
+                 "chooses alpha / epochs and the bold cell.")
+    if trainable:
+        seed_text = (f"mean ± std over seeds {recipe.seed}..{recipe.seed + seeds - 1}, interval of that mean "
+                     "(each resample scores every seed)" if seeds > 1 else f"seed {recipe.seed}")
+        lines.append(f"{', '.join(trainable)}: {seed_text}; recipe lr {recipe.lr:g}, batch {recipe.batch_size}, "
+                     f"at most {recipe.max_epochs} epochs, patience {recipe.patience}. Each target has its own head.")
+    sizes = [_sizes_text(src, train_split, val_split, test_split) for src in sources]
+    if len(set(sizes)) == 1:
+        lines.append(f"Data: {sizes[0]}.")
+    lines.append("")
+    lines.append("Caches:")
+    for src, size in zip(sources, sizes, strict=True):
+        extra = f"; {size}" if len(set(sizes)) > 1 else ""
+        lines.append(f"- `{src.name}`: {src.path}, fingerprint {src.cache.fingerprint}, encoder "
+                     f"{(src.cache.meta.get('encoder') or {}).get('source', '?')}{extra}")
+    baseline_names = [s.baseline_name for s in sources if s.baseline_name]
+    if baseline_names and (table["kind"] == "baseline").any():
+        owners = ", ".join(f"{s.baseline_name} from `{s.name}`" for s in sources if s.baseline_name)
+        lines.append(f"- raw input rows (input_flux: noisy flux; input_error: the error vector alone, a leak "
+                     f"detector): {owners}")
+    for run in context["runs"]:
+        origin = (f"cache fingerprint {run.metrics['cache_fingerprint']}" if run.metrics.get("cache_fingerprint")
+                  else f"encoder from {run.metrics.get('source_ckpt', '?')}")
+        lines.append(f"- run `{run.name}`: {run.path} ({_run_setting(run)}), {_run_sizes(run)}, {origin}")
+    return "\n".join(lines) + "\n"
+
+
+def _run_setting(run: RunRows) -> str:
+    """What kind of run a --run row is, in words (fine-tuning: what trained, on which noise, how long)."""
+    m = run.metrics
+    if m.get("kind") != "finetune":
+        return str(m.get("kind") or "fit")
+    noise = m.get("noise") or {}
+    mode = noise.get("mode", "?") if isinstance(noise, dict) else noise
+    trained = "encoder frozen" if m.get("unfreeze") == "none" else f"unfreeze {m.get('unfreeze')}, encoder lr " \
+        f"{m.get('encoder_lr'):g}"
+    chosen = m.get("chosen") if isinstance(m.get("chosen"), dict) else {}
+    epochs = m.get("epochs_run") or chosen.get("epochs_run")
+    return f"finetune: {trained}, {mode} noise" + (f", {epochs} epochs" if epochs else "")
+
+
+def _run_sizes(run: RunRows) -> str:
+    parts = []
+    for role in ("train", "val", "test"):
+        n = run_split(run, role).get("n")
+        if n is not None:
+            parts.append(f"{role} {int(n)}")
+    return (" / ".join(parts) + " spectra") if parts else "sizes unknown"
+
+
+def _is_trainable(head: str) -> bool:
+    try:
+        return head_info(head).trainable
+    except FeatcacheError:
+        return False
+
+
+def _sizes_text(src: Source, train_split: str, val_split: str, test_split: str) -> str:
+    cache = src.cache
+    n, rows = cache.n_spectra(train_split), cache.n_rows(train_split)
+    train = f"{train_split} {n} spectra" + (f" x {rows // n} draws = {rows} rows" if n and rows != n else "")
+    return (f"{train}, {val_split} {cache.n_spectra(val_split)} spectra, "
+            f"{test_split} {cache.n_spectra(test_split)} spectra")
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str, dict[str, Any]],
+                 best_pred: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, markdown: str) -> list[Path]:
+    """Heatmaps per head and target, the best cell's predicted/residual vs true, and report.md."""
+    from . import plots
+
+    files: list[Path] = []
+    images: dict[str, list[tuple[str, Path]]] = {}
+    for target in targets:
+        sub = table[(table["target"] == target) & (table["kind"] != "run")]
+        for head in heads:
+            cells = sub[sub["head"] == head]
+            if not len(cells):
+                continue
+            path = out / f"heatmap_{safe_name(head)}_{safe_name(target)}.png"
+            plots.r2_heatmap(cells, path, title=f"{target}: {head} test R2 (layer x pooling)")
+            images.setdefault(target, []).append((f"{head} test R2 heatmap", path))
+        if target in best:
+            truth, pred = best_pred[target]
+            path = out / f"best_{safe_name(target)}.png"
+            plots.best_cell(truth, pred, path, title=f"{target}: {cell_label(best[target])}", target=target)
+            images.setdefault(target, []).append(("best cell: predicted and residual vs true", path))
+    for pictures in images.values():
+        files += [p for _, p in pictures]
+    report = [markdown.rstrip(), "", "# Plots", ""]
+    for target, pictures in images.items():
+        report += [f"## {target}", ""]
+        report += [f"![{caption}]({path.name})\n" for caption, path in pictures]
+    write_text(out / "report.md", "\n".join(report) + "\n")
+    return [*files, out / "report.md"]

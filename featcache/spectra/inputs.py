@@ -1,0 +1,86 @@
+"""The one input stage: rows of a file -> the encoder's masked (noisy flux, sigma) input.
+
+extract, finetune and pretrain all read spectra through `read_inputs`, so the reading rules, the noise and
+the mask are applied in one order everywhere: flux NaN -> 0 and negatives -> 0, error NaNs filled from the
+nearest valid pixel; noise drawn over all P pixels from (seed, file row, stream) -- or the file's stored
+`noisy` array, whose sigma channel is then the error itself; then the mask removes pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..common.errors import FeatcacheError
+from .noise import MAX_U64, add_noise
+from .pfsspec import PfsDataset
+
+NOISE_MODES = ("generated", "stored")
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """Where the noisy flux comes from: `generated` = flux + eps * error * level with eps keyed by
+    (seed, row, stream), or `stored` = the file's own noisy array (seed and level do not apply)."""
+
+    mode: str = "generated"
+    seed: int = 42
+    level: float = 1.0
+
+    def validate(self) -> NoiseSpec:
+        if self.mode not in NOISE_MODES:
+            raise FeatcacheError(f"--noise {self.mode}: expected generated or stored")
+        if not 0 <= int(self.seed) <= MAX_U64:
+            raise FeatcacheError(f"--noise-seed must be an integer in 0..2**64-1, got {self.seed}")
+        level = float(self.level)
+        if not math.isfinite(level) or level <= 0:
+            raise FeatcacheError(f"--noise-level must be a positive finite number, got {self.level}")
+        return self
+
+    @property
+    def generated(self) -> bool:
+        return self.mode == "generated"
+
+
+@dataclass
+class Inputs:
+    """Masked rows of a file, float32 (n, P_kept): the noisy flux, the sigma channel, the clean flux if read."""
+
+    noisy: np.ndarray
+    sigma: np.ndarray
+    flux: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.noisy.shape[0])
+
+    def encoder_input(self, input_sigma: bool) -> np.ndarray:
+        """(n, C, P_kept): [noisy, sigma] with an input_sigma encoder, else [noisy]."""
+        channels = [self.noisy, self.sigma] if input_sigma else [self.noisy]
+        return np.ascontiguousarray(np.stack(channels, axis=1))
+
+    @staticmethod
+    def concatenate(parts: list[Inputs]) -> Inputs:
+        if len(parts) == 1:
+            return parts[0]
+        flux = None if any(p.flux is None for p in parts) else np.concatenate([p.flux for p in parts])  # type: ignore[misc]
+        return Inputs(np.concatenate([p.noisy for p in parts]), np.concatenate([p.sigma for p in parts]), flux)
+
+
+def read_inputs(ds: PfsDataset, start: int, stop: int, mask: np.ndarray | None, noise: NoiseSpec, *,
+                stream: int = 0, need_flux: bool = False) -> Inputs:
+    """File rows [start, stop): reading rules, noise over all P pixels, then the mask (None keeps all)."""
+    error = ds.read_error(start, stop)
+    flux = ds.read_flux(start, stop) if (need_flux or noise.generated) else None
+    if noise.generated:
+        assert flux is not None
+        noisy, sigma = add_noise(flux, error, np.arange(start, stop), seed=noise.seed, noise_level=noise.level,
+                                 stream=stream)
+    else:
+        noisy, sigma = ds.read_noisy(start, stop), error
+    if mask is not None:
+        noisy, sigma = noisy[:, mask], sigma[:, mask]
+        flux = flux[:, mask] if flux is not None else None
+    return Inputs(np.ascontiguousarray(noisy), np.ascontiguousarray(sigma),
+                  np.ascontiguousarray(flux) if (flux is not None and need_flux) else None)

@@ -1,0 +1,185 @@
+"""featcache compare: every cell filled, intervals around their estimates, the bold cell, reuse and resume."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import featcache.reports.cells as cells_module
+from featcache.common.errors import FeatcacheError
+from featcache.reports.comparison import compare
+from featcache.reports.rows import seed_mean_r2_ci
+from featcache.reports.sources import open_sources, parse_cache_args
+from featcache.heads.fit import fit_head
+from featcache.heads.metrics import bootstrap_r2_ci
+from featcache.heads.recipe import TrainRecipe
+
+from ..helpers import CKPT, assert_cli_error, run_cli, write_pfs
+
+FAST = ["--max-epochs", "3", "-q"]
+
+
+@pytest.fixture(scope="module")
+def caches(labelled_caches):
+    return labelled_caches
+
+
+def cache_args(caches) -> list[str]:
+    return [a for name, path in caches.items() for a in ("--cache", f"{name}={path}")]
+
+
+def bold_rows(markdown: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith("| ") and "**" in line]
+
+
+def test_compare_fills_every_cell_and_rerun_refits_nothing(caches, tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    result = run_cli("compare", *cache_args(caches), "--target", "log_g", *FAST, "--out", out)
+    assert "| encoder | layer | pooling | D | ridge test R2 [95% CI] | ridge val R2 | mlp_1 test R2" in result.output
+    table = pd.read_csv(out / "compare.csv", keep_default_na=False, na_values=[""])
+    rows = {("pretrained", "enc_last"), ("random", "enc_last"), ("raw input", "input_flux"),
+            ("raw input", "input_error")}
+    expected = {(e, layer, pool, head) for e, layer in rows for pool in ("global_mean", "seg_mean_K4")
+                for head in ("ridge", "mlp_1")}
+    assert set(zip(table["encoder"], table["layer"], table["pool"], table["head"], strict=True)) == expected
+    assert len(table) == len(expected) == 16
+    assert np.isfinite(table[["test_r2", "test_r2_lo", "test_r2_hi", "val_r2"]].to_numpy()).all()
+    assert (table["test_r2_lo"] <= table["test_r2"]).all() and (table["test_r2"] <= table["test_r2_hi"]).all()
+    assert table["test_r2"].max() > 0.5  # the learnable data is learnt
+    # the bold cell is the one with the highest validation R2 (test never chooses)
+    best = table.loc[table["val_r2"].idxmax()]
+    assert table["best"].sum() == 1 and bool(best["best"])
+    markdown = (out / "compare.md").read_text()
+    (bold,) = bold_rows(markdown)
+    assert bold[:3] == [best["encoder"], best["layer"], best["pool"]]
+    assert sum("**" in c for c in bold) == 2 and f"**{best['val_r2']:.3f}**" in bold
+    assert "fingerprint" in markdown and "train 200 spectra x 2 draws = 400 rows, val 50 spectra, test 50" in markdown
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["fitted"] == 16 and summary["reused"] == 0 and summary["best"]["log_g"]["val_r2"] == best["val_r2"]
+    # with one seed the interval is exactly the fit's own bootstrap interval
+    for _, row in table.iterrows():
+        record = json.loads((out / "cells" / f"{row['keys']}.json").read_text())
+        assert record["metrics"]["test"]["r2_ci95"] == pytest.approx([row["test_r2_lo"], row["test_r2_hi"]])
+    for name in ("report.md", "heatmap_ridge_log_g.png", "heatmap_mlp_1_log_g.png", "best_log_g.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "![best cell" in (out / "report.md").read_text()
+
+    # re-running refits nothing and rewrites no cell
+    cells = sorted((out / "cells").iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in cells}
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("compare refitted a finished cell")
+
+    monkeypatch.setattr(cells_module, "fit_head", no_fit)
+    again = run_cli("compare", *cache_args(caches), "--target", "log_g", *FAST, "--out", out)
+    assert again.output == result.output
+    assert {p: p.stat().st_mtime_ns for p in sorted((out / "cells").iterdir())} == stamps
+    assert json.loads((out / "compare.json").read_text())["reused"] == 16
+
+    # a changed MLP recipe refits the MLP cells only; ridge does not depend on it
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].head)
+        return fit_head(*args, **kwargs)
+
+    monkeypatch.setattr(cells_module, "fit_head", counting)
+    run_cli("compare", *cache_args(caches), "--target", "log_g", "--max-epochs", "2", "-q", "--out", out)
+    assert calls == ["mlp_1"] * 8
+
+
+def test_seeds_runs_and_resume(caches, tmp_path):
+    out = tmp_path / "seeds"
+    recipe = TrainRecipe(max_epochs=3)
+    kwargs = dict(heads=["mlp_1"], layers=["enc_last"], pools=["global_mean"], baselines=False, recipe=recipe,
+                  out=out, plots=False, show_progress=False)
+    result = compare(caches, ["log_g"], seeds=2, **kwargs)
+    assert result.fitted == 4 and len(result.table) == 2
+    for _, row in result.table.iterrows():
+        assert row["seeds"] == 2 and np.isfinite(row["test_r2_std"]) and row["chosen_epochs"].count(";") == 1
+        assert row["test_r2_lo"] <= row["test_r2"] <= row["test_r2_hi"]
+    assert re.search(r"\d ± \d\.\d{3} \[", result.markdown) and "mean ± std over seeds 0..1" in result.markdown
+    more = compare(caches, ["log_g"], seeds=3, **kwargs)
+    assert more.fitted == 2 and more.reused == 4  # only seed 2 is new
+
+    # a killed compare: one cell lost its .json (written last), a stray temporary file is left behind
+    key = more.table.iloc[0]["keys"].split(";")[1]
+    (out / "cells" / f"{key}.json").unlink()
+    (out / "cells" / f".{key}.json.123.tmp").write_text("{")
+    resumed = compare(caches, ["log_g"], seeds=3, **kwargs)
+    assert resumed.fitted == 1 and resumed.table["test_r2"].tolist() == more.table["test_r2"].tolist()
+
+    # --run rows: a fit run reproduces the matching ridge cell, its interval from predictions.npz
+    run = tmp_path / "ridge-run"
+    run_cli("fit", "--cache", caches["pretrained"], "--layer", "enc_last", "--pool", "seg_mean_K4", "--target",
+            "log_g", "--out", run)
+    both = compare({"pretrained": caches["pretrained"]}, ["log_g"], heads=["ridge"], layers=["enc_last"],
+                   pools=["seg_mean_K4"], baselines=False, runs=[run], out=tmp_path / "runs", plots=False,
+                   show_progress=False)
+    cell, from_run = both.table.iloc[0], both.table.iloc[1]
+    assert from_run["encoder"] == "ridge-run" and from_run["kind"] == "run" and from_run["width"] == 32
+    for column in ("test_r2", "val_r2", "test_r2_lo", "test_r2_hi", "chosen_alpha"):
+        assert from_run[column] == pytest.approx(cell[column], rel=1e-9), column
+    assert "| ridge-run | enc_last | seg_mean_K4 | 32 |" in both.markdown
+    run_line = next(line for line in both.markdown.splitlines() if line.startswith("- run `ridge-run`"))
+    assert "(fit), train 400 / val 50 / test 50 spectra" in run_line  # 200 spectra x 2 noise draws
+
+
+def test_seed_mean_interval_reduces_to_the_plain_bootstrap():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=40)
+    pred = y + rng.normal(scale=0.5, size=40)
+    assert seed_mean_r2_ci(y, pred[:, None]) == pytest.approx(bootstrap_r2_ci(y, pred))
+
+
+def test_encoder_labels(caches):
+    assert parse_cache_args(["a=x.zarr", str(caches["random"])]) == [("a", Path("x.zarr")),
+                                                                       (None, caches["random"])]
+    sources = open_sources([caches["pretrained"], caches["random"]])
+    assert [s.name for s in sources] == ["l5e8k5s1bn1d1", "l5e8k5s1bn1d1 random-init"]
+    assert [s.baseline_name for s in sources] == ["raw input", None]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--layer", "enc_9"], ["unknown layer 'enc_9'", "enc_last, input_flux, input_error"]),
+    (["--pool", "mean_max"], ["unknown pooling 'mean_max'", "global_mean, seg_mean_K4"]),
+    (["--head", "mlp_9"], ["unknown head 'mlp_9'", "ridge"]),
+    (["--target", "logg"], ["unknown label 'logg'", "log_g"]),
+    (["--seeds", "0"], ["--seeds must be at least 1"]),
+    (["--run", "{tmp}"], ["no metrics.json"]),
+])
+def test_bad_compare_requests(caches, tmp_path, args, fragments):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--target" not in args:
+        args += ["--target", "log_g"]
+    result = run_cli("compare", *cache_args(caches), *args, "-q", "--out", tmp_path / "r", check=False)
+    assert_cli_error(result, *fragments)
+    assert not (tmp_path / "r" / "cells").exists()
+
+
+def test_jobs_fill_the_same_cells_as_one_process(caches, tmp_path):
+    """--jobs 2 trains the MLP cells in worker processes: same cells, same fits (up to float32 summation
+    order), ridge cells bitwise equal, and a re-run with either setting refits nothing."""
+    kwargs = dict(heads=["ridge", "mlp_1"], layers=["enc_last"], pools=["global_mean", "seg_mean_K4"],
+                  baselines=False, recipe=TrainRecipe(max_epochs=3), plots=False, show_progress=False)
+    serial = compare(caches, ["log_g"], out=tmp_path / "serial", **kwargs)
+    parallel = compare(caches, ["log_g"], out=tmp_path / "parallel", jobs=2, **kwargs)
+    assert parallel.fitted == serial.fitted == 8
+    a, b = serial.table, parallel.table
+    assert a["keys"].tolist() == b["keys"].tolist()
+    ridge = a["head"] == "ridge"
+    assert a.loc[ridge, "test_r2"].tolist() == b.loc[ridge, "test_r2"].tolist()
+    np.testing.assert_allclose(b.loc[~ridge, "test_r2"], a.loc[~ridge, "test_r2"], atol=1e-4)
+    assert b["chosen_epochs"].tolist() == a["chosen_epochs"].tolist()
+    again = compare(caches, ["log_g"], out=tmp_path / "parallel", jobs=2, **kwargs)
+    assert again.fitted == 0 and again.reused == 8
+    with pytest.raises(FeatcacheError, match="--jobs"):
+        compare(caches, ["log_g"], out=tmp_path / "x", jobs=0, **kwargs)
