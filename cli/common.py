@@ -35,9 +35,9 @@ class FeatcacheCommand(click.Command):
         super().__init__(*args, **kwargs)
         self.renames: Renames = dict(renames or {})
 
-    def rename(self, option: str, value: str | None) -> tuple[str, str | None] | None:
+    def rename(self, option: str, value: Any) -> tuple[str, Any] | None:
         """The new (option, value) of a deprecated spelling, or None."""
-        if (option, value) in self.renames:
+        if isinstance(value, str) and (option, value) in self.renames:
             return self.renames[(option, value)]
         if (option, None) in self.renames:
             new, _ = self.renames[(option, None)]
@@ -106,14 +106,13 @@ def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -
     renames = getattr(ctx.command, "renames", {})
     for key, value in loaded.items():
         option = "--" + str(key).replace("_", "-")
-        found = None
-        if isinstance(ctx.command, FeatcacheCommand):
-            found = ctx.command.rename(option, value if isinstance(value, str) else None)
+        found = ctx.command.rename(option, value) if isinstance(ctx.command, FeatcacheCommand) else None
         if found is not None:
+            by_value = isinstance(value, str) and (option, value) in renames
             new, new_value = found
-            deprecation_notice(f"--config key '{key}'" + (f": {value}" if (option, value) in renames else ""),
-                               f"'{new[2:]}'" + (f": {new_value}" if (option, value) in renames else ""))
-            key, value = new[2:], new_value
+            deprecation_notice(f"--config key '{key}'" + (f": {value}" if by_value else ""),
+                               f"'{new[2:]}'" + (f": {new_value}" if by_value else ""))
+            key, value = new[2:], (new_value if by_value else value)
         param = by_key.get(str(key).replace("-", "_"))
         if param is None or param.name is None:
             names = sorted({(p.opts[0].lstrip("-") if isinstance(p, click.Option) else str(p.name))

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from ..common.settings import MISSING, Change, changes, show
+from ..common.settings import MISSING, Change, changes
 
 
 def digest(parts: dict[str, Any]) -> str:
@@ -30,11 +30,15 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         elif key == "encoder":
             words.append("encoder " + ", ".join(dict.fromkeys(_second(c) for c in group)) + " changed")
         elif all("." in c.path for c in group):
-            words.append(f"{key}: " + ", ".join(f"{c.path.split('.', 1)[1]} {show(c.saved)} -> {show(c.wanted)}"
+            words.append(f"{key}: " + ", ".join(f"{c.path.split('.', 1)[1]} {_word(c.saved)} -> {_word(c.wanted)}"
                                                 for c in group))
         else:
-            words += [f"{key}: {show(c.saved)} -> {show(c.wanted)}" for c in group]
+            words += [f"{key}: {_word(c.saved)} -> {_word(c.wanted)}" for c in group]
     return words
+
+
+def _word(value: object) -> str:
+    return "(none)" if value is MISSING else str(value)
 
 
 def _second(change: Change) -> str:
