@@ -29,7 +29,7 @@ demo-quick: setup
 	$(BIN)/featcache demo --size quick
 
 bench: setup
-	$(BIN)/featcache bench
+	$(BIN)/featcache bench --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         paths[split] = path
         if not (args.keep and path.exists()):
             t = time.time()
-            write_synth(path, n, args.seed + k, mag=args.mag, noise_free=True, workers=args.workers)
+            write_synth(path, n, args.seed + k, mag=args.mag, noise_free=True, workers=args.workers, overwrite=True)
             print(f"generated {split}: {n} spectra in {time.time() - t:.1f} s ({n / (time.time() - t):.0f}/s)",
                   file=sys.stderr, flush=True)
 

@@ -25,9 +25,10 @@ from .common import command, echo_result
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Where the synthetic file and caches go (default: a temporary directory).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench.json"), show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def command(quick: bool, arch: str | None, n_spectra: int | None, batch_size: int | None, device: str,
             dtypes: tuple[str, ...], heads_rows: int | None, no_shards: bool, no_heads: bool,
-            memory_scale: int | None, workdir: Path | None, out: Path) -> None:
+            memory_scale: int | None, workdir: Path | None, out: Path, overwrite: bool) -> None:
     """Time the pipeline on synthetic data and write the figures to --out (JSON) and stdout.
 
     Figures are ratios measured in one run (extraction vs the bare encoder, extra poolings, 2 ranks vs 1,
@@ -40,6 +41,11 @@ def command(quick: bool, arch: str | None, n_spectra: int | None, batch_size: in
       featcache bench --quick --out /tmp/bench.json
     """
     from featcache.bench.run import BenchConfig, format_bench, run_bench
+    from featcache.common.errors import FeatcacheError
+
+    if out.is_dir() or (out.exists() and not overwrite):
+        raise FeatcacheError(f"--out {out}: exists; pass --overwrite to replace it" if not out.is_dir()
+                             else f"--out {out}: is a directory, expected a .json file name")
 
     overrides = {k: v for k, v in {"arch": arch, "n_spectra": n_spectra, "batch_size": batch_size,
                                    "heads_rows": heads_rows, "memory_scale": memory_scale}.items() if v is not None}

@@ -24,6 +24,19 @@ class UserError(click.ClickException):
 Renames = dict[tuple[str, str | None], tuple[str, str | None]]
 
 
+def os_error_message(exc: OSError) -> str:
+    """A read-only or full folder, a name too long, a file where a folder was expected: one line naming it."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else "an output file"
+    why = exc.strerror or errno.errorcode.get(exc.errno or 0, "I/O error")
+    hint = {errno.ENOSPC: "; free some space or write elsewhere", errno.EDQUOT: "; free some space or write elsewhere",
+            errno.EACCES: "; choose a folder you can write to", errno.EROFS: "; choose a folder you can write to",
+            errno.EPERM: "; choose a folder you can write to",
+            errno.ENAMETOOLONG: "; use a shorter name"}.get(exc.errno or 0, "")
+    return f"{where}: {why}{hint}"
+
+
 def deprecation_notice(old: str, new: str) -> None:
     click.echo(f"featcache: {old} is deprecated and will be removed in 0.3; use {new}", err=True)
 
@@ -70,12 +83,24 @@ class FeatcacheCommand(click.Command):
         return super().parse_args(ctx, out)
 
 
-def _normalise_config_value(param: click.Parameter, value: Any) -> Any:
+SCALARS = (str, int, float, bool, type(None))
+
+
+def _normalise_config_value(param: click.Parameter, value: Any, key: str, path: str) -> Any:
+    """A config value in the shape the option takes: one scalar, or (repeatable options) a list of scalars
+    or, for --data, a mapping of split names to files."""
     if param.multiple or getattr(param, "nargs", 1) != 1:
         if isinstance(value, dict):  # data: {train: a.h5} -> ["train=a.h5"]
-            return [f"{k}={v}" for k, v in value.items()]
-        if not isinstance(value, list | tuple):
-            return [value]
+            value = [f"{k}={v}" for k, v in value.items()]
+        elif not isinstance(value, list | tuple):
+            value = [value]
+        bad = [v for v in value if not isinstance(v, SCALARS)]
+        if bad:
+            raise UserError(f"--config {path}: key '{key}' takes a list of values, got a nested "
+                            f"{type(bad[0]).__name__} ({bad[0]!r})")
+        return value
+    if not isinstance(value, SCALARS):
+        raise UserError(f"--config {path}: key '{key}' takes a single value, got a {type(value).__name__} ({value!r})")
     return value
 
 
@@ -118,7 +143,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -
             names = sorted({(p.opts[0].lstrip("-") if isinstance(p, click.Option) else str(p.name))
                             for p in by_key.values()})
             raise UserError(f"--config {path}: unknown key '{key}'; choose from: " + ", ".join(names))
-        defaults[param.name] = _normalise_config_value(param, value)
+        defaults[param.name] = _normalise_config_value(param, value, str(key), path)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
@@ -142,6 +167,10 @@ def command(name: str, renames: Renames | None = None, **settings: Any
                 return func(*args, **kwargs)
             except FeatcacheError as exc:
                 raise UserError(str(exc)) from None
+            except OSError as exc:
+                if exc.errno is None:
+                    raise
+                raise UserError(os_error_message(exc)) from None
 
         wrapped = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet,
                                is_eager=True, help="No progress bars or status lines on stderr.")(wrapper)

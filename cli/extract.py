@@ -54,7 +54,8 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--init-seed", type=int, default=D["init_seed"], show_default=True, help="Seed of --random-init.")
 @click.option("--arch", default=None, help="Architecture for --random-init without --ckpt, e.g. l9e48k25s1bn1d1.")
 @click.option("--hash", "hash_mode", type=click.Choice(HASH_MODES), default=D["hash"], show_default=True,
-              help="Data file identity for the fingerprint: sampled blocks, or every byte.")
+              help="Data file identity for the fingerprint: every byte of the arrays and labels (full, which "
+                   "also checks every error value first), or 8 sampled blocks (blind to edits elsewhere).")
 @click.option("--shard", default=None, metavar="I/N", help="Compute only shard I of N (Slurm job arrays).")
 @click.option("--prepare", "prepare_only", is_flag=True,
               help="Only create the cache's arrays and metadata (run once before a Slurm job array of --shard runs).")

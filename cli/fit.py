@@ -22,11 +22,12 @@ from .options import make_recipe, parse_alphas, recipe_options, split_role_optio
 @recipe_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory (default reports/runs/<layer>-<pool>-<head>-<target>).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out (all of its files).")
 @click.pass_context
 def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str | None, features: tuple[str, ...],
             targets: tuple[str, ...], head: str, train_split: str, val_split: str, test_split: str, seed: int,
             max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, grad_clip: float,
-            hidden: int, dropout: float, alphas: str | None, device: str, out: Path | None) -> None:
+            hidden: int, dropout: float, alphas: str | None, device: str, out: Path | None, overwrite: bool) -> None:
     """Fit a head on cached features: alpha or epochs chosen on validation, test reported once.
 
     Writes metrics.json, predictions.npz, head.pt, history.csv and config.yaml into --out and prints a
@@ -39,16 +40,18 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
     """
     from featcache.cache.reader import open_cache
     from featcache.heads.fit import FitSpec, fit_head, parse_features
-    from featcache.heads.runs import save_run
+    from featcache.heads.runs import check_run_dir, clear_run_dir, save_run
 
     feature_list = parse_features(layer, pool, features)
+    if out is None:
+        name = "+".join(f"{a}-{b}" for a, b in feature_list)
+        out = Path("reports") / "runs" / f"{name}-{head}-{'+'.join(targets)}"
+    check_run_dir(out, overwrite=overwrite)
     spec = FitSpec(features=feature_list, targets=list(targets), head=head, hidden=hidden, dropout=dropout,
                    recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
                    alphas=parse_alphas(alphas), train_split=train_split, val_split=val_split or None,
                    test_split=test_split or None, device=device)
     result = fit_head(open_cache(cache_path), spec)
-    if out is None:
-        name = "+".join(f"{a}-{b}" for a, b in feature_list)
-        out = Path("reports") / "runs" / f"{name}-{head}-{'+'.join(targets)}"
+    clear_run_dir(out)
     save_run(result, out, config=resolved_options(ctx), command=command_line())
     echo_result(f"{result.summary()} -> {out}")

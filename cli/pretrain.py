@@ -115,6 +115,8 @@ def command(ctx: click.Context, data: tuple[str, ...], out: str, threads: int | 
         options = {k: (v if k in given else saved.get(k, v)) for k, v in options.items()}
     if isinstance(options.get("loss"), str):
         options["loss"] = str(options["loss"]).upper() if options["loss"] != "auto" else "auto"
+    for name, value, why in EncoderConfig.problems({k: options[k] for k in ARCH_OPTIONS}):
+        raise FeatcacheError(f"--{name.replace('_', '-')} {value}: {why}")
     config = EncoderConfig(**{k: options[k] for k in ARCH_OPTIONS})  # type: ignore[arg-type]
     recipe = PretrainRecipe(**{k: options[k] for k in RECIPE_OPTIONS})  # type: ignore[arg-type]
     result = pretrain(splits["train"], splits.get("val"), out, config, recipe, resume=resume,

@@ -25,8 +25,9 @@ from .common import command, echo_result
               help="Spectra generated and written per block (memory ~ 60 MB per 1000).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Processes generating blocks in parallel (the file is bitwise the same).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def command(out: str, n: int, seed: int, mag: float, rv_max: float, noise_free: bool, block_size: int,
-            workers: int) -> None:
+            workers: int, overwrite: bool) -> None:
     """Write N synthetic stellar spectra to OUT (HDF5, the pfsspec layout that every command reads).
 
     Spectra of the PFS medium-resolution red arm (4096 pixels, 7100-8850 A, R ~ 5000) with labels
@@ -50,7 +51,7 @@ def command(out: str, n: int, seed: int, mag: float, rv_max: float, noise_free: 
     status(f"synth: {n} spectra -> {path} (seed {seed}, mag {mag}, rv-max {rv_max} km/s)")
     with progress(total=n, desc="synth", unit="spectra") as bar:
         info = write_synth(path, n, seed, mag=mag, rv_max=rv_max, noise_free=noise_free, block=block_size,
-                           workers=workers, progress=bar.update)
+                           workers=workers, progress=bar.update, overwrite=overwrite)
     elapsed = max(time.time() - start, 1e-9)
     echo_result(f"wrote {path}: {n} spectra x 4096 pixels ({', '.join(info['arrays'])}), seed {seed}, "
                 f"mag {mag}, median per-pixel S/N {info['snr_median']:.2f}, {info['size'] / 1e6:.1f} MB, "

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..common.device import resolve_device
+from ..common.files import write_text
 from ..common.progress import status
 
 
@@ -225,7 +226,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         results["heads"] = run_heads_benchmark(n=config.heads_rows, d=config.heads_dim, epochs=config.heads_epochs)
     if config.out is not None:
         config.out.parent.mkdir(parents=True, exist_ok=True)
-        config.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        write_text(config.out, json.dumps(results, indent=2, default=float) + "\n")
     return results
 
 

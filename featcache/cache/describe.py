@@ -34,7 +34,7 @@ def describe_cache(path: Path) -> Description:
         for layer, pools in entry["features"].items():
             widths = []
             for pool in pools:
-                attrs = cache.root[feature_path(split, layer, pool)].attrs
+                attrs = cache.array(feature_path(split, layer, pool)).attrs
                 widths.append(f"{pool} ({attrs.get('D')})")
             lines.append(f"    {layer:<14} {', '.join(widths)}")
     return Description(info, "\n".join(lines))

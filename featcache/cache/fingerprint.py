@@ -14,6 +14,40 @@ from typing import Any
 from ..common.settings import MISSING, Change, changes
 
 
+# what a head fitted on cached features depends on, besides the rows themselves: predict compares these
+PROVENANCE_PARTS = ("encoder", "mask", "noise", "direction", "compute_dtype", "store_dtype")
+FEATURE_ATTRS = ("D", "C", "L", "pooling", "definition", "direction")
+
+
+def feature_parts(*, weights_sha256: str, config: dict[str, Any], code_version: int, random_init_seed: int | None,
+                  mask: Any, noise_mode: str, noise_seed: int | None, noise_level: float | None, direction: str,
+                  compute_dtype: str, store_dtype: str) -> dict[str, Any]:
+    """The fingerprint parts that say how features were computed (not from which rows): the encoder, the
+    mask, the noise, the direction and the dtypes. Extraction fingerprints them with the data; fine-tuning
+    records them as its head's provenance."""
+    import numpy as np
+
+    mask = np.asarray(mask, dtype=bool)
+    generated = noise_mode == "generated"
+    return {
+        "encoder": {"weights_sha256": weights_sha256, "config": config, "code_version": code_version,
+                    "random_init_seed": random_init_seed},
+        "mask": {"sha256": hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()[:32], "n_kept": int(mask.sum())},
+        "noise": {"mode": noise_mode, "seed": noise_seed if generated else None,
+                  "level": noise_level if generated else None},
+        "direction": direction,
+        "compute_dtype": compute_dtype,
+        "store_dtype": store_dtype,
+    }
+
+
+def provenance(parts: dict[str, Any], features: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A head's provenance: the feature parts of its cache and each feature's definition (layer/pool ->
+    D, C, L, pooling, definition, direction)."""
+    return {**{k: parts.get(k) for k in PROVENANCE_PARTS},
+            "features": {name: {k: attrs.get(k) for k in FEATURE_ATTRS} for name, attrs in features.items()}}
+
+
 def digest(parts: dict[str, Any]) -> str:
     """sha256 (first 32 hex digits) of the parts' canonical JSON."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -46,6 +80,11 @@ def _second(change: Change) -> str:
     return parts[1] if len(parts) > 1 else parts[0]
 
 
+def _hash_mode(split: dict[str, Any]) -> str:
+    """'full' or 'sampled': how a split's file identity was hashed (the prefix of its hash)."""
+    return str(((split or {}).get("identity") or {}).get("hash", "full:")).split(":", 1)[0]
+
+
 def _data_words(group: list[Change], old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     words = []
     for split in dict.fromkeys(_second(c) for c in group):
@@ -53,6 +92,10 @@ def _data_words(group: list[Change], old: dict[str, Any], new: dict[str, Any]) -
             words.append(f"split '{split}' is new")
         elif new.get(split, MISSING) is MISSING:
             words.append(f"split '{split}' is no longer given")
+        elif _hash_mode(old[split]) != _hash_mode(new[split]):
+            words.append(f"split '{split}': the cache identified its file by --hash {_hash_mode(old[split])}, this "
+                         f"run by --hash {_hash_mode(new[split])} (pass --hash {_hash_mode(old[split])} to compare "
+                         "with it)")
         else:
             what = dict.fromkeys(c.path.split(".")[2] for c in group if _second(c) == split)
             words.append(f"split '{split}': " + ", ".join("file content" if w == "identity" else w for w in what)

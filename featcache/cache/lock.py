@@ -21,7 +21,9 @@ class CacheLock:
     """
 
     def __init__(self, cache_path: Path, name: str = "lock"):
-        self.path = cache_path.with_name(cache_path.name + f".{name}")
+        # keyed by the real path: two writers reaching one cache through a symlink or '..' share the lock
+        real = Path(os.path.realpath(cache_path))
+        self.path = real.with_name(real.name + f".{name}")
         self._handle: Any = None
 
     def acquire(self, description: str, *, shared: bool = False) -> CacheLock:

@@ -11,7 +11,24 @@ from typing import Any
 import numpy as np
 
 from ..common.errors import FeatcacheError, choices_message
+from .fingerprint import provenance
 from .layout import META_KEY, feature_path, map_path, marker_path, open_root
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:160] if text else type(exc).__name__)
+
+
+def read_rows(array: Any, selection: Any, cache_path: Path, dtype: Any = None) -> np.ndarray:
+    """array[selection] as numpy; a damaged chunk is an error naming the cache, the array and the rows."""
+    try:
+        values = array[selection]
+    except Exception as exc:  # zarr and its codecs raise many kinds for truncated or corrupt chunks
+        rows = f"{selection.start}:{selection.stop}" if isinstance(selection, slice) else "selected"
+        raise FeatcacheError(f"{cache_path}: cannot read '{array.path}' rows {rows} (a damaged chunk? "
+                             f"{_reason(exc)}); re-extract the cache with --overwrite") from None
+    return np.asarray(values) if dtype is None else np.asarray(values, dtype=dtype)
 
 
 class FeatureCache:
@@ -21,8 +38,12 @@ class FeatureCache:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise FeatcacheError(f"{self.path}: not a featcache cache (no zarr.json; run featcache extract)")
-        self.root = open_root(self.path, "r")
-        meta = self.root.attrs.get(META_KEY)
+        try:
+            self.root = open_root(self.path, "r")
+            meta = self.root.attrs.get(META_KEY)
+        except Exception as exc:  # zarr raises JSON, value and key errors for damaged metadata
+            raise FeatcacheError(f"{self.path}: damaged cache metadata (zarr.json: {_reason(exc)}); re-extract "
+                                 "it with --overwrite") from None
         if not isinstance(meta, dict):
             raise FeatcacheError(f"{self.path}: a Zarr store but not a featcache cache (no '{META_KEY}' attrs)")
         self.meta: dict[str, Any] = meta
@@ -71,6 +92,16 @@ class FeatureCache:
             raise FeatcacheError(f"{self.path}: " + choices_message(f"layer in split '{split}'", layer, layers))
         return [i["pool"] for i in self._arrays(split).values() if i["kind"] == "features" and i["layer"] == layer]
 
+    def split_rows(self, split: str) -> tuple[int, int]:
+        """[start, stop) of the split's source rows in its file."""
+        entry = self._split(split)
+        return int(entry["start"]), int(entry["stop"])
+
+    def split_identity(self, split: str) -> str:
+        """The split's file content hash (the same for copies of one file), else its real path."""
+        entry = self._split(split)
+        return str((entry.get("identity") or {}).get("hash") or os.path.realpath(entry["path"]))
+
     def label_names(self, split: str) -> list[str]:
         return list(self._split(split)["labels"])
 
@@ -78,7 +109,7 @@ class FeatureCache:
     def done_blocks(self, generation: int, split: str) -> np.ndarray:
         """Boolean per block: True where the generation's arrays are durably written."""
         try:
-            return np.asarray(self.root[marker_path(generation, split)][:], dtype=bool)
+            return read_rows(self.array(marker_path(generation, split)), slice(None), self.path, bool)
         except KeyError:
             return np.zeros(int(self._split(split)["n_blocks"]), dtype=bool)
 
@@ -119,14 +150,29 @@ class FeatureCache:
                                                                         self.layers(split))) from None
             raise FeatcacheError(f"{self.path}: " + choices_message(
                 f"pooling of {layer} in split '{split}'", pool, self.pools(split, layer))) from None
-        return self.root[path]
+        return self.array(path)
+
+    def array(self, path: str) -> Any:
+        """The zarr array at `path` (KeyError when absent); damaged array metadata is a one-line error."""
+        try:
+            return self.root[path]
+        except KeyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- zarr raises several kinds for damaged metadata
+            raise FeatcacheError(f"{self.path}: damaged metadata of '{path}' ({_reason(exc)}); re-extract the "
+                                 "cache with --overwrite") from None
 
     def features(self, split: str, layer: str, pool: str, rows: slice | np.ndarray | None = None,
                  draw: int | None = None, dtype: Any = np.float32) -> np.ndarray:
         """Features (R, D) as numpy; `draw=0` keeps one noise draw per spectrum, `rows` slices."""
         array = self.feature_array(split, layer, pool)
-        selection = self._select(split, rows, draw)
-        return np.asarray(array[selection], dtype=dtype)
+        return read_rows(array, self._select(split, rows, draw), self.path, dtype)
+
+    def provenance(self, split: str, features: list[tuple[str, str]]) -> dict[str, Any]:
+        """How these features were computed (encoder, mask, noise, direction, dtypes, each feature's
+        definition), apart from which rows: what a head fitted on them records and predict compares."""
+        attrs = {f"{layer}/{pool}": self.feature_info(split, layer, pool) for layer, pool in features}
+        return provenance(self.meta.get("parts") or {}, attrs)
 
     def _select(self, split: str, rows: slice | np.ndarray | None, draw: int | None) -> slice | np.ndarray:
         if draw is not None:
@@ -147,30 +193,30 @@ class FeatureCache:
         except KeyError:
             raise FeatcacheError(f"{self.path}: no maps of '{layer}' in split '{split}' (extract with "
                                  "--keep-maps)") from None
-        return self.root[path]
+        return self.array(path)
 
     def labels(self, split: str, name: str, draw: int | None = None) -> np.ndarray:
         names = self.label_names(split)
         if name not in names:
             raise FeatcacheError(f"{self.path}: unknown label '{name}' in split '{split}'; available: "
                                  + ", ".join(names))
-        return np.asarray(self.root[f"{split}/labels/{name}"][self._select(split, None, draw)])
+        return read_rows(self.array(f"{split}/labels/{name}"), self._select(split, None, draw), self.path)
 
     def index(self, split: str, draw: int | None = None) -> np.ndarray:
         self._split(split)
-        return np.asarray(self.root[f"{split}/index"][self._select(split, None, draw)])
+        return read_rows(self.array(f"{split}/index"), self._select(split, None, draw), self.path)
 
     def draws(self, split: str) -> np.ndarray:
         self._split(split)
-        return np.asarray(self.root[f"{split}/draw"][:])
+        return read_rows(self.array(f"{split}/draw"), slice(None), self.path)
 
     @property
     def mask(self) -> np.ndarray:
-        return np.asarray(self.root["mask"][:], dtype=bool)
+        return read_rows(self.array("mask"), slice(None), self.path, bool)
 
     @property
     def wave(self) -> np.ndarray:
-        return np.asarray(self.root["wave"][:])
+        return read_rows(self.array("wave"), slice(None), self.path)
 
     def feature_info(self, split: str, layer: str, pool: str) -> dict[str, Any]:
         return dict(self.feature_array(split, layer, pool).attrs)
@@ -209,6 +255,7 @@ class FeatureMatrix:
 
     def __init__(self, cache: FeatureCache, split: str, features: list[tuple[str, str]], draw: int | None):
         self.arrays = [cache.feature_array(split, layer, pool) for layer, pool in features]
+        self.path = cache.path
         n_rows = cache.n_rows(split)
         if draw is None:
             self.offset, self.n = 0, n_rows
@@ -228,7 +275,7 @@ class FeatureMatrix:
         if step != 1:
             raise IndexError("FeatureMatrix takes contiguous row slices")
         sel = slice(self.offset + start, self.offset + stop)
-        parts = [np.asarray(a[sel], dtype=np.float32) for a in self.arrays]
+        parts = [read_rows(a, sel, self.path, np.float32) for a in self.arrays]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def load(self) -> np.ndarray:

@@ -102,26 +102,45 @@ def _base_meta(spec: StoreSpec) -> dict[str, Any]:
             "commands": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def _existing_meta(spec: StoreSpec) -> dict[str, Any] | None:
-    """The store's metadata when it is this fingerprint's; refuses (or, with overwrite, removes) another."""
+def check_out(path: Path) -> None:
+    """--out may be absent, an empty directory or a cache; anything else is refused before any work."""
+    if path.exists() and not path.is_dir():
+        raise FeatcacheError(f"--out {path}: is a file, expected a cache directory (NAME.zarr)")
+    if path.is_dir() and not (path / "zarr.json").exists() and any(path.iterdir()):
+        raise FeatcacheError(f"--out {path}: exists and is not a featcache cache; refusing to write into it")
+
+
+def check_store(spec: StoreSpec) -> dict[str, Any] | None:
+    """The store's metadata when it is this fingerprint's; None when there is none yet (or overwrite will
+    replace it); a refusal naming what changed otherwise. Reads only: safe before taking the lock."""
     out = spec.path
-    if not out.exists():
+    check_out(out)
+    if not (out / "zarr.json").exists():
         return None
-    if (out / "zarr.json").exists():
+    try:
         existing = open_root(out, "r").attrs.get(META_KEY)
-        if not isinstance(existing, dict):
-            raise FeatcacheError(f"--out {out}: a Zarr store that is not a featcache cache; choose another path")
-        if existing.get("fingerprint") == spec.fingerprint:
-            return existing
-        if not spec.overwrite:
-            changes = describe_changes(existing.get("parts", {}), spec.parts)
-            raise FeatcacheError(f"--out {out}: the cache was made from other inputs ({'; '.join(changes)}); "
-                                 "use --overwrite to replace it or choose another --out")
-        shutil.rmtree(out)
-        return None
-    if any(out.iterdir()):
-        raise FeatcacheError(f"--out {out}: exists and is not a featcache cache; refusing to write into it")
+    except Exception as exc:  # noqa: BLE001 -- zarr's errors for a damaged zarr.json
+        if spec.overwrite:
+            return None
+        raise FeatcacheError(f"--out {out}: damaged cache metadata ({str(exc).splitlines()[0][:160]}); use "
+                             "--overwrite to replace it") from None
+    if not isinstance(existing, dict):
+        raise FeatcacheError(f"--out {out}: a Zarr store that is not a featcache cache; choose another path")
+    if existing.get("fingerprint") == spec.fingerprint:
+        return existing
+    if not spec.overwrite:
+        changes = describe_changes(existing.get("parts", {}), spec.parts)
+        raise FeatcacheError(f"--out {out}: the cache was made from other inputs ({'; '.join(changes)}); "
+                             "use --overwrite to replace it or choose another --out")
     return None
+
+
+def _existing_meta(spec: StoreSpec) -> dict[str, Any] | None:
+    """check_store under the lock, removing a store that --overwrite replaces."""
+    meta = check_store(spec)
+    if meta is None and (spec.path / "zarr.json").exists():
+        shutil.rmtree(spec.path)
+    return meta
 
 
 def prepare_store(spec: StoreSpec, read_labels: LabelReader) -> tuple[dict[str, Any], list[str]]:

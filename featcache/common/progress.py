@@ -42,3 +42,8 @@ def status(message: str) -> None:
 
 def iterate(iterable: Iterable[T], **kwargs) -> Iterator[T]:
     yield from progress(iterable, **kwargs)
+
+
+def warning(message: str) -> None:
+    """A one-line warning on stderr that --quiet does not silence (an override the user should see)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 STORE_DTYPES = ("float32", "float16")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-HASH_MODES = ("sampled", "full")
+HASH_MODES = ("full", "sampled")  # full: every byte (the default); sampled: 8 blocks, blind to other edits
 MAX_MAP_SIZE = 4096  # --keep-maps stores a tap's raw map only when C * L' is at most this
 
 
@@ -39,7 +39,7 @@ class ExtractOptions:
     random_init: bool = False
     init_seed: int = 0
     arch: str | None = None
-    hash: str = "sampled"
+    hash: str = "full"
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     prepare_only: bool = False

@@ -7,14 +7,14 @@ reported (one line, naming the option or file) before a cache is created or touc
 
 from __future__ import annotations
 
-import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..cache.fingerprint import digest
+from ..cache.fingerprint import digest, feature_parts
 from ..cache.layout import ArraySpec
 from ..cache.writer import SplitLayout, StoreSpec
 from ..common.device import resolve_device
@@ -26,7 +26,7 @@ from ..model.taps import DIRECTIONS, PSEUDO_LAYERS
 from ..spectra.inputs import NoiseSpec
 from ..spectra.mask import MaskSpec, make_mask, parse_mask_spec
 from ..spectra.pfsspec import PfsDataset, file_identity
-from ..spectra.splits import SplitSpec, parse_split_specs
+from ..spectra.splits import SplitSpec, check_disjoint, parse_split_specs
 from .options import COMPUTE_DTYPES, HASH_MODES, MAX_MAP_SIZE, STORE_DTYPES, ExtractOptions
 
 
@@ -107,7 +107,7 @@ def _check_options(opts: ExtractOptions) -> NoiseSpec:
     if opts.batch_size < 1 or opts.block_rows < 1:
         raise FeatcacheError("--batch-size and --block-rows must be positive")
     if opts.hash not in HASH_MODES:
-        raise FeatcacheError(f"--hash {opts.hash}: expected sampled or full")
+        raise FeatcacheError(f"--hash {opts.hash}: expected full or sampled")
     return NoiseSpec(opts.noise, opts.noise_seed, opts.noise_level).validate()
 
 
@@ -121,6 +121,8 @@ def load_plan_encoder(opts: ExtractOptions, device: torch.device) -> LoadedEncod
         else:
             raise FeatcacheError("--random-init needs the architecture: give --ckpt (its shape is used) or --arch")
         if opts.dilation is not None:
+            if opts.dilation < 1:
+                raise FeatcacheError(f"--dilation {opts.dilation}: must be an integer >= 1")
             config = EncoderConfig(**{**config.as_dict(), "dilation": opts.dilation})
         return random_encoder(config, seed=opts.init_seed, device=device)
     if opts.ckpt is None:
@@ -191,21 +193,18 @@ def _arrays(splits: list[SplitLayout], layers: list[LayerPlan], pools: list[str]
 
 
 def _parts(opts: ExtractOptions, encoder: LoadedEncoder, splits: list[SplitLayout], mask: np.ndarray,
-           noise: NoiseSpec) -> dict[str, Any]:
-    """What the fingerprint covers: everything that changes the numbers."""
-    return {
-        "encoder": {"weights_sha256": encoder.weights_digest(), "config": encoder.config.as_dict(),
-                    "code_version": CODE_VERSION, "random_init_seed": opts.init_seed if opts.random_init else None},
-        "data": {s.name: {"identity": s.identity, "start": s.start, "stop": s.stop, "draws": s.draws}
-                 for s in splits},
-        "mask": {"sha256": hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()[:32], "n_kept": int(mask.sum())},
-        "noise": {"mode": noise.mode, "seed": noise.seed if noise.generated else None,
-                  "level": noise.level if noise.generated else None},
-        "direction": opts.direction,
-        "compute_dtype": opts.dtype,
-        "store_dtype": opts.store_dtype,
-        "block_rows": opts.block_rows,
-    }
+           noise: NoiseSpec, device: torch.device) -> dict[str, Any]:
+    """What the fingerprint covers: everything that changes the numbers. That includes the batch size and
+    the device type: convolution kernels sum in an order that depends on both (differences of 1e-7), so a
+    resume with another batch size or device would mix rows computed two ways."""
+    features = feature_parts(
+        weights_sha256=encoder.weights_digest(), config=encoder.config.as_dict(), code_version=CODE_VERSION,
+        random_init_seed=opts.init_seed if opts.random_init else None, mask=mask, noise_mode=noise.mode,
+        noise_seed=noise.seed, noise_level=noise.level, direction=opts.direction, compute_dtype=opts.dtype,
+        store_dtype=opts.store_dtype)
+    data = {s.name: {"identity": s.identity, "start": s.start, "stop": s.stop, "draws": s.draws} for s in splits}
+    return {**features, "data": data, "block_rows": opts.block_rows,
+            "compute": {"batch_size": opts.batch_size, "device": device.type}}
 
 
 def build_plan(opts: ExtractOptions) -> ExtractPlan:
@@ -228,14 +227,16 @@ def build_plan(opts: ExtractOptions) -> ExtractPlan:
             raise FeatcacheError("--layer: " + choices_message("layer", name,
                                                                [*encoder.model.tap_names, *PSEUDO_LAYERS]))
     splits, wave = _read_splits(specs, draws, noise)
+    check_disjoint([(s.name, os.path.realpath(s.path), s.start, s.stop) for s in splits])
     mask_spec = parse_mask_spec(opts.mask)
     first = splits[0]
     with PfsDataset(first.path) as ds:
         mask = make_mask(mask_spec, ds, first.start, first.stop, source=f"split '{first.name}'")
-    for split in splits:
-        split.identity = file_identity(split.path, full=opts.hash == "full")
+    for split in splits:  # every byte read (and every error value checked) before anything is written
+        split.identity = file_identity(split.path, mode=opts.hash)
+    check_disjoint([(s.name, s.identity["hash"], s.start, s.stop) for s in splits])  # copies of one file too
     layers = _layers(encoder.model, layer_names, int(mask.sum()), opts.direction, pools)
     arrays = _arrays(splits, layers, pools, opts)
-    parts = _parts(opts, encoder, splits, mask, noise)
+    parts = _parts(opts, encoder, splits, mask, noise, device)
     return ExtractPlan(opts, encoder, splits, mask, mask_spec, noise, wave[mask], layers, pools, arrays, parts,
                        digest(parts), device)

@@ -21,7 +21,7 @@ import torch
 from ..cache.layout import ArraySpec, marker_path, open_root
 from ..cache.lock import CacheLock
 from ..cache.reader import FeatureCache
-from ..cache.writer import Block, BlockWriter, SplitLayout, consolidate, prepare_store
+from ..cache.writer import Block, BlockWriter, SplitLayout, check_out, check_store, consolidate, prepare_store
 from ..common.background import background
 from ..common.device import configure_threads, local_rank
 from ..common.errors import FeatcacheError
@@ -214,10 +214,13 @@ def run_extract(opts: ExtractOptions) -> ExtractReport:
         raise FeatcacheError(f"shard {shard[0]}/{shard[1]} from {shard_source}: expected 0 <= I < N")
     if opts.device == "auto" and shard is not None and torch.cuda.is_available():
         opts.device = f"cuda:{local_rank()[0] % torch.cuda.device_count()}"
+    check_out(opts.out)  # cheap: before the plan reads and hashes every input
     plan = build_plan(opts)
     configure_threads(plan.device)
     started = time.perf_counter()
     store = plan.store_spec()
+    if shard is None or shard[0] == 0 or opts.prepare_only:
+        check_store(store)  # a refusal before the lock file or anything else exists
     if opts.prepare_only or shard is None:
         with CacheLock(opts.out).acquire(opts.command):
             meta, added = prepare_store(store, _read_labels)

@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from ..cache.fingerprint import describe_changes
 from ..cache.layout import META_KEY, open_root
 from ..common.errors import FeatcacheError
 from ..common.progress import status
@@ -47,11 +48,17 @@ def wait_until_prepared(plan: ExtractPlan, shard: tuple[int, int]) -> dict[str, 
             meta = open_root(out, "r").attrs.get(META_KEY)
             if isinstance(meta, dict):
                 last_seen = meta.get("fingerprint")
+                if last_seen != plan.fingerprint and not plan.options.overwrite:  # shard 0 refuses it too
+                    changes = describe_changes(meta.get("parts", {}), plan.parts)
+                    raise FeatcacheError(f"shard {shard[0]}/{shard[1]}: {out} was made from other inputs "
+                                         f"({'; '.join(changes)}); run every shard with the options that made it, "
+                                         "or --overwrite it from shard 0 (or --prepare)")
                 have = {a["path"] for g in meta.get("generations", []) for a in g["arrays"]}
-                if last_seen == plan.fingerprint and meta.get("prepared") and wanted <= have:
+                if meta.get("prepared") and wanted <= have:
                     return meta
         if time.monotonic() > deadline:
-            why = "a cache made from other inputs" if last_seen else "no cache"
+            why = ("a cache made from other inputs" if last_seen and last_seen != plan.fingerprint
+                   else "a cache not yet prepared" if last_seen else "no cache")
             raise FeatcacheError(f"shard {shard[0]}/{shard[1]}: waited {plan.options.wait_seconds:.0f} s for {out} "
                                  f"to be prepared but found {why}; run `featcache extract ... --prepare` (or "
                                  "shard 0) with the same options first")

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from ..cache.fingerprint import feature_parts, provenance
 from ..heads.fit import FitResult, FitSpec
 from ..heads.metrics import split_metrics
 from ..heads.runs import save_run
 from ..heads.training import TrainResult
 from ..model.checkpoint import save_checkpoint, state_dict_digest
+from ..model.encoder import CODE_VERSION
 from ..spectra.mask import parse_mask_spec
 from .data import SplitData
 from .distributed import Dist
@@ -55,6 +57,21 @@ def _save_encoder(opts: FinetuneOptions, model: FinetuneModel, source_sha: str, 
     return state_dict_digest(model.encoder.state_dict())
 
 
+def _provenance(opts: FinetuneOptions, model: FinetuneModel, encoder_sha: str, mask: np.ndarray, in_dim: int
+                ) -> dict[str, Any]:
+    """The head's provenance as a cache of the fine-tuned encoder.ckpt would record it (extract with this
+    run's encoder.ckpt, mask.npy and noise settings, and predict accepts the head)."""
+    config = model.encoder.config
+    parts = feature_parts(weights_sha256=encoder_sha, config=config.as_dict(), code_version=CODE_VERSION,
+                          random_init_seed=None, mask=mask, noise_mode=opts.noise, noise_seed=opts.noise_seed,
+                          noise_level=opts.noise_level, direction=opts.direction, compute_dtype="float32",
+                          store_dtype="float32")
+    channels = config.embed_dim * (2 if opts.direction == "both" else 1)
+    attrs = {"D": in_dim, "C": channels, "L": model.encoder.tap_length(opts.layer, int(mask.sum())),
+             "pooling": opts.pool, "definition": model.pooling.definition, "direction": opts.direction}
+    return provenance(parts, {f"{opts.layer}/{opts.pool}": attrs})
+
+
 def write_outputs(opts: FinetuneOptions, model: FinetuneModel, source_sha: str,
                   outputs: dict[str, tuple[str, np.ndarray, np.ndarray]], splits: dict[str, SplitData],
                   outcome: TrainOutcome, seconds: float, in_dim: int, head: tuple[str, int, float],
@@ -79,7 +96,7 @@ def write_outputs(opts: FinetuneOptions, model: FinetuneModel, source_sha: str,
                    dropout=dropout, recipe=opts.recipe, train_split=opts.train_split, val_split=opts.val_split,
                    test_split=opts.test_split, device=opts.device, n_boot=opts.n_boot)
     result = FitResult(spec, predictor, in_dim, metrics, predictions, [dict(h) for h in outcome.history], seconds,
-                       "", "", encoder_sha)
+                       "", "", encoder_sha, _provenance(opts, model, encoder_sha, mask, in_dim))
     config = opts.config if opts.config is not None else opts.as_dict()
     save_run(result, opts.out, config=config, command=opts.command,
              extra=_facts(opts, model, source_sha, outcome, mask, dist))

@@ -28,7 +28,7 @@ from ..common.progress import status
 from ..common.settings import changes
 from ..heads.fit import FitResult
 from ..heads.registry import create_head
-from ..heads.runs import LoadedHead, load_head
+from ..heads.runs import LoadedHead, check_run_dir, clear_run_dir, load_head
 from ..heads.training import TrainResult
 from ..model.checkpoint import load_encoder, load_torch_file, state_dict_digest
 from ..model.pooling import get_pooling
@@ -92,6 +92,8 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
 def _prepare_out(opts: FinetuneOptions) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None; refuses to train over an earlier run without a flag."""
     last = opts.out / "last.pt"
+    if opts.out.exists() and not opts.out.is_dir():
+        raise FeatcacheError(f"--out {opts.out}: is a file, expected a run directory")
     if opts.resume:
         if not last.exists():
             raise FeatcacheError(f"--resume: {last} does not exist (nothing to resume; drop --resume to start)")
@@ -100,9 +102,7 @@ def _prepare_out(opts: FinetuneOptions) -> dict[str, Any] | None:
                 or state.get("format") != CHECKPOINT_FORMAT:
             raise FeatcacheError(f"--resume: {last} was not written by featcache finetune")
         return state
-    if (last.exists() or (opts.out / "metrics.json").exists()) and not opts.overwrite:
-        raise FeatcacheError(f"--out {opts.out}: holds an earlier run; pass --resume to continue it or --overwrite "
-                             "to start again")
+    check_run_dir(opts.out, overwrite=opts.overwrite)
     return None
 
 
@@ -264,7 +264,7 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
     if dist.main:
         opts.out.mkdir(parents=True, exist_ok=True)
         if state is None:
-            (opts.out / "last.pt").unlink(missing_ok=True)  # --overwrite: never resume into a stale run
+            clear_run_dir(opts.out)  # --overwrite: no file of the earlier run survives (nor resumes)
         np.save(opts.out / "mask.npy", mask)
     # train, then score every role's split with the best weights
     extra = {"mask": torch.from_numpy(mask.copy()), "y_mean": torch.from_numpy(y_mean.copy()),

@@ -17,6 +17,7 @@ import numpy as np
 from ..cache.reader import FeatureCache, FeatureMatrix, open_cache
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
+from ..common.overlap import check_disjoint
 from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from .registry import create_head, head_info
@@ -85,6 +86,7 @@ class FitResult:
     cache_path: str
     cache_fingerprint: str
     encoder_sha256: str
+    provenance: dict[str, Any] | None = None  # how the features were computed (predict compares it)
 
     @property
     def chosen(self) -> dict[str, Any]:
@@ -112,10 +114,25 @@ def _labels(cache: FeatureCache, split: str, targets: list[str], draw: int | Non
     return np.stack([cache.labels(split, t, draw=draw).astype(np.float64) for t in targets], axis=1)
 
 
-def _check_request(cache: FeatureCache, spec: FitSpec) -> None:
-    for split in (spec.train_split, spec.val_split, spec.test_split):
+def check_roles(cache: FeatureCache, train: str, val: str | None, test: str | None) -> None:
+    """Each role names a split of the cache, no two roles the same split, and no two share rows of a file
+    (hyper-parameters are chosen on validation; test is scored once, on rows nothing was fitted or chosen on)."""
+    roles = [("--train-split", train), ("--val-split", val), ("--test-split", test)]
+    for flag, split in roles:
         if split is not None and split not in cache.splits:
-            raise FeatcacheError(f"{cache.path}: no split '{split}'; the cache has: {', '.join(cache.splits)}")
+            raise FeatcacheError(f"{cache.path}: no split '{split}' ({flag}); the cache has: {', '.join(cache.splits)}")
+    given = [(flag, split) for flag, split in roles if split is not None]
+    for i, (flag_a, a) in enumerate(given):
+        for flag_b, b in given[i + 1:]:
+            if a == b:
+                raise FeatcacheError(f"{flag_a} and {flag_b} both name split '{a}': choose on validation and score "
+                                     "test once, on different splits")
+    check_disjoint([(split, cache.split_identity(split), *cache.split_rows(split)) for _, split in given],
+                   what="cache splits")
+
+
+def _check_request(cache: FeatureCache, spec: FitSpec) -> None:
+    check_roles(cache, spec.train_split, spec.val_split, spec.test_split)
     if not spec.targets:
         raise FeatcacheError("give at least one --target")
     for target in spec.targets:
@@ -151,7 +168,8 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
             predictions[role] = {"split": np.array(split), "index": cache.index(split, draw=0),
                                  "true": y[role], "pred": pred}
     return FitResult(spec, predictor, x["train"].shape[1], metrics, predictions, history, seconds, str(cache.path),
-                     cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]))
+                     cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]),
+                     cache.provenance(spec.train_split, spec.features))
 
 
 def _fit_predictor(spec: FitSpec, x: dict[str, FeatureMatrix], y: dict[str, np.ndarray], progress: bool

@@ -1,4 +1,10 @@
-"""`featcache predict` in Python: a fitted head applied to a split of a (possibly other) cache."""
+"""`featcache predict` in Python: a fitted head applied to a split of a (possibly other) cache.
+
+A head only means something on features computed the way it was fitted on: the same encoder weights and
+code, mask, noise, direction, dtypes and the same definition of each layer/pooling. The head carries that
+provenance; a cache whose features were made another way is refused, naming what differs (--force applies
+the head anyway and says so).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,20 @@ import numpy as np
 
 from ..cache.reader import FeatureCache, FeatureMatrix, open_cache
 from ..common.errors import FeatcacheError
-from .runs import load_head
+from ..common.progress import warning
+from ..common.settings import changes, format_changes
+from .runs import LoadedHead, load_head
+
+
+def provenance_differences(loaded: LoadedHead, cache: FeatureCache, split: str) -> str:
+    """'' when the cache's features were made the way the head's were, else what differs, in words."""
+    if loaded.provenance is None:
+        encoder = str(cache.meta["parts"]["encoder"]["weights_sha256"])
+        if encoder != loaded.encoder_sha256:
+            return f"encoder.weights_sha256 {loaded.encoder_sha256[:12]} -> {encoder[:12]}"
+        return "the head predates featcache 0.2's record of how its features were made (refit it to check)"
+    found = changes(loaded.provenance, cache.provenance(split, loaded.features))
+    return format_changes(found, "{path} {saved} -> {wanted}")
 
 
 def predict_split(run_dir: str | Path, cache: FeatureCache | str | Path, split: str, *, force: bool = False
@@ -16,11 +35,14 @@ def predict_split(run_dir: str | Path, cache: FeatureCache | str | Path, split: 
     """Apply a fitted head to a cache's split (draw 0): index, predictions and, where labelled, the truth."""
     loaded = load_head(run_dir)
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
-    encoder = str(cache.meta["parts"]["encoder"]["weights_sha256"])
-    if encoder != loaded.encoder_sha256 and not force:
-        raise FeatcacheError(f"{cache.path}: made with another encoder (weights {encoder[:12]}) than the head's "
-                             f"training cache ({loaded.encoder_sha256[:12]}); use --force to apply it anyway")
     x = FeatureMatrix(cache, split, loaded.features, draw=0)
+    differences = provenance_differences(loaded, cache, split)
+    if differences and not force:
+        raise FeatcacheError(f"{cache.path}: made with another encoder or other settings than the head's training "
+                             f"cache ({differences}); its features mean something else: use --force to apply it "
+                             "anyway")
+    if differences:
+        warning(f"--force: applying the head to features made another way ({differences})")
     if x.shape[1] != loaded.in_dim:
         raise FeatcacheError(f"{cache.path}: features {'+'.join(f'{a}/{b}' for a, b in loaded.features)} are "
                              f"{x.shape[1]} wide in split '{split}', the head expects {loaded.in_dim}")

@@ -19,22 +19,49 @@ import torch
 
 from ..common.errors import FeatcacheError
 from ..common.files import atomic_write, save_torch, write_json, write_text
+from ..common.serialise import plain
 from .fit import FitResult
 from .registry import create_head
 from .ridge import RidgeHead
 from .training import TrainResult
 
 HEAD_FORMAT = 1
+# every file a fit or finetune run directory holds: --overwrite removes them all, so no mix of two runs remains
+RUN_FILES = ("metrics.json", "predictions.npz", "head.pt", "history.csv", "config.yaml", "encoder.ckpt",
+             "encoder.yaml", "mask.npy", "last.pt")
+
+
+def check_run_dir(out: Path, *, overwrite: bool = False, resume: bool = False) -> list[str]:
+    """Refuse an --out that is a file, or that holds an earlier run unless --overwrite (or --resume, which
+    continues it); returns the earlier run's files. Touches nothing: call it before the work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FeatcacheError(f"--out {out}: is a file, expected a run directory")
+    earlier = [name for name in RUN_FILES if (out / name).exists()]
+    if earlier and not (overwrite or resume):
+        hint = "pass --resume to continue it or --overwrite to start again" if "last.pt" in earlier else \
+            "pass --overwrite to replace it or choose another --out"
+        raise FeatcacheError(f"--out {out}: holds an earlier run ({', '.join(earlier)}); {hint}")
+    return earlier
+
+
+def clear_run_dir(out: Path) -> None:
+    """Remove every file of an earlier run (after the new run succeeded, just before it is written), so a fit
+    over a finetune directory leaves no encoder.ckpt of the old run beside the new head."""
+    for name in RUN_FILES:
+        (Path(out) / name).unlink(missing_ok=True)
 
 
 def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = None, command: str = "",
              extra: dict[str, Any] | None = None) -> Path:
-    """metrics.json (with `extra` facts on top), predictions.npz, head.pt, history.csv, config.yaml in OUT."""
+    """metrics.json (with `extra` facts on top), predictions.npz, head.pt, history.csv, config.yaml in OUT
+    (check_run_dir before the work, clear_run_dir before this: it writes over the files it names)."""
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
     spec = result.spec
     metrics = {"head": spec.head, "features": spec.describe()["features"], "in_dim": result.in_dim,
+               "feature_provenance": result.provenance,
                "targets": spec.targets, **result.metrics, "chosen": result.chosen, "fit_seconds": result.seconds,
                "cache": result.cache_path, "cache_fingerprint": result.cache_fingerprint,
                "encoder_sha256": result.encoder_sha256, "recipe": spec.describe()["recipe"], "command": command,
@@ -47,7 +74,7 @@ def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = No
         "format": HEAD_FORMAT, "head": spec.head, "hidden": spec.hidden, "dropout": spec.dropout,
         "in_dim": result.in_dim, "targets": list(spec.targets), "features": [list(f) for f in spec.features],
         "state": result.predictor.to_state(), "cache_fingerprint": result.cache_fingerprint,
-        "encoder_sha256": result.encoder_sha256})
+        "encoder_sha256": result.encoder_sha256, "provenance": plain(result.provenance)})
     if result.history:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(result.history[0]))
@@ -74,6 +101,7 @@ class LoadedHead:
     in_dim: int
     encoder_sha256: str
     cache_fingerprint: str
+    provenance: dict[str, Any] | None = None  # None: fitted before featcache 0.2 recorded it
 
 
 def load_head(run_dir: str | Path) -> LoadedHead:
@@ -95,4 +123,5 @@ def load_head(run_dir: str | Path) -> LoadedHead:
                             dropout=saved["dropout"])
         predictor = TrainResult.from_state(model, state)
     return LoadedHead(saved["head"], predictor, [tuple(f) for f in saved["features"]], list(saved["targets"]),
-                      int(saved["in_dim"]), str(saved["encoder_sha256"]), str(saved["cache_fingerprint"]))
+                      int(saved["in_dim"]), str(saved["encoder_sha256"]), str(saved["cache_fingerprint"]),
+                      saved.get("provenance"))

@@ -105,13 +105,22 @@ def infer_config(state: dict[str, torch.Tensor], source: str, dilation: int = 1)
     num_layers = max(enc_ids)
     use_bn = "encoders.0.bn.weight" in state
     blindspot = "nin_layers.0.conv.weight" not in state or state["nin_layers.0.conv.weight"].shape[1] == 2 * embed_dim
-    return EncoderConfig(num_layers=num_layers, embed_dim=embed_dim, kernel_size=kernel_size,
+    return _config(source, num_layers=num_layers, embed_dim=embed_dim, kernel_size=kernel_size,
                          input_sigma=in_channels == 2, use_bn=use_bn, dilation=dilation, blindspot=blindspot)
+
+
+def _config(source: str, **values: Any) -> EncoderConfig:
+    try:
+        return EncoderConfig(**values)
+    except FeatcacheError as exc:
+        raise FeatcacheError(f"{source}: {exc}") from None
 
 
 def resolve_dilation(path: Path, explicit: int | None) -> tuple[int, str]:
     """Dilation from: the option, the YAML beside the checkpoint, the d<N> name token, else 1."""
     if explicit is not None:
+        if int(explicit) < 1:
+            raise FeatcacheError(f"--dilation {explicit}: must be an integer >= 1")
         return int(explicit), "option --dilation"
     for suffix in (".yaml", ".yml"):
         beside = path.with_suffix(suffix)
@@ -124,7 +133,10 @@ def resolve_dilation(path: Path, explicit: int | None) -> tuple[int, str]:
                 raise FeatcacheError(f"{beside}: not valid YAML ({str(exc).splitlines()[0]})") from None
             model = config.get("model") if isinstance(config, dict) else None
             if isinstance(model, dict) and "dilation" in model:
-                return int(model["dilation"]), f"config {beside.name}"
+                value = model["dilation"]
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise FeatcacheError(f"{beside}: model.dilation must be an integer >= 1, got {value!r}")
+                return value, f"config {beside.name}"
     match = re.search(r"(?<=bn[01])d(\d+)|(?<![a-z])d(\d+)(?=ep|$|[._-])", path.stem)
     if match:
         return int(match.group(1) or match.group(2)), f"file name token '{match.group(0)}'"
@@ -137,6 +149,8 @@ def load_encoder(path: str | os.PathLike[str], *, dilation: int | None = None,
     path = Path(path)
     if not path.exists():
         raise FeatcacheError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise FeatcacheError(f"{path}: is a directory, expected a checkpoint file (.ckpt)")
     state, fmt, meta = extract_model_state(load_torch_file(path), str(path))
     dil, source = resolve_dilation(path, dilation)
     config = infer_config(state, str(path), dilation=dil)

@@ -56,8 +56,6 @@ class BlindspotModel1D(nn.Module):
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        if config.num_layers < 2:
-            raise FeatcacheError(f"num_layers must be at least 2, got {config.num_layers}")
         self.config = config
         c, e, k = config, config.embed_dim, config.kernel_size
         block = dict(use_bn=c.use_bn, blindspot=c.blindspot)

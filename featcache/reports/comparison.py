@@ -25,7 +25,7 @@ from ..common.errors import FeatcacheError, choices_message
 from ..common.files import atomic_write, write_json, write_text
 from ..common.progress import progress, status
 from ..common.serialise import plain
-from ..heads.fit import FitSpec
+from ..heads.fit import FitSpec, check_roles
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..heads.registry import head_info
 from ..model.taps import PSEUDO_LAYERS
@@ -69,6 +69,7 @@ def _check_labels(sources: list[Source], targets: list[str], splits: list[str]) 
     if not targets:
         raise FeatcacheError("give at least one --target")
     for src in sources:
+        check_roles(src.cache, *splits)
         for split in splits:
             if split not in src.cache.splits:
                 raise FeatcacheError(f"{src.path}: no split '{split}'; the cache has: {', '.join(src.cache.splits)}")
@@ -121,6 +122,15 @@ def _grid(sources: list[Source], layers: Sequence[str] | None, pools: Sequence[s
     if not rows:
         raise FeatcacheError("nothing to compare: no cache has the requested layers and poolings")
     return rows
+
+
+def _check_out(out: Path) -> None:
+    """OUT is a comparison's folder (re-run into it to resume): never a file, never a fit or finetune run."""
+    if out.exists() and not out.is_dir():
+        raise FeatcacheError(f"--out {out}: is a file, expected a report directory")
+    if (out / "head.pt").exists() or (out / "last.pt").exists():
+        raise FeatcacheError(f"--out {out}: holds a fit or finetune run; give compare its own --out (it writes "
+                             "compare.md, compare.csv, compare.json, plots and cells/ there)")
 
 
 def _read_runs(runs: Sequence[str | Path], targets: list[str]) -> list[RunRows]:
@@ -239,6 +249,7 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread count changes the order of
     float32 sums, and training amplifies such differences a little); ridge cells are identical."""
     out = Path(out)
+    _check_out(out)
     targets = list(dict.fromkeys(targets))
     heads = list(dict.fromkeys(heads or DEFAULT_HEADS))
     for head in heads:

@@ -57,6 +57,22 @@ def fill_error_nans(error: np.ndarray, *, source: str = "error", first_row: int 
     return error
 
 
+def check_error_values(error: np.ndarray, *, source: str = "error", first_row: int = 0) -> None:
+    """The error is a 1-sigma: a negative value would pull the quantile mask toward the noisiest pixels and
+    feed the encoder a negative sigma channel, so it is refused (NaN is filled, see fill_error_nans)."""
+    with np.errstate(invalid="ignore"):
+        negative = error < 0
+    if negative.any():
+        row, pixel = (int(v) for v in np.argwhere(negative)[0])
+        raise FeatcacheError(f"{source}: negative error value {float(error[row, pixel]):.4g} at row "
+                             f"{row + first_row}, pixel {pixel} ({int(negative.sum())} negative values in rows "
+                             f"{first_row}:{first_row + error.shape[0]}); the error is a 1-sigma and must be >= 0")
+    all_bad = ~np.isfinite(error).any(axis=1)
+    if all_bad.any():
+        row = int(np.flatnonzero(all_bad)[0]) + first_row
+        raise FeatcacheError(f"{source}: row {row} has no valid error value (all NaN); fix or drop that spectrum")
+
+
 @dataclass
 class DatasetInfo:
     """What `featcache inspect FILE.h5` prints."""
@@ -160,18 +176,26 @@ class PfsDataset:
         if not (0 <= start <= stop <= self.n_rows):
             raise FeatcacheError(f"{self.path}: rows {start}:{stop} outside 0:{self.n_rows}")
 
-    def read_raw(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of an array as stored (no reading rules)."""
+    def read_raw(self, name: str, start: int, stop: int, *, native: bool = False) -> np.ndarray:
+        """Rows [start, stop) of an array as stored (no reading rules): float32, or the stored dtype."""
         if name not in self._arrays:
             raise FeatcacheError(f"{self.path}: no '{name}' array (has: {', '.join(self.arrays)})")
         self._check_rows(start, stop)
-        return np.asarray(self._arrays[name][start:stop], dtype=np.float32)
+        try:
+            values = self._arrays[name][start:stop]
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:  # h5py's errors for damaged chunks
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise FeatcacheError(f"{self.path}: cannot read rows {start}:{stop} of '{ARRAY_KEYS[name]}' "
+                                 f"(a damaged file? {reason})") from None
+        return values if native else np.asarray(values, dtype=np.float32)
 
     def read_flux(self, start: int, stop: int) -> np.ndarray:
         return apply_flux_rules(self.read_raw("flux", start, stop))
 
     def read_error(self, start: int, stop: int) -> np.ndarray:
-        return fill_error_nans(self.read_raw("error", start, stop), source=str(self.path), first_row=start)
+        raw = self.read_raw("error", start, stop)
+        check_error_values(raw, source=str(self.path), first_row=start)
+        return fill_error_nans(raw, source=str(self.path), first_row=start)
 
     def read_noisy(self, start: int, stop: int) -> np.ndarray:
         """The stored pre-noised flux as shipped: NaN -> 0, negative values kept (they are noise)."""
@@ -235,30 +259,44 @@ class PfsDataset:
         return f"PfsDataset('{self.path}', N={self.n_rows}, P={self.n_pixels})"
 
 
-def file_identity(path: str | os.PathLike[str], *, full: bool = False, n_samples: int = 8) -> dict[str, Any]:
-    """Content identity of a data file for fingerprints: size, N, P and a hash of sampled blocks (or all)."""
+HASH_MODES = ("full", "sampled")
+IDENTITY_BLOCK_ROWS = 1024
+
+
+def file_identity(path: str | os.PathLike[str], *, mode: str = "full", n_samples: int = 8) -> dict[str, Any]:
+    """Content identity of a data file for fingerprints: size, N, P and a sha256 of its arrays and labels.
+
+    mode 'full' hashes every byte of every array (as stored) and the numeric params, and checks every error
+    value on the way (negative or all-NaN rows are refused here, before any output exists); any edit of the
+    content changes the identity. 'sampled' hashes 8 blocks of 16 rows: cheap, but blind to edits elsewhere.
+    """
     import hashlib
 
+    if mode not in HASH_MODES:
+        raise FeatcacheError(f"--hash {mode}: expected full or sampled")
     with PfsDataset(path) as ds:
         digest = hashlib.sha256()
         digest.update(ds.wave.tobytes())
         n = ds.n_rows
-        if full:
-            starts = list(range(0, n, 1024))
-            width = 1024
+        if mode == "full":
+            width = IDENTITY_BLOCK_ROWS
+            starts = list(range(0, n, width))
         else:
             width = min(n, 16)
             starts = sorted({int(s) for s in np.linspace(0, max(n - width, 0), n_samples)}) if n else []
         for name in ds.arrays:
             for s in starts:
-                digest.update(ds.read_raw(name, s, min(s + width, n)).tobytes())
+                block = ds.read_raw(name, s, min(s + width, n), native=True)
+                if name == "error":
+                    check_error_values(block, source=str(ds.path), first_row=s)
+                digest.update(np.ascontiguousarray(block).tobytes())
         if ds.params_key:
             frame = ds.params()
             digest.update(",".join(map(str, frame.columns)).encode())
             for name in ds.label_names():
                 digest.update(np.ascontiguousarray(frame[name].to_numpy()).tobytes())
         return {"size": Path(path).stat().st_size, "n_rows": n, "n_pixels": ds.n_pixels,
-                "arrays": ds.arrays, "hash": ("full:" if full else "sampled:") + digest.hexdigest()[:32]}
+                "arrays": ds.arrays, "hash": f"{mode}:" + digest.hexdigest()[:32]}
 
 
 def describe_dataset(path: Path) -> Description:

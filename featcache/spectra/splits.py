@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.errors import FeatcacheError
+from ..common.overlap import check_disjoint  # noqa: F401 -- re-exported: where a reader looks for it
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,12 @@ class SplitSpec:
     stop: int | None = None
 
     def resolve(self, n_rows: int) -> tuple[int, int]:
-        """Concrete [start, stop) in the file (Python slice rules), refusing an empty split."""
+        """Concrete [start, stop) in the file (Python slice rules, negative counts from the end), refusing a
+        bound outside the file (never clamped: a typo must not silently shrink a split) and an empty split."""
+        for bound in (self.start, self.stop):
+            if bound is not None and not -n_rows <= bound <= n_rows:
+                raise FeatcacheError(f"--data {self.text}: row {bound} is outside the file, which has {n_rows} "
+                                     f"rows ({self.path}); give bounds in -{n_rows}..{n_rows}")
         start, stop, _ = slice(self.start, self.stop).indices(n_rows)
         if stop <= start:
             raise FeatcacheError(f"--data {self.text}: split '{self.name}' has no rows "
@@ -34,13 +40,20 @@ class SplitSpec:
         return f"{self.name}={self.path}{rows}"
 
 
+# names of the cache's own root entries: a split cannot take them
+RESERVED_NAMES = ("mask", "wave", "zarr.json")
+
+
 def parse_split_spec(text: str) -> SplitSpec:
-    """Parse NAME=FILE[:START:STOP]."""
-    match = re.fullmatch(r"(?P<name>[A-Za-z0-9_.-]+)=(?P<path>.+?)(?::(?P<start>-?\d*):(?P<stop>-?\d*))?",
+    """Parse NAME=FILE[:START:STOP]; NAME becomes a group of the cache, so it is a plain word."""
+    match = re.fullmatch(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)=(?P<path>.+?)(?::(?P<start>-?\d*):(?P<stop>-?\d*))?",
                          str(text).strip())
     if not match:
-        raise FeatcacheError(f"--data {text}: expected NAME=FILE[:START:STOP], e.g. train=train.h5 "
-                             "or val=all.h5:0:1000")
+        raise FeatcacheError(f"--data {text}: expected NAME=FILE[:START:STOP] with NAME of letters, digits, '_', '-' "
+                             "and '.' (starting with a letter or digit), e.g. train=train.h5 or val=all.h5:0:1000")
+    if match["name"] in RESERVED_NAMES or len(match["name"]) > 100:
+        raise FeatcacheError(f"--data {text}: '{match['name'][:100]}' cannot name a split (reserved by the cache's "
+                             f"layout: {', '.join(RESERVED_NAMES)}; at most 100 characters)")
     start = int(match["start"]) if match["start"] else None
     stop = int(match["stop"]) if match["stop"] else None
     return SplitSpec(match["name"], Path(match["path"]), start, stop)
@@ -57,3 +70,4 @@ def parse_split_specs(values: list[str] | tuple[str, ...]) -> list[SplitSpec]:
     if not specs:
         raise FeatcacheError("--data: give at least one split, e.g. --data train=train.h5")
     return specs
+

@@ -26,6 +26,7 @@ same arrays. See ``data/README.md`` for the line table, the rules and the calibr
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -76,13 +77,16 @@ def _draws(seed: int, start: int, stop: int, noisy: bool) -> tuple[np.ndarray, n
     return seeds, uni, eps
 
 
-def _check_args(seed: int, start: int, stop: int, rv_max: float) -> None:
+def _check_args(seed: int, start: int, stop: int, rv_max: float, mag: float = DEFAULT_MAG) -> None:
     if int(seed) < 0:
-        raise FeatcacheError(f"seed must be >= 0, got {seed}")
+        raise FeatcacheError(f"--seed must be >= 0, got {seed}")
     if not 0 <= start <= stop:
         raise FeatcacheError(f"bad row range {start}:{stop}")
-    if not 0 <= rv_max < 3000:
+    if not (math.isfinite(rv_max) and 0 <= rv_max < 3000):
         raise FeatcacheError(f"--rv-max must be in [0, 3000) km/s, got {rv_max}")
+    if not (math.isfinite(mag) and 5.0 <= mag <= 35.0):
+        raise FeatcacheError(f"--mag must be a finite magnitude in [5, 35] (the noise model's counts scale with "
+                             f"10^(-0.4 mag)), got {mag}")
 
 
 def generate_block(seed: int, start: int, stop: int, mag: float = DEFAULT_MAG, rv_max: float = DEFAULT_RV_MAX,
@@ -94,7 +98,7 @@ def generate_block(seed: int, start: int, stop: int, mag: float = DEFAULT_MAG, r
     """
     import pandas as pd
 
-    _check_args(seed, start, stop, rv_max)
+    _check_args(seed, start, stop, rv_max, mag)
     model = get_model(float(rv_max))
     seeds, uni, eps = _draws(seed, start, stop, noisy=not noise_free)
     labels = {}
@@ -137,12 +141,13 @@ def _block_job(args: tuple[int, int, int, float, float, bool]) -> dict[str, Any]
 
 def write_synth(path: str | os.PathLike[str], n: int, seed: int, *, mag: float = DEFAULT_MAG,
                 rv_max: float = DEFAULT_RV_MAX, noise_free: bool = False, block: int = 1000, workers: int = 1,
-                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                progress: Callable[[int], None] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write ``n`` spectra in the pfsspec layout, streaming blocks of ``block`` rows (bounded memory).
 
     ``workers`` > 1 generates blocks in that many processes (each block depends only on its rows, so the
     file is bitwise the same); the writer keeps at most ``2 * workers`` blocks in flight.
-    ``progress(k)`` is called with the number of rows just written.
+    ``progress(k)`` is called with the number of rows just written. An existing file is replaced only with
+    ``overwrite`` (it may be someone's real dataset); the new file appears whole or not at all.
     """
     import h5py
     import pandas as pd
@@ -151,10 +156,14 @@ def write_synth(path: str | os.PathLike[str], n: int, seed: int, *, mag: float =
         raise FeatcacheError(f"--n must be >= 1, got {n}")
     if block < 1:
         raise FeatcacheError(f"--block-size must be >= 1, got {block}")
-    _check_args(seed, 0, n, rv_max)
+    _check_args(seed, 0, n, rv_max, mag)
     path = Path(path)
-    if path.parent and not path.parent.exists():
+    if path.parent and not path.parent.is_dir():
         raise FeatcacheError(f"{path.parent}: no such directory")
+    if path.is_dir():
+        raise FeatcacheError(f"{path}: is a directory, expected an HDF5 file name")
+    if path.exists() and not overwrite:
+        raise FeatcacheError(f"{path}: exists; pass --overwrite to replace it or choose another name")
     jobs = [(int(seed), s, min(s + block, n), float(mag), float(rv_max), bool(noise_free))
             for s in range(0, n, block)]
     names = ["flux", "error"] + ([] if noise_free else ["noisy"])

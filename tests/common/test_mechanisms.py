@@ -34,9 +34,9 @@ def test_changes_walk_nested_settings_and_skip_ignored_paths():
 
 
 def test_fingerprint_changes_are_worded_per_part():
-    old = {"data": {"train": {"identity": {"hash": "a"}, "start": 0}, "val": {"start": 0}},
+    old = {"data": {"train": {"identity": {"hash": "full:aaa"}, "start": 0}, "val": {"start": 0}},
            "noise": {"seed": 42, "level": 1.0}, "direction": "forward", "encoder": {"weights_sha256": "x"}}
-    new = {"data": {"train": {"identity": {"hash": "b"}, "start": 5}, "test": {"start": 0}},
+    new = {"data": {"train": {"identity": {"hash": "full:bbb"}, "start": 5}, "test": {"start": 0}},
            "noise": {"seed": 7, "level": 1.0}, "direction": "reverse", "encoder": {"weights_sha256": "y"}}
     words = describe_changes(old, new)
     assert "split 'train': file content, start changed" in words
@@ -44,6 +44,9 @@ def test_fingerprint_changes_are_worded_per_part():
     assert "noise: seed 42 -> 7" in words and "direction: forward -> reverse" in words
     assert "encoder weights_sha256 changed" in words
     assert digest(old) == digest(dict(reversed(list(old.items())))) != digest(new)  # key order is irrelevant
+    sampled = {"data": {"train": {"identity": {"hash": "sampled:aaa"}, "start": 0}}}
+    (word,) = describe_changes(sampled, {"data": {"train": {"identity": {"hash": "full:aaa"}, "start": 0}}})
+    assert "identified its file by --hash sampled, this run by --hash full" in word
 
 
 def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
