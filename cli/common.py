@@ -90,8 +90,10 @@ def _normalise_config_value(param: click.Parameter, value: Any, key: str, path: 
     """A config value in the shape the option takes: one scalar, or (repeatable options) a list of scalars
     or, for --data, a mapping of split names to files."""
     if param.multiple or getattr(param, "nargs", 1) != 1:
-        if isinstance(value, dict):  # data: {train: a.h5} -> ["train=a.h5"]
+        if isinstance(value, dict) and param.name == "data":  # data: {train: a.h5} -> ["train=a.h5"]
             value = [f"{k}={v}" for k, v in value.items()]
+        elif isinstance(value, dict):
+            raise UserError(f"--config {path}: key '{key}' takes a list of values, got a mapping ({value!r})")
         elif not isinstance(value, list | tuple):
             value = [value]
         bad = [v for v in value if not isinstance(v, SCALARS)]

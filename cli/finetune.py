@@ -62,6 +62,8 @@ def resolve_unfreeze(freeze_encoder: bool, unfreeze: str | None) -> str:
               help="Rows per HDF5 read (and shuffle block).")
 @click.option("--eval-batch-size", type=int, default=D["eval_batch_size"], show_default=True,
               help="Spectra per forward in validation, test and the standardisation pass.")
+@click.option("--hash", "hash_mode", type=click.Choice(["full", "sampled"]), default=D["hash"], show_default=True,
+              help="Data identity that --resume checks: every byte of each file, or 8 sampled blocks.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.option("--overwrite", is_flag=True, help="Start again over an earlier run in --out.")
 @click.option("--check-sync", is_flag=True, envvar="FEATCACHE_CHECK_SYNC",
@@ -75,8 +77,8 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
             noise_seed: int, train_noise: str, direction: str, init_head: Path | None, train_split: str,
             val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int, lr: float,
             weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float, alphas: str | None,
-            device: str, block_rows: int, eval_batch_size: int, resume: bool, overwrite: bool, check_sync: bool,
-            out: Path | None) -> None:
+            device: str, block_rows: int, eval_batch_size: int, hash_mode: str, resume: bool, overwrite: bool,
+            check_sync: bool, out: Path | None) -> None:
     """Fine-tune: encoder and head trained together on fresh noise, straight from the HDF5 files.
 
     Writes fit's outputs (metrics.json, predictions.npz, head.pt, history.csv, config.yaml) plus
@@ -104,7 +106,8 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
         scale_floor=scale_floor, noise=noise, train_noise=train_noise, noise_level=noise_level,
         noise_seed=noise_seed, mask=mask, direction=direction, dilation=dilation, init_head=init_head,
         train_split=train_split, val_split=val_split or None, test_split=test_split or None, block_rows=block_rows,
-        eval_batch_size=eval_batch_size, device=device, resume=resume, overwrite=overwrite, check_sync=check_sync,
+        eval_batch_size=eval_batch_size, hash=hash_mode, device=device, resume=resume, overwrite=overwrite,
+        check_sync=check_sync,
         command=command_line(), config=resolved_options(ctx))
     result = finetune(options)
     if result.rank == 0:

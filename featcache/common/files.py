@@ -28,6 +28,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> 
     path = Path(path)
     tmp = temporary_name(path)
     try:
+        tmp.touch(exist_ok=False)  # an unwritable folder fails here, with a plain OSError naming the target
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    try:
         write(tmp)
         os.replace(tmp, path)
     finally:

@@ -45,10 +45,13 @@ def changes(saved: dict[str, Any], wanted: dict[str, Any], *, ignore: Iterable[s
     return out
 
 
-def show(value: Any) -> str:
-    return "(none)" if value is MISSING else repr(value) if isinstance(value, str) else str(value)
+def show(value: Any, quote: bool = True) -> str:
+    if value is MISSING:
+        return "(none)"
+    return repr(value) if quote and isinstance(value, str) else str(value)
 
 
-def format_changes(found: list[Change], template: str = "{path} {saved} -> {wanted}") -> str:
-    """'noise.seed 42 -> 7; lr 0.001 -> 0.01' (the template may use path, saved, wanted)."""
-    return "; ".join(template.format(path=c.path, saved=show(c.saved), wanted=show(c.wanted)) for c in found)
+def format_changes(found: list[Change], template: str = "{path} {saved} -> {wanted}", quote: bool = True) -> str:
+    """'noise.seed 42 -> 7; lr 0.001 -> 0.01' (the template may use path, saved, wanted; strings quoted)."""
+    return "; ".join(template.format(path=c.path, saved=show(c.saved, quote), wanted=show(c.wanted, quote))
+                     for c in found)

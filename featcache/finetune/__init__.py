@@ -2,7 +2,8 @@
 process or many (torchrun, srun). Options and resume settings, the distributed context, the model, the data
 and its order, the evaluation passes, the loop, and the run directory it writes.
 
-May import: featcache.common, featcache.spectra, featcache.model, featcache.heads.
+May import: featcache.common, featcache.spectra, featcache.model, featcache.heads, featcache.cache (its fingerprint
+wording and provenance).
 """
 
 from ..common.lazy import lazy_exports

@@ -49,6 +49,7 @@ class FinetuneOptions:
     test_split: str | None = "test"
     block_rows: int = 1024
     eval_batch_size: int = 256
+    hash: str = "full"  # data identity for --resume: every byte (full) or sampled blocks
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
@@ -99,7 +100,8 @@ def validate_options(opts: FinetuneOptions) -> None:
         (opts.block_rows >= 1, f"--block-rows must be >= 1, got {opts.block_rows}"),
         (opts.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {opts.eval_batch_size}"),
         (bool(opts.targets), "give at least one --target"),
-        (len(set(opts.targets)) == len(opts.targets), "--target: a label is given twice"),
+            (len(set(opts.targets)) == len(opts.targets), "--target: a label is given twice"),
+        (opts.hash in ("full", "sampled"), f"--hash {opts.hash}: expected full or sampled"),
     ]
     for ok, message in checks:
         if not ok:
@@ -137,10 +139,12 @@ def describe_unfreeze(blocks: list[int]) -> str:
     return f"training {span}"
 
 
-def resume_settings(opts: FinetuneOptions, encoder_sha: str, unfrozen: list[int], head: str) -> dict[str, Any]:
-    """What must match for --resume (plain data, so the checkpoint loads with weights_only=True)."""
+def resume_settings(opts: FinetuneOptions, encoder_sha: str, unfrozen: list[int], head: str,
+                    data: dict[str, Any]) -> dict[str, Any]:
+    """What must match for --resume (plain data, so the checkpoint loads with weights_only=True). `data` is
+    each split's file content identity and rows, so another file at the same path is never trained on."""
     recipe = {k: v for k, v in opts.recipe.to_dict().items() if k not in RESUME_FREE and k != "eval_batch_size"}
-    return {"encoder_sha256": encoder_sha, "data": list(opts.data), "layer": opts.layer, "pool": opts.pool,
+    return {"encoder_sha256": encoder_sha, "data": data, "layer": opts.layer, "pool": opts.pool,
             "head": head, "hidden": opts.hidden, "dropout": opts.dropout, "targets": list(opts.targets),
             "unfreeze": list(unfrozen), "encoder_lr": opts.encoder_lr, "noise": opts.noise,
             "train_noise": opts.train_noise,

@@ -14,6 +14,7 @@ parameter that requires grad goes unused and DDP needs no find_unused_parameters
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cache.fingerprint import describe_changes
 from ..common.errors import FeatcacheError
+from ..common.overlap import check_disjoint
 from ..common.progress import status
 from ..common.settings import changes
 from ..heads.fit import FitResult
@@ -33,7 +36,7 @@ from ..heads.training import TrainResult
 from ..model.checkpoint import load_encoder, load_torch_file, state_dict_digest
 from ..model.pooling import get_pooling
 from ..spectra.mask import make_mask
-from ..spectra.pfsspec import PfsDataset
+from ..spectra.pfsspec import PfsDataset, file_identity
 from .data import RunContext, SplitData, load_splits
 from .distributed import Dist, init_distributed
 from .loop import CHECKPOINT_FORMAT, debug_line, train
@@ -161,13 +164,37 @@ def _feature_width(opts: FinetuneOptions, encoder: Any, mask: np.ndarray, init: 
     return in_dim
 
 
+def _data_identity(opts: FinetuneOptions, splits: dict[str, SplitData], dist: Dist) -> dict[str, Any]:
+    """Each split's file content identity and rows (rank 0 reads, every rank gets it); shared rows between
+    the roles are refused, copies of one file included."""
+    def identities() -> dict[str, Any]:
+        by_file: dict[str, dict[str, Any]] = {}
+        for split in splits.values():
+            key = os.path.realpath(split.path)
+            if key not in by_file:
+                by_file[key] = file_identity(split.path, mode=opts.hash)
+        return {name: {"identity": by_file[os.path.realpath(split.path)], "start": split.start, "stop": split.stop}
+                for name, split in splits.items()}
+
+    data = dist.from_main(identities)
+    check_disjoint([(name, entry["identity"]["hash"], entry["start"], entry["stop"]) for name, entry in data.items()])
+    return data
+
+
 def _check_resume(opts: FinetuneOptions, state: dict[str, Any] | None, settings: dict[str, Any]) -> None:
     if state is None:
         return
-    found = changes(upgrade_settings(state["settings"]), settings)
-    if found:
-        raise FeatcacheError(f"--resume: the options differ from {opts.out / 'last.pt'}'s: "
-                             + ", ".join(dict.fromkeys(c.path for c in found)))
+    saved = upgrade_settings(state["settings"])
+    found = changes(saved, settings)
+    if not found:
+        return
+    words = [c.path for c in found if c.key != "data"]
+    if any(c.key == "data" for c in found):
+        old = saved.get("data")
+        words += (describe_changes({"data": old}, {"data": settings["data"]}) if isinstance(old, dict)
+                  else ["data (the checkpoint predates content identities; --overwrite to start again)"])
+    raise FeatcacheError(f"--resume: the options differ from {opts.out / 'last.pt'}'s: "
+                         + ", ".join(dict.fromkeys(words)))
 
 
 def _standardise(model: FinetuneModel, ctx: RunContext, train_split: SplitData, init: LoadedHead | None,
@@ -250,7 +277,7 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
     state = _prepare_out(opts)
     mask = _mask(opts, state, first, dist)
     in_dim = _feature_width(opts, encoder, mask, init)
-    settings = resume_settings(opts, source_sha, unfrozen, head_name)
+    settings = resume_settings(opts, source_sha, unfrozen, head_name, _data_identity(opts, splits, dist))
     _check_resume(opts, state, settings)
     # the model and its standardisation
     ctx = RunContext(opts, mask, dist, encoder.config.input_sigma)

@@ -27,7 +27,7 @@ def provenance_differences(loaded: LoadedHead, cache: FeatureCache, split: str) 
             return f"encoder.weights_sha256 {loaded.encoder_sha256[:12]} -> {encoder[:12]}"
         return "the head predates featcache 0.2's record of how its features were made (refit it to check)"
     found = changes(loaded.provenance, cache.provenance(split, loaded.features))
-    return format_changes(found, "{path} {saved} -> {wanted}")
+    return format_changes(found, quote=False)
 
 
 def predict_split(run_dir: str | Path, cache: FeatureCache | str | Path, split: str, *, force: bool = False
