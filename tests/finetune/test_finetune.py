@@ -195,3 +195,16 @@ def test_helpers(monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "1")
     with pytest.raises(FeatcacheError, match="export MASTER_ADDR and MASTER_PORT"):
         init_distributed("cpu")
+
+
+def test_resume_refuses_another_file_at_the_same_path(tmp_path):
+    """--resume compares each split's content identity, not the --data strings: a file replaced in place is
+    named (it would otherwise be trained on silently)."""
+    path = write_pfs(tmp_path / "d.h5", n=60, p=512, seed=12)
+    splits = [f"train={path}:0:40", f"val={path}:40:60"]
+    args = ["finetune", "--ckpt", CKPT, *data_args(splits), "--freeze-encoder", "--test-split", "", *COMMON,
+            "--out", tmp_path / "run"]
+    run_cli(*args, "--max-epochs", "1")
+    write_pfs(path, n=60, p=512, seed=13)  # same path, same shape, other spectra
+    result = run_cli(*args, "--max-epochs", "2", "--resume", check=False)
+    assert_cli_error(result, "--resume: the options differ", "split 'train': file content changed")

@@ -181,3 +181,29 @@ def test_refuses_bad_checkpoints(tmp_path, case):
         expected = "not a checkpoint"
     with pytest.raises(FeatcacheError, match=re.escape(expected)):
         load_encoder(path)
+
+
+def _blind_spot_leak(config: EncoderConfig) -> float:
+    """How much output pixel j moves when only input pixel j moves (0 for a true blind spot)."""
+    torch.manual_seed(0)
+    model = BlindspotModel1D(config).eval()
+    x = torch.randn(1, config.in_channels, 64)
+    j = 31
+    bumped = x.clone()
+    bumped[:, 0, j] += 5.0
+    with torch.no_grad():
+        return float((model(bumped)[:, 0, j] - model(x)[:, 0, j]).abs().max())
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (5, 2)])
+def test_odd_kernels_keep_the_blind_spot(kernel, dilation):
+    assert _blind_spot_leak(EncoderConfig(num_layers=3, embed_dim=4, kernel_size=kernel, dilation=dilation)) == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+def test_even_kernels_break_the_blind_spot_and_are_refused():
+    with pytest.raises(FeatcacheError, match="kernel size 4: must be odd"):
+        EncoderConfig(num_layers=3, embed_dim=4, kernel_size=4)
+    config = EncoderConfig(num_layers=3, embed_dim=4, kernel_size=5)
+    object.__setattr__(config, "kernel_size", 4)  # what the refusal prevents: output j then sees input j
+    assert _blind_spot_leak(config) > 1e-5  # exactly 0.0 for the odd kernels above
