@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from featcache.extraction.options import COMPUTE_DTYPES, HASH_MODES, STORE_DTYPES, ExtractOptions
+from featcache.extraction.options import (
+    COMPUTE_DTYPES,
+    CONV_MODES,
+    DEFAULT_BATCH,
+    HASH_MODES,
+    STORE_DTYPES,
+    ExtractOptions,
+)
 
 from .common import UserError, command, command_line, echo_result
 from .options import data_option, defaults, device_option, noise_options
@@ -39,13 +46,17 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               show_default=True, help="Taps of x, of x flipped (flipped back), or both on channels.")
 @click.option("--dilation", type=int, default=None,
               help="Encoder dilation (default: YAML beside the checkpoint, the d<N> name token, else 1).")
-@click.option("--batch-size", type=int, default=D["batch_size"], show_default=True,
-              help="Spectra per encoder forward.")
+@click.option("--batch-size", type=int, default=None,
+              help="Spectra per encoder forward (default by device, measured: " +
+                   ", ".join(f"{k} {v}" for k, v in DEFAULT_BATCH.items()) + ").")
 @click.option("--block-rows", type=int, default=D["block_rows"], show_default=True,
               help="Rows per Zarr chunk and per resumable block.")
 @device_option(D["device"])
 @click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=D["dtype"], show_default=True,
               help="Compute dtype (autocast) of the encoder.")
+@click.option("--conv", type=click.Choice(CONV_MODES), default=D["conv"], show_default=True,
+              help="Encoder convolutions: FFT (overlap-save) where it is faster (auto: long maps on the CPU), "
+                   "direct, or fft everywhere. All agree with the original code to 1e-6.")
 @click.option("--store-dtype", type=click.Choice(STORE_DTYPES), default=D["store_dtype"], show_default=True,
               help="dtype of the stored features.")
 @click.option("--keep-maps", is_flag=True, help="Also store raw (C, L') maps of taps with C*L' <= 4096.")
@@ -64,7 +75,8 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               help="Output cache (a .zarr directory).")
 def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], pools: tuple[str, ...], mask: str,
             noise: str, noise_level: float, noise_seed: int, noise_draws: tuple[str, ...], direction: str,
-            dilation: int | None, batch_size: int, block_rows: int, device: str, dtype: str, store_dtype: str,
+            dilation: int | None, batch_size: int | None, block_rows: int, device: str, dtype: str, conv: str,
+            store_dtype: str,
             keep_maps: bool, random_init: bool, init_seed: int, arch: str | None, hash_mode: str,
             shard: str | None, prepare_only: bool, overwrite: bool, out: Path) -> None:
     """Run the frozen encoder once over every spectrum; pool the chosen layers; write a Zarr cache.
@@ -84,7 +96,7 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
     options = ExtractOptions(
         data=list(data), out=out, ckpt=ckpt, layers=list(layers), pools=list(pools), mask=mask, noise=noise,
         noise_level=noise_level, noise_seed=noise_seed, noise_draws=list(noise_draws), direction=direction,
-        dilation=dilation, batch_size=batch_size, block_rows=block_rows, device=device, dtype=dtype,
+        dilation=dilation, batch_size=batch_size, block_rows=block_rows, device=device, dtype=dtype, conv=conv,
         store_dtype=store_dtype, keep_maps=keep_maps, random_init=random_init, init_seed=init_seed, arch=arch,
         hash=hash_mode, overwrite=overwrite, shard=_parse_shard(shard), prepare_only=prepare_only,
         command=command_line())

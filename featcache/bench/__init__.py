@@ -8,6 +8,6 @@ May import: every other featcache package (it measures them).
 from ..common.lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "BenchConfig": "run", "run_bench": "run", "format_bench": "run",
+    "BenchConfig": "config", "run_bench": "run", "format_bench": "run",
     "run_heads_benchmark": "heads", "benchmark_epoch": "finetune",
 })

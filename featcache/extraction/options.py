@@ -12,6 +12,10 @@ STORE_DTYPES = ("float32", "float16")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 HASH_MODES = ("full", "sampled")  # full: every byte (the default); sampled: 8 blocks, blind to other edits
 MAX_MAP_SIZE = 4096  # --keep-maps stores a tap's raw map only when C * L' is at most this
+CONV_MODES = ("auto", "direct", "fft")
+# spectra per encoder forward when --batch-size is not given, by device type: measured with `featcache bench`
+# (the lean FFT path runs fastest on small batches that stay in the CPU's caches; GPUs want large batches)
+DEFAULT_BATCH = {"cpu": 8, "cuda": 256, "mps": 64}
 
 
 @dataclass
@@ -30,10 +34,11 @@ class ExtractOptions:
     noise_draws: list[str] = field(default_factory=list)
     direction: str = "forward"
     dilation: int | None = None
-    batch_size: int = 256
+    batch_size: int | None = None  # None: DEFAULT_BATCH of the device
     block_rows: int = 1024
     device: str = "auto"
     dtype: str = "float32"
+    conv: str = "auto"  # auto: FFT convolutions where they win (CPU, long maps), direct elsewhere
     store_dtype: str = "float32"
     keep_maps: bool = False
     random_init: bool = False
@@ -45,3 +50,9 @@ class ExtractOptions:
     prepare_only: bool = False
     wait_seconds: float = 3600.0
     command: str = "featcache extract"
+
+    def __post_init__(self) -> None:  # the Python API takes str paths and any sequences, as the CLI gives
+        self.out = Path(self.out)
+        self.ckpt = None if self.ckpt is None else Path(self.ckpt)
+        self.data, self.layers, self.pools = list(self.data), list(self.layers), list(self.pools)
+        self.noise_draws = list(self.noise_draws)

@@ -21,13 +21,22 @@ from ..common.device import resolve_device
 from ..common.errors import FeatcacheError, choices_message
 from ..model.checkpoint import LoadedEncoder, load_encoder, random_encoder
 from ..model.encoder import CODE_VERSION, EncoderConfig
+from ..model.lean import LeanEncoder, conv_plan
 from ..model.pooling import get_pooling, parse_poolings
 from ..model.taps import DIRECTIONS, PSEUDO_LAYERS
 from ..spectra.inputs import NoiseSpec
 from ..spectra.mask import MaskSpec, make_mask, parse_mask_spec
 from ..spectra.pfsspec import PfsDataset, file_identity
 from ..spectra.splits import SplitSpec, check_disjoint, parse_split_specs
-from .options import COMPUTE_DTYPES, HASH_MODES, MAX_MAP_SIZE, STORE_DTYPES, ExtractOptions
+from .options import (
+    COMPUTE_DTYPES,
+    CONV_MODES,
+    DEFAULT_BATCH,
+    HASH_MODES,
+    MAX_MAP_SIZE,
+    STORE_DTYPES,
+    ExtractOptions,
+)
 
 
 @dataclass
@@ -55,6 +64,8 @@ class ExtractPlan:
     parts: dict[str, Any]
     fingerprint: str
     device: torch.device
+    lean: LeanEncoder | None  # None when only the input pseudo-layers are asked for
+    batch_size: int
 
     def store_spec(self) -> StoreSpec:
         """What the cache writer needs: the layout's facts plus extraction's own metadata."""
@@ -104,8 +115,12 @@ def _check_options(opts: ExtractOptions) -> NoiseSpec:
         raise FeatcacheError("--store-dtype: " + choices_message("dtype", opts.store_dtype, STORE_DTYPES))
     if opts.dtype not in COMPUTE_DTYPES:
         raise FeatcacheError("--dtype: " + choices_message("dtype", opts.dtype, COMPUTE_DTYPES))
-    if opts.batch_size < 1 or opts.block_rows < 1:
+    if (opts.batch_size is not None and opts.batch_size < 1) or opts.block_rows < 1:
         raise FeatcacheError("--batch-size and --block-rows must be positive")
+    if opts.conv not in CONV_MODES:
+        raise FeatcacheError("--conv: " + choices_message("convolution", opts.conv, CONV_MODES))
+    if opts.conv == "fft" and opts.dtype != "float32":
+        raise FeatcacheError(f"--conv fft computes in float32; use --conv direct (or auto) with --dtype {opts.dtype}")
     if opts.hash not in HASH_MODES:
         raise FeatcacheError(f"--hash {opts.hash}: expected full or sampled")
     return NoiseSpec(opts.noise, opts.noise_seed, opts.noise_level).validate()
@@ -193,7 +208,7 @@ def _arrays(splits: list[SplitLayout], layers: list[LayerPlan], pools: list[str]
 
 
 def _parts(opts: ExtractOptions, encoder: LoadedEncoder, splits: list[SplitLayout], mask: np.ndarray,
-           noise: NoiseSpec, device: torch.device) -> dict[str, Any]:
+           noise: NoiseSpec, device: torch.device, batch_size: int, conv_plan: str) -> dict[str, Any]:
     """What the fingerprint covers: everything that changes the numbers. That includes the batch size and
     the device type: convolution kernels sum in an order that depends on both (differences of 1e-7), so a
     resume with another batch size or device would mix rows computed two ways."""
@@ -204,7 +219,7 @@ def _parts(opts: ExtractOptions, encoder: LoadedEncoder, splits: list[SplitLayou
         store_dtype=opts.store_dtype)
     data = {s.name: {"identity": s.identity, "start": s.start, "stop": s.stop, "draws": s.draws} for s in splits}
     return {**features, "data": data, "block_rows": opts.block_rows,
-            "compute": {"batch_size": opts.batch_size, "device": device.type}}
+            "compute": {"batch_size": batch_size, "device": device.type, "conv": conv_plan}}
 
 
 def build_plan(opts: ExtractOptions) -> ExtractPlan:
@@ -237,6 +252,11 @@ def build_plan(opts: ExtractOptions) -> ExtractPlan:
     check_disjoint([(s.name, s.identity["hash"], s.start, s.stop) for s in splits])  # copies of one file too
     layers = _layers(encoder.model, layer_names, int(mask.sum()), opts.direction, pools)
     arrays = _arrays(splits, layers, pools, opts)
-    parts = _parts(opts, encoder, splits, mask, noise, device)
+    taps = [layer.name for layer in layers if not layer.pseudo]
+    conv = opts.conv if opts.dtype == "float32" else "direct"  # autocast runs the direct convolutions
+    lean = LeanEncoder(encoder.model, taps, int(mask.sum()), conv=conv, device=device) if taps else None
+    batch_size = opts.batch_size or DEFAULT_BATCH.get(device.type, 64)
+    plan = conv_plan(encoder.config, int(mask.sum()), conv, device)  # of the whole encoder: taps do not change it
+    parts = _parts(opts, encoder, splits, mask, noise, device, batch_size, plan)
     return ExtractPlan(opts, encoder, splits, mask, mask_spec, noise, wave[mask], layers, pools, arrays, parts,
-                       digest(parts), device)
+                       digest(parts), device, lean, batch_size)

@@ -114,7 +114,6 @@ def read_block_inputs(plan: ExtractPlan, ds: PfsDataset, task: BlockTask) -> Inp
 def compute_block(plan: ExtractPlan, task: BlockTask, inputs: Inputs) -> dict[str, np.ndarray]:
     """Every requested array of one block: one encoder forward per batch for all taps and poolings."""
     opts = plan.options
-    model = plan.encoder.model
     store = np.float16 if opts.store_dtype == "float16" else np.float32
     taps = sorted({a.layer for a in task.arrays if a.layer not in PSEUDO_LAYERS})
     n = len(inputs)
@@ -123,19 +122,19 @@ def compute_block(plan: ExtractPlan, task: BlockTask, inputs: Inputs) -> dict[st
     pools = {a.pool: get_pooling(a.pool) for a in task.arrays if a.pool}
     pseudo = {"input_flux": inputs.noisy, "input_error": inputs.sigma}
     with torch.inference_mode():
-        for b0 in range(0, n, opts.batch_size):
-            b1 = min(b0 + opts.batch_size, n)
+        for b0 in range(0, n, plan.batch_size):
+            b1 = min(b0 + plan.batch_size, n)
             maps: dict[str, torch.Tensor] = {}
-            if taps:
+            if taps and plan.lean is not None:
                 x = torch.from_numpy(Inputs(inputs.noisy[b0:b1], inputs.sigma[b0:b1]).encoder_input(
-                    model.config.input_sigma))
+                    plan.lean.config.input_sigma))
                 if plan.device.type == "cuda":  # pinned host memory makes the copy asynchronous
                     x = x.pin_memory()
                 x = x.to(plan.device, non_blocking=True)
                 cast = (torch.autocast(device_type=plan.device.type, dtype=autocast) if autocast is not None
                         else contextlib.nullcontext())
                 with cast:
-                    maps.update(model.encode(x, taps, opts.direction))
+                    maps.update(plan.lean.encode(x, opts.direction))
             for name, source in pseudo.items():
                 if any(a.layer == name for a in task.arrays):
                     maps[name] = torch.from_numpy(source[b0:b1, None, :])

@@ -60,6 +60,9 @@ class FinetuneOptions:
     config: dict[str, Any] | None = None  # what config.yaml records (the CLI's resolved options)
 
     def __post_init__(self) -> None:
+        self.ckpt, self.out = Path(self.ckpt), Path(self.out)  # the Python API takes str paths too
+        self.init_head = None if self.init_head is None else Path(self.init_head)
+        self.data, self.targets = list(self.data), list(self.targets)
         if self.noise in TRAIN_NOISE:  # the spelling before 0.2: --noise fresh|fixed meant --train-noise
             warnings.warn(f"FinetuneOptions(noise={self.noise!r}) is deprecated: use train_noise={self.noise!r} "
                           "(noise now names the source, generated or stored, as in extract)",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..helpers import run_cli
+import torch
+
+from ..helpers import CKPT, run_cli
 
 
 def test_quick_bench_writes_every_figure(tmp_path):
@@ -12,10 +14,15 @@ def test_quick_bench_writes_every_figure(tmp_path):
     result = run_cli("bench", "--quick", "--workdir", tmp_path / "work", "--out", out, "-q")
     figures = json.loads(out.read_text())
     for dtype in ("float32", "bfloat16"):
-        assert figures["bare_encoder_spectra_per_s"][dtype] > 0
-        extract = figures["extract"][dtype]
-        assert extract["spectra_per_s"] > 0 and extract["ratio_to_bare_encoder"] > 0
-        assert 0 < extract["peak_rss_mb"] < 8000
+        fig = figures["extract"][dtype]
+        assert set(fig["rates"]) >= {"reference", "original", "lean_direct"}
+        assert all(rate > 0 for per in fig["rates"].values() for rate in per.values())
+        assert fig["extract"]["spectra_per_s"] > 0 and fig["ratio_extract_to_reference"] > 0
+        assert fig["reference_best"]["spectra_per_s"] == max(fig["rates"]["reference"].values())
+        assert 0 < fig["extract"]["peak_rss_mb"] < 8000 and fig["matmul_peak_gflops"] > 0
+        # l4e8k5 at 96 x 3481 kept pixels: the direct convolutions' operations counted from the architecture
+        assert fig["flops_per_spectrum"] == 2 * (2 * 8 * 5 * 3481 + 8 * 8 * 5 * (3481 + 1740 + 870 + 435))
+    assert "lean_auto" in figures["extract"]["float32"]["rates"]  # FFT convolutions are float32 only
     memory = figures["memory_vs_n"]
     assert (memory["n_small"], memory["n_large"]) == (96, 192) and memory["peak_rss_mb_large"] > 0
     assert memory["ratio"] == memory["peak_rss_mb_large"] / memory["peak_rss_mb_small"]
@@ -23,19 +30,20 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert figures["hdf5_read_mb_per_s"] > 0
     heads = figures["heads"]
     assert heads["ridge_s"] > 0 and heads["mlp_1_epochs_run"] == 2 and heads["ridge_n_alphas"] == 21
-    assert "x bare" in result.output and "2 torchrun ranks vs 1 process" in result.output
+    assert "x the minimal forward" in result.output and "2 torchrun ranks vs 1 process" in result.output
     assert "peak RSS vs N" in result.output
 
 
-def test_bench_with_one_non_default_dtype(tmp_path):
-    """The extra-pooling cost is measured against whichever dtype is timed first (not always float32)."""
-    from featcache.bench.run import BenchConfig, run_bench
+def test_the_minimal_forward_is_the_model_it_times():
+    """The reference is written from the spec, apart from featcache.model: it must compute the same taps."""
+    from featcache.bench.reference import MinimalEncoder
+    from featcache.model.checkpoint import load_encoder
 
-    config = BenchConfig.quick(dtypes=("bfloat16",), shards=False, heads=False, memory_scale=0,
-                               workdir=tmp_path / "work", out=None)
-    figures = run_bench(config)
-    assert set(figures["extract"]) >= {"bfloat16", "cost_of_second_layer_and_two_more_pools"}
-    assert "float32" not in figures["extract"] and "memory_vs_n" not in figures
-    again = run_bench(BenchConfig.quick(dtypes=("float32",), shards=False, heads=False, memory_scale=0,
-                                        workdir=tmp_path / "work", out=None))  # same workdir, other dtype
-    assert again["extract"]["float32"]["spectra_per_s"] > 0  # timed a full extraction, not a resumed no-op
+    loaded = load_encoder(CKPT)
+    reference = MinimalEncoder(loaded.model.state_dict())
+    x = torch.rand(3, 2, 700)
+    with torch.inference_mode():
+        pre, last = reference(x)
+        ours = loaded.model.encode(x, ["enc_pre_latent", "enc_last"])
+    assert torch.allclose(pre, ours["enc_pre_latent"], atol=1e-6)
+    assert torch.allclose(last, ours["enc_last"], atol=1e-6)
