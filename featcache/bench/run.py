@@ -112,7 +112,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="featcache-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     data, ckpt, mask_path, mask = _inputs(config, workdir)
-    x = read_inputs_in_memory(data, mask, config.n_spectra)
+    x = read_inputs_in_memory(data, mask, min(config.encoder_rows, config.n_spectra))
     results: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

@@ -91,11 +91,11 @@ def _overlap_save(x: torch.Tensor, spectrum: torch.Tensor, block: int, pad: int,
     freq = torch.fft.rfft(frames, dim=-1)                         # (B, C, n, F)
     n_freq = freq.shape[-1]
     mixed = torch.bmm(freq.permute(3, 0, 2, 1).reshape(n_freq, batch * n_blocks, channels), spectrum)
+    mixed[0] += bias * block  # the bias as each block's DC term: irfft adds it to every output
     out_ch = spectrum.shape[-1]
     mixed = mixed.reshape(n_freq, batch, n_blocks, out_ch).permute(1, 3, 2, 0)   # (B, O, n, F)
     y = torch.fft.irfft(mixed, n=block, dim=-1)[..., pad:]                        # (B, O, n, step)
-    y = y.reshape(batch, out_ch, n_blocks * step)[..., :length]
-    return y + bias[None, :, None]
+    return y.reshape(batch, out_ch, n_blocks * step)[..., :length]
 
 
 def shifted_max_pool(h: torch.Tensor) -> torch.Tensor:
