@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import command, echo_result
-from .options import make_recipe, parse_alphas, recipe_options, split_role_options
+from .options import binning_options, make_recipe, parse_alphas, recipe_options, split_role_options
 
 
 @command("compare", short_help="Table every layer x pooling x head cell, with baselines and CIs.")
@@ -32,13 +32,14 @@ from .options import make_recipe, parse_alphas, recipe_options, split_role_optio
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options
+@binning_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/compare"), show_default=True,
               help="Report directory (finished fits are kept in OUT/cells and reused).")
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
             pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool, plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: float, weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float,
-            alphas: str | None, device: str, out: Path) -> None:
+            alphas: str | None, device: str, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
     """Fit every (encoder, layer, pooling) x head cell on cached features and tabulate test R2 with its 95%
     bootstrap interval beside validation R2; the best cell by validation R2 is in bold.
 
@@ -52,6 +53,7 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
         --target log_g --head ridge --head mlp_1 --seeds 3 --out reports/m215-logg
     """
     from featcache.common.progress import status
+    from featcache.heads.binning import Binning
     from featcache.reports.comparison import compare
 
     result = compare(list(caches), list(targets), heads=list(heads) or None, layers=list(layers) or None,
@@ -59,6 +61,6 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
                      hidden=hidden, dropout=dropout, alphas=parse_alphas(alphas), runs=list(runs), out=out,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
-                     test_split=test_split, plots=plots, jobs=jobs)
+                     test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg))
     echo_result(result.markdown.rstrip())
     status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

@@ -10,6 +10,7 @@ from featcache.finetune.options import BATCHNORM_MODES, FinetuneOptions
 
 from .common import UserError, command, command_line, echo_result, resolved_options
 from .options import (
+    binning_options,
     data_option,
     defaults,
     make_recipe,
@@ -58,6 +59,7 @@ def resolve_unfreeze(freeze_encoder: bool, unfreeze: str | None) -> str:
               help="Start the head (and its standardisation) from a `featcache fit` run directory.")
 @split_role_options()
 @recipe_options
+@binning_options
 @click.option("--block-rows", type=int, default=D["block_rows"], show_default=True,
               help="Rows per HDF5 read (and shuffle block).")
 @click.option("--eval-batch-size", type=int, default=D["eval_batch_size"], show_default=True,
@@ -78,7 +80,7 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
             val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int, lr: float,
             weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float, alphas: str | None,
             device: str, block_rows: int, eval_batch_size: int, hash_mode: str, resume: bool, overwrite: bool,
-            check_sync: bool, out: Path | None) -> None:
+            check_sync: bool, out: Path | None, bins: tuple[str, ...], giant_logg: float) -> None:
     """Fine-tune: encoder and head trained together on fresh noise, straight from the HDF5 files.
 
     Writes fit's outputs (metrics.json, predictions.npz, head.pt, history.csv, config.yaml) plus
@@ -93,6 +95,7 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
       torchrun --nproc-per-node 4 -m featcache finetune ... (same options)
     """
     from featcache.finetune.run import finetune
+    from featcache.heads.binning import Binning
 
     if alphas:
         raise UserError("--alphas applies to ridge heads; finetune trains torch heads (linear, mlp_1, mlp_2)")
@@ -107,7 +110,7 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
         noise_seed=noise_seed, mask=mask, direction=direction, dilation=dilation, init_head=init_head,
         train_split=train_split, val_split=val_split or None, test_split=test_split or None, block_rows=block_rows,
         eval_batch_size=eval_batch_size, hash=hash_mode, device=device, resume=resume, overwrite=overwrite,
-        check_sync=check_sync,
+        check_sync=check_sync, binning=Binning.parse(bins, giant_logg),
         command=command_line(), config=resolved_options(ctx))
     result = finetune(options)
     if result.rank == 0:

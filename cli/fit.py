@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import command, command_line, echo_result, resolved_options
-from .options import make_recipe, parse_alphas, recipe_options, split_role_options
+from .options import binning_options, make_recipe, parse_alphas, recipe_options, split_role_options
 
 
 @command("fit", short_help="Fit a ridge or MLP head on cached features.")
@@ -20,6 +20,7 @@ from .options import make_recipe, parse_alphas, recipe_options, split_role_optio
 @click.option("--head", default="ridge", show_default=True, help="ridge | linear | mlp_1 | mlp_2.")
 @split_role_options()
 @recipe_options
+@binning_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory (default reports/runs/<layer>-<pool>-<head>-<target>).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out (all of its files).")
@@ -27,11 +28,12 @@ from .options import make_recipe, parse_alphas, recipe_options, split_role_optio
 def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str | None, features: tuple[str, ...],
             targets: tuple[str, ...], head: str, train_split: str, val_split: str, test_split: str, seed: int,
             max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, grad_clip: float,
-            hidden: int, dropout: float, alphas: str | None, device: str, out: Path | None, overwrite: bool) -> None:
+            hidden: int, dropout: float, alphas: str | None, device: str, bins: tuple[str, ...], giant_logg: float,
+            out: Path | None, overwrite: bool) -> None:
     """Fit a head on cached features: alpha or epochs chosen on validation, test reported once.
 
-    Writes metrics.json, predictions.npz, head.pt, history.csv and config.yaml into --out and prints a
-    one-line summary.
+    Writes metrics.json, predictions.npz, head.pt, history.csv, config.yaml and binned.csv (test residuals
+    per population, S/N bin and label bin) into --out and prints a one-line summary.
 
     \b
     Example:
@@ -39,6 +41,7 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
         --head mlp_1 --target log_g --out reports/runs/pre_latent-K8-mlp_1
     """
     from featcache.cache.reader import open_cache
+    from featcache.heads.binning import Binning
     from featcache.heads.fit import FitSpec, fit_head, parse_features
     from featcache.heads.runs import check_run_dir, clear_run_dir, save_run
 
@@ -47,11 +50,15 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
         name = "+".join(f"{a}-{b}" for a, b in feature_list)
         out = Path("reports") / "runs" / f"{name}-{head}-{'+'.join(targets)}"
     check_run_dir(out, overwrite=overwrite)
+    binning = Binning.parse(bins, giant_logg)
     spec = FitSpec(features=feature_list, targets=list(targets), head=head, hidden=hidden, dropout=dropout,
                    recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
                    alphas=parse_alphas(alphas), train_split=train_split, val_split=val_split or None,
                    test_split=test_split or None, device=device)
-    result = fit_head(open_cache(cache_path), spec)
+    cache = open_cache(cache_path)
+    if spec.test_split in cache.splits:  # fit_head names a missing split
+        binning.check_axes([*cache.label_names(spec.test_split), *spec.targets])
+    result = fit_head(cache, spec)
     clear_run_dir(out)
-    save_run(result, out, config=resolved_options(ctx), command=command_line())
+    save_run(result, out, config=resolved_options(ctx), command=command_line(), binning=binning)
     echo_result(f"{result.summary()} -> {out}")

@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "finetune",
     "compare",
     "predict",
+    "report",
     "bench",
     "demo",
     "pretrain",

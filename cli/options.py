@@ -119,6 +119,20 @@ def make_recipe(seed: int, max_epochs: int, batch_size: int, lr: float, weight_d
     return recipe
 
 
+def binning_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--bins AXIS=E1,E2,... and --giant-logg: how binned.csv and the per-population report bin residuals."""
+    from featcache.heads.binning import GIANT_LOGG
+
+    return stack(
+        click.option("--bins", "bins", multiple=True, metavar="AXIS=E1,E2,...",
+                     help="Bin edges for one axis of binned.csv and the per-population report (repeatable, e.g. "
+                          "snr=0,3,10,100 or log_g=0,2,3.5,5); other axes get equal-count quantile bins of at "
+                          "least 50 test spectra."),
+        click.option("--giant-logg", type=float, default=GIANT_LOGG, show_default=True,
+                     help="Giants have log_g below this (dex), dwarfs at or above it."),
+    )(func)
+
+
 def parse_alphas(text: str | None) -> list[float] | None:
     if not text:
         return None

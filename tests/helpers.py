@@ -89,6 +89,8 @@ def learnable_pfs(path, n: int, p: int = 512, seed: int = 0):
     flux = 0.5 + 0.08 * g * (1 + np.sin(9 * x)) + 0.05 * t * np.cos(5 * x) + 0.01 * rng.standard_normal((n, p))
     with h5py.File(path, "a") as f:
         f["dataset/arrays/flux/value"][...] = flux.astype(np.float32)
+    params["snr"] = rng.uniform(2.0, 10.0, n)  # a per-spectrum S/N column, as synth and pfsspec files have
+    params.to_hdf(path, key="dataset/params", format="table", mode="a")
     return path
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import FeatcacheError, choices_message
+from ..heads.binning import Binning
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..model.taps import DIRECTIONS, PSEUDO_LAYERS
 
@@ -55,6 +56,7 @@ class FinetuneOptions:
     overwrite: bool = False
     check_sync: bool = False
     n_boot: int = 1000
+    binning: Binning = field(default_factory=Binning)  # binned.csv: given edges, giant / dwarf log_g
     progress: bool = True
     command: str = "featcache finetune"
     config: dict[str, Any] | None = None  # what config.yaml records (the CLI's resolved options)
@@ -78,6 +80,8 @@ class FinetuneOptions:
                 continue
             if isinstance(value, TrainRecipe):
                 value = value.to_dict()
+            elif isinstance(value, Binning):
+                value = value.describe()
             elif isinstance(value, Path):
                 value = str(value)
             out[f.name] = value

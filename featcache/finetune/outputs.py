@@ -57,6 +57,17 @@ def _save_encoder(opts: FinetuneOptions, model: FinetuneModel, source_sha: str, 
     return state_dict_digest(model.encoder.state_dict())
 
 
+def _labels(split: SplitData, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Every numeric label of the predicted rows (binned.csv bins the residuals by them)."""
+    from ..spectra.pfsspec import PfsDataset
+
+    with PfsDataset(split.path) as ds:
+        if not ds.params_key:
+            return {}
+        values = ds.labels(None, split.start, split.stop)
+    return {name: np.asarray(column)[rows - split.start] for name, column in values.items()}
+
+
 def _provenance(opts: FinetuneOptions, model: FinetuneModel, encoder_sha: str, mask: np.ndarray, in_dim: int
                 ) -> dict[str, Any]:
     """The head's provenance as a cache of the fine-tuned encoder.ckpt would record it (extract with this
@@ -86,7 +97,8 @@ def write_outputs(opts: FinetuneOptions, model: FinetuneModel, source_sha: str,
         metrics["splits"][name] = split_metrics(name, role, y, pred, list(opts.targets), n_spectra=split.n,
                                                 n_boot=opts.n_boot)
         if role != "train":
-            predictions[role] = {"split": np.array(name), "index": rows, "true": y, "pred": pred}
+            predictions[role] = {"split": np.array(name), "index": rows, "true": y, "pred": pred,
+                                 **{f"label_{k}": v for k, v in _labels(split, rows).items()}}
     encoder_sha = _save_encoder(opts, model, source_sha, outcome, mask)
     predictor = TrainResult(model=model.head, best_epoch=outcome.best_epoch, best_val_r2=outcome.best_val_r2,
                             history=outcome.history, x_mean=model.x_mean.double().cpu().numpy(),
@@ -99,5 +111,5 @@ def write_outputs(opts: FinetuneOptions, model: FinetuneModel, source_sha: str,
                        "", "", encoder_sha, _provenance(opts, model, encoder_sha, mask, in_dim))
     config = opts.config if opts.config is not None else opts.as_dict()
     save_run(result, opts.out, config=config, command=opts.command,
-             extra=_facts(opts, model, source_sha, outcome, mask, dist))
+             extra=_facts(opts, model, source_sha, outcome, mask, dist), binning=opts.binning)
     return result

@@ -269,6 +269,8 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
         raise FeatcacheError(f"--layer: {exc}") from None
     unfrozen = parse_unfreeze(opts.unfreeze, depth, opts.layer)
     splits, first = load_splits(opts)
+    if opts.test_split:
+        opts.binning.check_axes([*_label_names(splits[opts.test_split].path), *opts.targets])
     train_split = splits[opts.train_split]
     if train_split.n // dist.world < 1:
         raise FeatcacheError(f"the train split has {train_split.n} rows, fewer than the {dist.world} processes")
@@ -308,3 +310,10 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
                                y_scale, mask, dist) if dist.main else None
     return FinetuneResult(opts.out, fit_result, outcome.history, outcome.best_epoch, outcome.stopped, seconds,
                           unfrozen, dist.world, dist.rank, weights)
+
+
+def _label_names(path: Path) -> list[str]:
+    from ..spectra.pfsspec import PfsDataset
+
+    with PfsDataset(path) as ds:
+        return ds.label_names() if ds.params_key else []

@@ -166,7 +166,9 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
                                                  n_spectra=cache.n_spectra(split), n_boot=spec.n_boot)
         if role != "train":
             predictions[role] = {"split": np.array(split), "index": cache.index(split, draw=0),
-                                 "true": y[role], "pred": pred}
+                                 "true": y[role], "pred": pred,
+                                 **{f"label_{name}": cache.labels(split, name, draw=0)
+                                    for name in cache.label_names(split)}}
     return FitResult(spec, predictor, x["train"].shape[1], metrics, predictions, history, seconds, str(cache.path),
                      cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]),
                      cache.provenance(spec.train_split, spec.features))

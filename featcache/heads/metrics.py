@@ -1,4 +1,5 @@
-"""Regression metrics for heads: per-target R2/RMSE/MAE/bias and a bootstrap interval for test R2.
+"""Regression metrics for heads: per-target R2, RMSE, MAE, bias, the robust scatter and outlier fraction that
+stellar-parameter work quotes (sigma_MAD in the label's units, dex for log_g), and bootstrap intervals.
 
 Everything is computed in float64 on NumPy arrays. A 1-D input gives floats; a 2-D input (rows x targets)
 gives one value per target, so several stellar parameters can be scored in one call.
@@ -70,9 +71,29 @@ def bias(y_true: Any, y_pred: Any) -> np.ndarray | float:
     return _out(np.mean(yp - yt, axis=0), one_d)
 
 
+MAD_TO_SIGMA = 1.4826  # sigma of a Gaussian per median absolute deviation
+OUTLIER_SIGMAS = 3.0
+
+
+def sigma_mad(residual: Any, axis: int = 0) -> np.ndarray:
+    """1.4826 x median |r - median(r)|: the scatter of the residuals, robust to a few wild ones."""
+    r = np.asarray(residual, dtype=np.float64)
+    centre = np.median(r, axis=axis, keepdims=True)
+    return MAD_TO_SIGMA * np.median(np.abs(r - centre), axis=axis)
+
+
+def outlier_fraction(residual: Any, axis: int = 0, k: float = OUTLIER_SIGMAS) -> np.ndarray:
+    """Share of residuals farther than k sigma_MAD from their median (k = 3)."""
+    r = np.asarray(residual, dtype=np.float64)
+    centre = np.median(r, axis=axis, keepdims=True)
+    scatter = np.expand_dims(sigma_mad(r, axis=axis), axis)
+    return np.mean(np.abs(r - centre) > k * scatter, axis=axis)
+
+
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, Any]:
-    """{'n', 'r2', 'rmse', 'mae', 'bias'}: floats for 1-D input; for 2-D input lists (one value per target)
-    plus 'r2_mean', the mean R2 across targets (what model selection uses)."""
+    """{'n', 'r2', 'rmse', 'mae', 'bias', 'sigma_mad', 'outlier_fraction'} of residuals r = pred - true:
+    floats for 1-D input; for 2-D input lists (one value per target) plus 'r2_mean', the mean R2 across
+    targets (what model selection uses)."""
     yt, yp, one_d = _prepare(y_true, y_pred)
     err = yp - yt
     values = {
@@ -80,6 +101,8 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, Any]:
         "rmse": np.sqrt(np.mean(err ** 2, axis=0)),
         "mae": np.mean(np.abs(err), axis=0),
         "bias": np.mean(err, axis=0),
+        "sigma_mad": sigma_mad(err, axis=0),
+        "outlier_fraction": outlier_fraction(err, axis=0),
     }
     out: dict[str, Any] = {"n": int(yt.shape[0])}
     for key, val in values.items():
@@ -89,27 +112,46 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, Any]:
     return out
 
 
+def resamples(n: int, n_boot: int, seed: int = 0, width: int = 1) -> Any:
+    """Blocks (start, stop, idx) of bootstrap row indices, idx of shape (stop - start, n): the one sequence
+    of resamples every statistic of a test set is computed on (so their intervals and paired differences
+    all refer to the same resampled test sets). `width` (values per row) only sizes the blocks."""
+    if n_boot < 1:
+        raise FeatcacheError(f"n_boot must be at least 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    block = max(1, _BOOT_BLOCK_ELEMENTS // (n * width))
+    for start in range(0, n_boot, block):
+        stop = min(n_boot, start + block)
+        yield start, stop, rng.integers(0, n, size=(stop - start, n))
+
+
 def bootstrap_r2(y_true: Any, y_pred: Any, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """R2 on n_boot resamples of the rows (with replacement), shape (n_boot, T). Deterministic given seed.
 
     Vectorised: each block of draws is an index matrix gathered at once; blocks bound the memory.
     """
+    return bootstrap_metrics(y_true, y_pred, n_boot, seed, stats=("r2",))["r2"]
+
+
+def bootstrap_metrics(y_true: Any, y_pred: Any, n_boot: int = 1000, seed: int = 0,
+                      stats: tuple[str, ...] = ("r2", "rmse", "sigma_mad")) -> dict[str, np.ndarray]:
+    """R2, RMSE and sigma_MAD (those named) on the same n_boot resamples of the rows, each (n_boot, T)."""
     yt, yp, _ = _prepare(y_true, y_pred)
-    if n_boot < 1:
-        raise FeatcacheError(f"n_boot must be at least 1, got {n_boot}")
     n, t = yt.shape
-    err2 = (yt - yp) ** 2
-    rng = np.random.default_rng(seed)
-    block = max(1, _BOOT_BLOCK_ELEMENTS // (n * t))
-    out = np.empty((n_boot, t), dtype=np.float64)
-    for start in range(0, n_boot, block):
-        stop = min(n_boot, start + block)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        yb = yt[idx]                                        # (b, n, T)
-        sst = np.sum((yb - yb.mean(axis=1, keepdims=True)) ** 2, axis=1)
-        sse = np.sum(err2[idx], axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[start:stop] = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.nan)
+    err = yp - yt
+    err2 = err ** 2
+    out = {name: np.empty((n_boot, t), dtype=np.float64) for name in stats}
+    for start, stop, idx in resamples(n, n_boot, seed, width=t):
+        if "r2" in out:
+            yb = yt[idx]                                        # (b, n, T)
+            sst = np.sum((yb - yb.mean(axis=1, keepdims=True)) ** 2, axis=1)
+            sse = np.sum(err2[idx], axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out["r2"][start:stop] = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.nan)
+        if "rmse" in out:
+            out["rmse"][start:stop] = np.sqrt(np.mean(err2[idx], axis=1))
+        if "sigma_mad" in out:
+            out["sigma_mad"][start:stop] = sigma_mad(err[idx], axis=1)
     return out
 
 
@@ -158,7 +200,10 @@ def split_metrics(split: str, role: str, y_true: np.ndarray, y_pred: np.ndarray,
                              "n_spectra": int(len(y_true) if n_spectra is None else n_spectra), "targets": {}}
     for j, target in enumerate(targets):
         m = regression_metrics(y_true[:, j], y_pred[:, j])
-        if role == "test":
-            m["r2_ci95"] = list(bootstrap_r2_ci(y_true[:, j], y_pred[:, j], n_boot=n_boot, seed=0))
+        if role == "test":  # one bootstrap of the test rows for every interval
+            draws = bootstrap_metrics(y_true[:, j], y_pred[:, j], n_boot=n_boot, seed=0)
+            for name, values in draws.items():
+                lo, hi = percentile_interval(values, 0.95)
+                m[f"{name}_ci95"] = [float(lo[0]), float(hi[0])]
         entry["targets"][target] = m
     return entry

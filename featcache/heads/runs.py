@@ -20,6 +20,7 @@ import torch
 from ..common.errors import FeatcacheError
 from ..common.files import atomic_write, save_torch, write_json, write_text
 from ..common.serialise import plain
+from .binning import Binning, binned_table
 from .fit import FitResult
 from .registry import create_head
 from .ridge import RidgeHead
@@ -27,8 +28,8 @@ from .training import TrainResult
 
 HEAD_FORMAT = 1
 # every file a fit or finetune run directory holds: --overwrite removes them all, so no mix of two runs remains
-RUN_FILES = ("metrics.json", "predictions.npz", "head.pt", "history.csv", "config.yaml", "encoder.ckpt",
-             "encoder.yaml", "mask.npy", "last.pt")
+RUN_FILES = ("metrics.json", "predictions.npz", "head.pt", "history.csv", "config.yaml", "binned.csv",
+             "encoder.ckpt", "encoder.yaml", "mask.npy", "last.pt")
 
 
 def check_run_dir(out: Path, *, overwrite: bool = False, resume: bool = False) -> list[str]:
@@ -53,9 +54,10 @@ def clear_run_dir(out: Path) -> None:
 
 
 def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = None, command: str = "",
-             extra: dict[str, Any] | None = None) -> Path:
-    """metrics.json (with `extra` facts on top), predictions.npz, head.pt, history.csv, config.yaml in OUT
-    (check_run_dir before the work, clear_run_dir before this: it writes over the files it names)."""
+             extra: dict[str, Any] | None = None, binning: Binning | None = None) -> Path:
+    """metrics.json (with `extra` facts on top), predictions.npz, head.pt, history.csv, config.yaml and
+    binned.csv in OUT (check_run_dir before the work, clear_run_dir before this: it writes over the files
+    it names)."""
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,30 @@ def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = No
         writer.writerows(result.history)
         write_text(out / "history.csv", buffer.getvalue())
     write_text(out / "config.yaml", yaml.safe_dump(config or spec.describe(), sort_keys=False))
+    if "test" in result.predictions:
+        write_binned(out / "binned.csv", result.predictions["test"], list(spec.targets), binning)
     return out
+
+
+def role_labels(arrays: dict[str, np.ndarray], role: str = "test") -> dict[str, np.ndarray]:
+    """The labels of a role's rows kept beside its predictions ('test_label_<name>' keys)."""
+    prefix = f"{role}_label_"
+    return {k[len(prefix):]: np.asarray(v) for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def write_binned(path: Path, prediction: dict[str, np.ndarray], targets: list[str],
+                 binning: Binning | None = None) -> Path:
+    """binned.csv: the test residuals per population, target, axis (S/N, each label) and bin."""
+    labels = {k[len("label_"):]: np.asarray(v) for k, v in prediction.items() if k.startswith("label_")}
+    true = np.asarray(prediction["true"]).reshape(len(prediction["true"]), -1)
+    pred = np.asarray(prediction["pred"]).reshape(len(true), -1)
+    rows = binned_table({t: true[:, j] for j, t in enumerate(targets)}, {t: pred[:, j] for j, t in enumerate(targets)},
+                        labels, binning)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["population"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -25,6 +25,7 @@ from ..common.errors import FeatcacheError, choices_message
 from ..common.files import atomic_write, write_json, write_text
 from ..common.progress import progress, status
 from ..common.serialise import plain
+from ..heads.binning import Binning
 from ..heads.fit import FitSpec, check_roles
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..heads.registry import head_info
@@ -32,6 +33,7 @@ from ..model.taps import PSEUDO_LAYERS
 from .cells import CellStore, Fit, Task, cell_key, run_fits
 from .render import render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
+from .populations import compared_members, section
 from .sources import Source, open_sources
 
 DEFAULT_HEADS = ("ridge", "mlp_1")
@@ -172,7 +174,7 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
     return cells
 
 
-def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progress: bool
+def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progress: bool, fit: bool = True
                 ) -> tuple[dict[str, Fit], int, int]:
     """Every fit of the table, reused from the store or made now. Returns (fits by key, fitted, reused)."""
     done: dict[str, Fit] = {}
@@ -188,6 +190,10 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
         else:
             done[task.key] = loaded
     reused = len(done)
+    if todo and not fit:
+        raise FeatcacheError(f"{store.dir}: {len(todo)} of the comparison's fits are not there (the first: "
+                             f"{todo[0].head} on {todo[0].encoder} {todo[0].layer}/{todo[0].pool}); featcache report "
+                             "draws finished comparisons only: run featcache compare to fit them")
     todo.sort(key=lambda t: head_info(t.head).trainable)  # closed-form heads first: a partial run has their table
     if todo:
         status(f"compare: {len(todo)} fits to make, {reused} reused from {store.dir}")
@@ -206,7 +212,7 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
 
 
 def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit]
-           ) -> tuple[Any, dict[str, dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+           ) -> tuple[Any, dict[str, dict[str, Any]], list[tuple[np.ndarray, np.ndarray]]]:
     """The table (cells, then --run rows), with each target's best row by validation R2 marked."""
     import pandas as pd
 
@@ -224,15 +230,37 @@ def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit
     table = pd.DataFrame(rows)
     table["best"] = False
     best: dict[str, dict[str, Any]] = {}
-    best_pred: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for target in request.targets:
         sub = table[(table["target"] == target) & table["val_r2"].notna()]
         if len(sub):
             index = int(sub["val_r2"].idxmax())  # first of equals, in table order
             table.loc[index, "best"] = True
             best[target] = plain(table.loc[index].to_dict(), finite_only=True)
-            best_pred[target] = predictions[index]
-    return table, best, best_pred
+    return table, best, predictions
+
+
+def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], sources: list[Source],
+                         targets: list[str], test_split: str, n_boot: int, binning: Binning
+                         ) -> dict[str, Any]:
+    """Per target: the best cell of each encoder and the raw-flux baseline, binned by S/N and the target,
+    with paired differences (populations.section)."""
+    by_path = {str(s.path): s for s in sources}
+    cached: dict[str, dict[str, np.ndarray]] = {}
+
+    def labels_of(row: Any) -> dict[str, np.ndarray]:
+        path = str(row["source"])
+        if path not in cached:
+            cache = by_path[path].cache
+            cached[path] = {n: cache.labels(test_split, n, draw=0) for n in cache.label_names(test_split)}
+        return cached[path]
+
+    out = {}
+    for target in targets:
+        members, reference = compared_members(table, predictions, labels_of, target)
+        if members:
+            lines, data, results = section(members, target, reference, n_boot, binning)
+            out[target] = {"lines": lines, "data": data, "results": results, "members": members}
+    return out
 
 
 def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] = DEFAULT_HEADS,
@@ -241,13 +269,15 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             alphas: list[float] | None = None, runs: Sequence[str | Path] = (), out: str | Path = "reports/compare",
             baselines: bool = True, device: str = "auto", train_split: str = "train", val_split: str = "val",
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
-            jobs: int = 1) -> CompareResult:
+            jobs: int = 1, fit: bool = True, binning: Binning | None = None) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
     jobs > 1 trains the MLP cells in that many worker processes (each with cpus // jobs torch threads);
     an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread count changes the order of
-    float32 sums, and training amplifies such differences a little); ridge cells are identical."""
+    float32 sums, and training amplifies such differences a little); ridge cells are identical. fit=False
+    only draws: every cell must be in OUT/cells already (featcache report). binning: the per-population
+    section's bin edges and giant / dwarf split (quantile edges and log_g 3.5 by default)."""
     out = Path(out)
     _check_out(out)
     targets = list(dict.fromkeys(targets))
@@ -264,16 +294,23 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     sources = open_sources(caches, train_split)
     splits = [train_split, val_split, test_split]
     _check_labels(sources, targets, splits)
+    binning = binning or Binning()
+    for src in sources:
+        binning.check_axes([*src.cache.label_names(test_split), *targets])
     request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot)
     spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
                 test_split=test_split, device=device)
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
-    done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress)
-    table, best, best_pred = _table(request, cells, done)
+    done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit)
+    table, best, predictions = _table(request, cells, done)
+    best_pred = {t: predictions[int(table[(table["target"] == t) & table["best"]].index[0])] for t in best}
+    pops = _population_sections(table, predictions, sources, targets, test_split, n_boot, binning)
     all_heads = heads + [h for h in dict.fromkeys(table["head"]) if h not in heads]
     markdown = render_markdown(table, targets, {"sources": sources, "runs": run_dirs, "heads": all_heads,
                                                 "seeds": seeds, "n_boot": n_boot, "splits": splits,
                                                 "recipe": recipe})
+    if pops:
+        markdown += "\n## Per population\n\n" + "\n".join(line for p in pops.values() for line in p["lines"])
     out.mkdir(parents=True, exist_ok=True)
     files = [write_text(out / "compare.md", markdown), out / "compare.csv", out / "compare.json"]
     atomic_write(files[1], lambda tmp: table.to_csv(tmp, index=False))
@@ -282,8 +319,11 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
                "recipe": recipe.to_dict(), "hidden": hidden, "dropout": dropout, "alphas": alphas,
                "caches": [source_info(s, splits) for s in sources],
                "runs": [{"name": r.name, "path": str(r.path), "kind": r.metrics.get("kind", "fit")} for r in run_dirs],
-               "best": best, "fitted": fitted, "reused": reused, "cells": table.to_dict(orient="records")}
+               "best": best, "fitted": fitted, "reused": reused, "cells": table.to_dict(orient="records"),
+               "populations": {t: p["data"] for t, p in pops.items()},
+               "request": {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
+                           "baselines": baselines, "device": device, "binning": binning.describe()}}
     write_json(files[2], summary, indent=1, finite_only=True)
     if plots:
-        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown)
+        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops)
     return CompareResult(table, best, markdown, out, fitted, reused, files)

@@ -1,4 +1,5 @@
-"""PNG figures for `featcache compare`: R2 heatmaps and the best cell's predicted / residual vs true.
+"""PNG figures for the reports: R2 heatmaps, predicted / residual vs true, sigma_MAD and bias per bin of S/N
+or of a label (one line per compared cell, with its bootstrap band), and the Kiel diagram of the residuals.
 
 matplotlib is imported inside the functions (so `featcache --help` stays fast) and used through its
 object-oriented API on an Agg canvas: no pyplot, no global backend switch, nothing left open.
@@ -92,7 +93,12 @@ def best_cell(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title: str = "
     left.plot([lo, hi], [lo, hi], color="red", lw=1)
     left.set_xlabel(f"true {target}".strip())
     left.set_ylabel(f"predicted {target}".strip())
-    left.set_title("predicted vs true", fontsize=9)
+    from ..heads.binning import unit
+    from ..heads.metrics import sigma_mad
+
+    dex = unit(target)
+    left.set_title(f"predicted vs true (sigma_MAD {float(sigma_mad(resid)):.3g}{' ' + dex if dex else ''} about "
+                   "the 1:1 line)", fontsize=9)
     fig.colorbar(hb, ax=left, label="spectra")
     hb2 = right.hexbin(y_true, resid, gridsize=gridsize, mincnt=1, cmap="viridis")
     right.axhline(0.0, color="red", lw=1)
@@ -105,3 +111,58 @@ def best_cell(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title: str = "
         fig.suptitle(title, fontsize=10)
     fig.savefig(path)
     return path
+
+
+def binned_curves(curves: list[Any], axis: str, axis_unit: str, target: str, target_unit: str, path: Path,
+                  title: str = "") -> Path:
+    """sigma_MAD (left) and bias (right) of the residuals per bin of `axis`, one line per curve with its 95%
+    bootstrap band; x at the bin's middle, the bins' edges as faint ticks."""
+    fig = _figure(10.0, 3.8)
+    left, right = fig.subplots(1, 2)
+    for curve in curves:
+        x = 0.5 * (np.asarray(curve.lo) + np.asarray(curve.hi))
+        for ax, key in ((left, "sigma_mad"), (right, "bias")):
+            y = np.asarray(getattr(curve, key), dtype=float)
+            lo = np.asarray(getattr(curve, f"{key}_lo"), dtype=float)
+            hi = np.asarray(getattr(curve, f"{key}_hi"), dtype=float)
+            line = ax.plot(x, y, marker="o", ms=3, lw=1.2, label=curve.label)[0]
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    suffix = f" ({target_unit})" if target_unit else ""
+    for ax, name in ((left, "sigma_MAD"), (right, "bias (pred - true)")):
+        ax.set_xlabel(f"{axis} ({axis_unit})" if axis_unit else axis)
+        ax.set_ylabel(f"{target} {name}{suffix}")
+        ax.grid(alpha=0.3)
+    right.axhline(0.0, color="grey", lw=0.8)
+    left.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+    return path
+
+
+def kiel_diagram(teff: np.ndarray, logg: np.ndarray, residual: np.ndarray, path: Path, title: str = "",
+                 target: str = "log_g", target_unit: str = "dex") -> Path:
+    """The Kiel diagram of kiel_figure, saved as PNG."""
+    kiel_figure(teff, logg, residual, title, target, target_unit).savefig(path)
+    return path
+
+
+def kiel_figure(teff: np.ndarray, logg: np.ndarray, residual: np.ndarray, title: str = "", target: str = "log_g",
+                target_unit: str = "dex") -> Any:
+    """T_eff vs log_g as astronomers draw it (both axes inverted: hot stars left, giants up), hexbins coloured
+    by the median residual of the stars in them."""
+    teff, logg, residual = (np.asarray(v, dtype=float).ravel() for v in (teff, logg, residual))
+    fig = _figure(5.6, 4.6)
+    ax = fig.subplots()
+    limit = float(np.nanpercentile(np.abs(residual), 95)) or 1.0
+    gridsize = int(np.clip(np.sqrt(len(teff)) / 2.0, 6, 40))
+    hb = ax.hexbin(teff, logg, C=residual, reduce_C_function=np.median, gridsize=gridsize, cmap="coolwarm",
+                   vmin=-limit, vmax=limit, mincnt=1)
+    ax.invert_xaxis()
+    ax.invert_yaxis()
+    ax.set_xlabel("T_eff (K)")
+    ax.set_ylabel("log g (dex)")
+    fig.colorbar(hb, ax=ax, label=f"median {target} residual ({target_unit})" if target_unit else "median residual")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig

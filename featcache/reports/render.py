@@ -167,9 +167,12 @@ def safe_name(text: str) -> str:
 
 
 def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str, dict[str, Any]],
-                 best_pred: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, markdown: str) -> list[Path]:
-    """Heatmaps per head and target, the best cell's predicted/residual vs true, and report.md."""
+                 best_pred: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, markdown: str,
+                 populations: dict[str, Any] | None = None) -> list[Path]:
+    """Heatmaps per head and target, the best cell's predicted/residual vs true, the per-population curves
+    and Kiel diagram, and report.md."""
     from . import plots
+    from .populations import draw
 
     files: list[Path] = []
     images: dict[str, list[tuple[str, Path]]] = {}
@@ -187,6 +190,10 @@ def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str
             path = out / f"best_{safe_name(target)}.png"
             plots.best_cell(truth, pred, path, title=f"{target}: {cell_label(best[target])}", target=target)
             images.setdefault(target, []).append(("best cell: predicted and residual vs true", path))
+        if populations and target in populations:
+            pop = populations[target]
+            images.setdefault(target, []).extend(draw(pop["results"], pop["members"], target, out,
+                                                      f"population_{safe_name(target)}"))
     for pictures in images.values():
         files += [p for _, p in pictures]
     report = [markdown.rstrip(), "", "# Plots", ""]

@@ -151,9 +151,9 @@ def test_two_process_torchrun_keeps_ranks_identical(data, tmp_path):
     assert metrics["world_size"] == 2 and metrics["written_by_rank"] == 0
     assert [metrics["splits"][s]["n"] for s in ("train", "val", "test")] == [64, 24, 24]
     np.testing.assert_array_equal(np.load(out / "predictions.npz")["val_index"], np.arange(64, 88))
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "encoder.ckpt", "encoder.yaml", "head.pt",
-                                                     "history.csv", "last.pt", "mask.npy", "metrics.json",
-                                                     "predictions.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["binned.csv", "config.yaml", "encoder.ckpt", "encoder.yaml",
+                                                     "head.pt", "history.csv", "last.pt", "mask.npy",
+                                                     "metrics.json", "predictions.npz"]
 
 
 @pytest.mark.parametrize("args,fragments", [

@@ -18,6 +18,7 @@ from featcache.common.errors import FeatcacheError
 from featcache.heads import count_parameters, create_head, is_trainable, list_heads
 from featcache.heads.metrics import (
     bias,
+    bootstrap_metrics,
     bootstrap_r2,
     bootstrap_r2_ci,
     mae,
@@ -217,9 +218,24 @@ def test_metrics_match_sklearn():
     np.testing.assert_allclose(bias(yt, yp), (yp - yt).mean(axis=0))
     assert r2(yt[:, 0], yp[:, 0]) == pytest.approx(skm.r2_score(yt[:, 0], yp[:, 0]))
     m = regression_metrics(yt[:, 0], yp[:, 0])
-    assert set(m) == {"n", "r2", "rmse", "mae", "bias"} and m["n"] == 300 and isinstance(m["r2"], float)
+    assert set(m) == {"n", "r2", "rmse", "mae", "bias", "sigma_mad", "outlier_fraction"} and m["n"] == 300
+    assert isinstance(m["r2"], float)
     m2 = regression_metrics(yt, yp)
     assert len(m2["r2"]) == 2 and m2["r2_mean"] == pytest.approx(np.mean(m2["r2"]))
+
+
+def test_robust_scatter_and_outliers_by_hand():
+    residual = np.array([-0.3, -0.1, 0.0, 0.05, 0.1, 0.2, 5.0])  # one wild outlier
+    m = regression_metrics(np.zeros(7), residual)
+    median = 0.05
+    mad = np.median(np.abs(residual - median))  # |r - 0.05| = .35 .15 .05 0 .05 .15 4.95 -> 0.15
+    assert mad == pytest.approx(0.15)
+    assert m["sigma_mad"] == pytest.approx(1.4826 * 0.15, abs=1e-12)
+    assert m["outlier_fraction"] == pytest.approx(1 / 7)  # only 5.0 is beyond 3 sigma_MAD = 0.667
+    assert m["bias"] == pytest.approx(residual.mean())
+    draws = bootstrap_metrics(np.zeros(7), residual, n_boot=50, seed=3)
+    assert set(draws) == {"r2", "rmse", "sigma_mad"} and draws["rmse"].shape == (50, 1)
+    np.testing.assert_array_equal(draws["r2"], bootstrap_r2(np.zeros(7), residual, n_boot=50, seed=3))
 
 
 def test_bootstrap_ci_brackets_estimate_and_is_deterministic():

@@ -1,0 +1,124 @@
+"""`featcache report`: re-draw the astronomer's view of finished runs without refitting anything.
+
+A fit or finetune run directory holds its test predictions and the labels of those rows
+(predictions.npz), so its binned.csv, the sigma_MAD / bias curves per S/N and per label, the Kiel diagram
+and report.md are drawn from it alone. A compare directory is re-drawn by running the comparison again
+with fit=False: every cell comes from OUT/cells, none is fitted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..common.errors import FeatcacheError
+from ..common.files import write_text
+from ..heads.binning import Binning, unit
+from ..heads.runs import role_labels, write_binned
+from ..heads.recipe import TrainRecipe
+from .plots import best_cell
+from .populations import Member, draw, section
+
+
+def report(paths: list[Path], binning: Binning | None = None) -> list[Path]:
+    """Re-draw each path: a run directory (metrics.json + predictions.npz) or a compare directory. Every
+    path (and the binning's axes against its labels) is checked before any is drawn."""
+    binning = binning or Binning()
+    kinds = []
+    for path in map(Path, paths):
+        if (path / "compare.json").exists():
+            kinds.append((path, report_compare))
+        elif (path / "metrics.json").exists() and (path / "predictions.npz").exists():
+            kinds.append((path, report_run))
+        else:
+            raise FeatcacheError(f"{path}: neither a run directory (metrics.json, predictions.npz) nor a compare "
+                                 "directory (compare.json)")
+    for path, draw_one in kinds:
+        try:
+            binning.check_axes(_label_names(path, draw_one is report_compare))
+        except FeatcacheError as exc:
+            raise FeatcacheError(f"{path}: {exc}") from None
+    written: list[Path] = []
+    for path, draw_one in kinds:
+        written += draw_one(path, binning)
+    return written
+
+
+def _label_names(path: Path, is_compare: bool) -> list[str]:
+    """The labels (and targets) a run's test predictions or a comparison's test split carry."""
+    if not is_compare:
+        with np.load(path / "predictions.npz") as arrays:
+            targets = [str(t) for t in np.atleast_1d(arrays["targets"])] if "targets" in arrays.files else []
+            return [*role_labels({k: np.zeros(0) for k in arrays.files}, "test"), *targets]
+    from ..cache.reader import open_cache
+
+    summary = json.loads((path / "compare.json").read_text())
+    names = list(summary.get("targets") or [])
+    for entry in summary.get("caches") or []:
+        names += open_cache(entry["path"]).label_names(summary["splits"]["test"])
+    return names
+
+
+def report_run(run: Path, binning: Binning | None = None) -> list[Path]:
+    """binned.csv, the per-axis curves, the Kiel diagram, predicted vs true and report.md of one run."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    with np.load(run / "predictions.npz") as arrays:
+        data = {k: arrays[k] for k in arrays.files}
+    if "test_true" not in data:
+        raise FeatcacheError(f"{run}: predictions.npz has no test predictions (was the run scored on test?)")
+    targets = [str(t) for t in np.atleast_1d(data["targets"])]
+    labels = role_labels(data, "test")
+    truth = data["test_true"].reshape(len(data["test_true"]), -1)
+    pred = data["test_pred"].reshape(len(truth), -1)
+    files = [write_binned(run / "binned.csv", {"true": truth, "pred": pred,
+                                               **{f"label_{k}": v for k, v in labels.items()}}, targets, binning)]
+    name = f"{metrics.get('head', 'head')} on {'+'.join(metrics.get('features') or [])}"
+    lines = [f"# {run.name}: {name}", ""]
+    images = []
+    for j, target in enumerate(targets):
+        member = Member(name, truth[:, j], pred[:, j], labels)
+        section_lines, _, results = section([member], target, None, binning=binning)
+        lines += section_lines
+        path = run / f"report_best_{target}.png"
+        best_cell(truth[:, j], pred[:, j], path, title=f"{target}: {name}", target=target)
+        images += [(f"{target}: predicted and residual vs true", path)]
+        images += draw(results, [member], target, run, f"report_{target}")
+    lines += ["", "# Plots", ""] + [f"![{caption}]({p.name})\n" for caption, p in images]
+    files += [p for _, p in images]
+    test = _test_entry(metrics)
+    if test:
+        lines.insert(2, "Test: " + "; ".join(
+            f"{t} R2 {m['r2']:.3f}, sigma_MAD {m.get('sigma_mad', float('nan')):.3f} {unit(t)}, bias "
+            f"{m['bias']:+.3f} (n={m['n']})" for t, m in test.items()) + "\n")
+    files.append(write_text(run / "report.md", "\n".join(lines) + "\n"))
+    return files
+
+
+def _test_entry(metrics: dict[str, Any]) -> dict[str, Any]:
+    for entry in (metrics.get("splits") or {}).values():
+        if isinstance(entry, dict) and entry.get("role") == "test":
+            return entry.get("targets") or {}
+    return {}
+
+
+def report_compare(folder: Path, binning: Binning | None = None) -> list[Path]:
+    """The comparison again from its cells (none fitted): compare.md/.csv/.json, plots, report.md."""
+    from .comparison import compare
+
+    summary = json.loads((folder / "compare.json").read_text())
+    request = summary.get("request") or {}
+    cells = summary.get("cells") or []
+    caches = [(c["name"], c["path"]) for c in summary["caches"]]
+    recipe = TrainRecipe(**summary["recipe"])
+    splits = summary["splits"]
+    result = compare(caches, summary["targets"], heads=summary["heads"],
+                     layers=request.get("layers") or sorted({c["layer"] for c in cells if c["kind"] != "run"}),
+                     pools=request.get("pools"), seeds=summary["seeds"], recipe=recipe, hidden=summary["hidden"],
+                     dropout=summary["dropout"], alphas=summary["alphas"], runs=[r["path"] for r in summary["runs"]],
+                     out=folder, baselines=request.get("baselines", True), device=request.get("device", "auto"),
+                     train_split=splits["train"], val_split=splits["val"], test_split=splits["test"],
+                     n_boot=summary["n_boot"], show_progress=False, fit=False, binning=binning)
+    return result.files

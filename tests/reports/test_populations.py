@@ -1,0 +1,71 @@
+"""The astronomer's view of a comparison: per-population tables with paired differences, the curves, the
+Kiel diagram, and `featcache report` re-drawing runs and comparisons without refitting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import featcache.reports.cells as cells_module
+from featcache.reports.plots import kiel_figure
+
+from ..helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def comparison(labelled_caches, tmp_path_factory):
+    out = tmp_path_factory.mktemp("populations") / "cmp"
+    run_cli("compare", "--cache", f"pretrained={labelled_caches['pretrained']}", "--target", "log_g", "--head",
+            "ridge", "--layer", "enc_last", "--layer", "input_flux", "-q", "--out", out)
+    return out
+
+
+def test_compare_has_a_per_population_section_with_paired_differences(comparison):
+    markdown = (comparison / "compare.md").read_text()
+    assert "## Per population" in markdown and "where each cell's scatter lies (sigma_MAD of pred - true, dex)" in markdown
+    assert "snr bin" in markdown and "log_g (dex) bin" in markdown
+    assert "- raw input input_flux/" in markdown  # the reference's column and the encoder's difference against it
+    summary = json.loads((comparison / "compare.json").read_text())
+    data = summary["populations"]["log_g"]
+    assert data["reference"].startswith("raw input input_flux")
+    axes = {a["axis"]: a for a in data["axes"]}
+    assert {"log_g", "snr"} <= set(axes)
+    for axis in axes.values():
+        curves = axis["curves"]
+        assert len(curves) == 2 and sum(curves[0]["n"]) == 50  # the 50 test spectra, every bin counted
+        (diffs,) = axis["differences"].values()
+        for (d, lo, hi), a, b in zip(diffs, curves[0]["sigma_mad"], curves[1]["sigma_mad"], strict=True):
+            assert d == pytest.approx(a - b) and lo <= hi
+    assert {row["population"] for row in data["populations"]} == {"giants", "dwarfs"}
+    report = (comparison / "report.md").read_text()
+    assert "population_log_g_by_snr.png" in report and "population_log_g_kiel.png" in report
+    assert (comparison / "population_log_g_kiel.png").stat().st_size > 0
+
+
+def test_the_kiel_diagram_is_drawn_as_astronomers_draw_it():
+    rng = np.random.default_rng(0)
+    fig = kiel_figure(rng.uniform(3750, 6000, 200), rng.uniform(1, 5, 200), rng.normal(size=200))
+    ax = fig.axes[0]
+    assert ax.xaxis_inverted() and ax.yaxis_inverted()  # hot stars left, giants (low log g) up
+    assert ax.get_xlabel() == "T_eff (K)" and ax.get_ylabel() == "log g (dex)"
+    assert "median log_g residual (dex)" in fig.axes[1].get_ylabel()
+
+
+def test_report_redraws_runs_and_comparisons_without_fitting(comparison, labelled_caches, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run_cli("fit", "--cache", labelled_caches["pretrained"], "--layer", "enc_last", "--pool", "global_mean",
+            "--target", "log_g", "--out", run, "-q")
+    (run / "binned.csv").unlink()
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("featcache report fitted something")
+
+    monkeypatch.setattr(cells_module, "fit_head", no_fit)
+    result = run_cli("report", run, comparison)
+    assert "files written" in result.output
+    assert (run / "binned.csv").exists() and (run / "report_log_g_kiel.png").exists()
+    report = (run / "report.md").read_text()
+    assert "sigma_MAD" in report and "dex" in report and "report_best_log_g.png" in report
+    assert (comparison / "report.md").exists()
