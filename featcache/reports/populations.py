@@ -55,6 +55,7 @@ class Member:
     pred: np.ndarray
     labels: dict[str, np.ndarray]
     index: np.ndarray | None = None
+    cell: str = ""  # which cell it is (head on layer/pooling), when the label names only the encoder
 
     @property
     def residual(self) -> np.ndarray:
@@ -111,9 +112,10 @@ def _axis_values(member: Member, axis: str, target: str) -> np.ndarray:
     return np.asarray(member.truth if axis == target else member.labels[axis], dtype=np.float64)
 
 
-def population_rows(members: list[Member], giant_logg: float = GIANT_LOGG, n_boot: int = N_BOOT
-                    ) -> list[dict[str, Any]]:
-    """sigma_MAD per population (all, giants, dwarfs) per member, with its 95% interval."""
+def population_rows(members: list[Member], giant_logg: float = GIANT_LOGG, n_boot: int = N_BOOT,
+                    reference: str | None = None) -> list[dict[str, Any]]:
+    """sigma_MAD per population (giants, dwarfs) per member, with its 95% interval, and the paired
+    difference from the reference member (same resamples) with its interval."""
     pops = populations(members[0].labels, giant_logg)
     names = list(pops)
     bins = np.full(len(members[0].truth), -1)
@@ -122,15 +124,42 @@ def population_rows(members: list[Member], giant_logg: float = GIANT_LOGG, n_boo
         bins[pops[name]] = k
     split = names[1:] or names
     draws = bootstrap_bins({m.label: m.residual for m in members}, bins, len(split), n_boot=n_boot)
+    ref = next((m for m in members if m.label == reference), None)
     for m in members:
         with np.errstate(invalid="ignore"):
             lo, hi = percentile_interval(draws[m.label]["sigma_mad"], 0.95)
+            if ref is not None:
+                d_lo, d_hi = percentile_interval(draws[m.label]["sigma_mad"] - draws[ref.label]["sigma_mad"], 0.95)
         for k, name in enumerate(split):
             keep = pops[name]
-            rows.append({"member": m.label, "population": name, "n": int(keep.sum()),
-                         "sigma_mad": float(sigma_mad(m.residual[keep])) if keep.any() else math.nan,
-                         "lo": float(lo[k]), "hi": float(hi[k])})
+            row = {"member": m.label, "population": name, "n": int(keep.sum()),
+                   "sigma_mad": float(sigma_mad(m.residual[keep])) if keep.any() else math.nan,
+                   "lo": float(lo[k]), "hi": float(hi[k])}
+            if ref is not None and m is not ref:
+                own = row["sigma_mad"]
+                theirs = float(sigma_mad(ref.residual[keep])) if keep.any() else math.nan
+                row.update(difference=own - theirs, difference_lo=float(d_lo[k]), difference_hi=float(d_hi[k]))
+            rows.append(row)
     return rows
+
+
+def _population_table(rows: list[dict[str, Any]], members: list[Member], reference: str | None,
+                      giant_logg: float) -> list[str]:
+    names = list(dict.fromkeys(row["population"] for row in rows))
+    others = [m.label for m in members if m.label != reference] if reference else []
+    header = ["population", "n", *[f"{m.label} sigma_MAD [95% CI]" for m in members],
+              *[f"{label} - {reference} [95% CI]" for label in others]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for name in names:
+        of = {row["member"]: row for row in rows if row["population"] == name}
+        title = {"giants": f"giants (log_g < {giant_logg:g})", "dwarfs": f"dwarfs (log_g >= {giant_logg:g})"}
+        cells = [title.get(name, name), str(next(iter(of.values()))["n"])]
+        cells += [f"{of[m.label]['sigma_mad']:.3f} [{of[m.label]['lo']:.3f}, {of[m.label]['hi']:.3f}]"
+                  for m in members]
+        cells += [f"{of[label]['difference']:+.3f} [{of[label]['difference_lo']:+.3f}, "
+                  f"{of[label]['difference_hi']:+.3f}]" for label in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def section(members: list[Member], target: str, reference: str | None, n_boot: int = N_BOOT,
@@ -145,14 +174,16 @@ def section(members: list[Member], target: str, reference: str | None, n_boot: i
     results = [axis_result(members, axis, target, reference, n_boot, binning) for axis in axes]
     tu = unit(target)
     lines = [f"### {target}: where each cell's scatter lies (sigma_MAD of pred - true, {tu or 'target units'})", ""]
+    cells = [f"{m.label} = {m.cell}" for m in members if m.cell]
+    if cells:
+        lines += ["Cells (each encoder's best by validation R2" + (f"; {reference} is the reference" if reference
+                  else "") + "): " + "; ".join(cells) + ".", ""]
     shown = [r for r in results if r.axis == target or r.axis in SNR_COLUMNS or r.axis in binning.edges]
     for result in shown:
         lines += _axis_table(result, target, reference) + [""]
-    pop = population_rows(members, giant_logg, n_boot)
+    pop = population_rows(members, giant_logg, n_boot, reference)
     if len({row["population"] for row in pop}) > 1:
-        lines += [f"Giants (log_g < {giant_logg:g}) and dwarfs, sigma_MAD [95% CI]: " + "; ".join(
-            f"{row['member']} {row['population']} {row['sigma_mad']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}] "
-            f"(n={row['n']})" for row in pop) + ".", ""]
+        lines += _population_table(pop, members, reference, giant_logg) + [""]
     lines += summary_sentences(results, target, reference) + [""]
     data = {"target": target, "reference": reference, "binning": binning.describe(), "populations": pop,
             "axes": [{"axis": r.axis, "unit": unit(r.axis), "edges": r.edges.tolist(),
@@ -199,7 +230,7 @@ def summary_sentences(results: list[AxisResult], target: str, reference: str | N
             d, lo, hi = diffs[k]
             out.append(f"- {label} comes closest to {reference} for {result.axis} {result.edges[k]:.3g}-"
                        f"{result.edges[k + 1]:.3g}{' ' + au if au else ''}: {d:+.3f} {tu} [{lo:+.3f}, {hi:+.3f}] "
-                       "in sigma_MAD; it is not better in any bin.")
+                       "in sigma_MAD; no bin's paired interval lies below zero.")
     return out
 
 
@@ -247,8 +278,9 @@ def compared_members(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]
     for i in picks:
         row = table.loc[i]
         truth, pred = predictions[i]
-        label = f"{row['encoder']} {row['layer']}/{row['pool']} {row['head']}"
-        members.append(Member(label, truth, pred, labels_of(row)))
+        label = str(row["encoder"])  # one cell per encoder (and one raw-input cell): the name says which
+        cell = f"{row['head']} on {row['layer']}/{row['pool']}"
+        members.append(Member(label, truth, pred, labels_of(row), cell=cell))
         if row["kind"] == "baseline":
             reference = label
     if len({len(m.truth) for m in members}) > 1:  # different test sets cannot be paired

@@ -26,10 +26,11 @@ def test_compare_has_a_per_population_section_with_paired_differences(comparison
     markdown = (comparison / "compare.md").read_text()
     assert "## Per population" in markdown and "where each cell's scatter lies (sigma_MAD of pred - true, dex)" in markdown
     assert "snr bin" in markdown and "log_g (dex) bin" in markdown
-    assert "- raw input input_flux/" in markdown  # the reference's column and the encoder's difference against it
+    assert "pretrained - raw input [95% CI]" in markdown  # the encoder's paired difference from the reference
+    assert "raw input = ridge on input_flux/" in markdown
     summary = json.loads((comparison / "compare.json").read_text())
     data = summary["populations"]["log_g"]
-    assert data["reference"].startswith("raw input input_flux")
+    assert data["reference"] == "raw input"
     axes = {a["axis"]: a for a in data["axes"]}
     assert {"log_g", "snr"} <= set(axes)
     for axis in axes.values():
@@ -39,6 +40,12 @@ def test_compare_has_a_per_population_section_with_paired_differences(comparison
         for (d, lo, hi), a, b in zip(diffs, curves[0]["sigma_mad"], curves[1]["sigma_mad"], strict=True):
             assert d == pytest.approx(a - b) and lo <= hi
     assert {row["population"] for row in data["populations"]} == {"giants", "dwarfs"}
+    for row in data["populations"]:
+        if row["member"] == "pretrained":  # paired difference = the two members' sigma_MAD in that population
+            ref = next(r for r in data["populations"] if r["member"] == "raw input"
+                       and r["population"] == row["population"])
+            assert row["difference"] == pytest.approx(row["sigma_mad"] - ref["sigma_mad"])
+            assert row["difference_lo"] <= row["difference_hi"]
     report = (comparison / "report.md").read_text()
     assert "population_log_g_by_snr.png" in report and "population_log_g_kiel.png" in report
     assert (comparison / "population_log_g_kiel.png").stat().st_size > 0
