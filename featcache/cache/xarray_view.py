@@ -7,7 +7,8 @@ arrays read chunk by chunk; index, draw and the labels (R values each) are loade
 label (`ds.where(ds.log_g > 3, drop=True)`) needs no computation.
 
 Variables are named LAYER/POOL (as `--feature`); each has its own feature dimension `feature_LAYER_POOL`,
-because two layers' poolings of one name differ in width (a Dataset's dimensions must agree).
+because two layers' poolings of one name differ in width (a Dataset's dimensions must agree). Labels keep
+their column names (one named index or draw becomes label_index, label_draw).
 
 xarray and dask are the optional extra `featcache[xarray]`.
 """
@@ -65,7 +66,8 @@ def split_dataset(cache: FeatureCache, split: str, features: Any = None, draw: i
         data_vars[f"{layer}/{pool}"] = ((ROW_DIM, feature_dim_name(layer, pool)), lazy, dict(array.attrs))
     coords = {"index": (ROW_DIM, cache.index(split, draw)), "draw": (ROW_DIM, cache.draws(split, draw))}
     for name in cache.label_names(split):
-        coords[name] = (ROW_DIM, cache.labels(split, name, draw))
+        key = f"label_{name}" if name in coords else name  # a params column named index or draw
+        coords[key] = (ROW_DIM, cache.labels(split, name, draw))
     attrs = {"cache": str(cache.path), "split": split, "fingerprint": cache.fingerprint, "format": cache.format}
     if draw is not None:
         attrs["draw"] = int(draw)
