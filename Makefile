@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo demo-quick bench clean
+.PHONY: setup test lint demo demo-quick bench wheel-check clean
 
 setup: $(VENV)/.installed
 
@@ -28,8 +28,12 @@ demo: setup
 demo-quick: setup
 	$(BIN)/featcache demo --size quick
 
+# the built wheel in a fresh venv outside the checkout runs the quick demo from an empty folder (.ci/wheel-check)
+wheel-check: setup
+	VENV=$(VENV) .ci/wheel-check "$(PYTHON)" "$(TORCH)"
+
 bench: setup
 	$(BIN)/featcache bench --overwrite
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build

@@ -10,7 +10,7 @@ FC=${FC:-.venv/bin/featcache}
 DATA=${DATA:-data/synth/grid}
 CACHE=${CACHE:-cache}
 OUT=${OUT:-reports/synth-logg}
-ENC=${ENC:-data/encoders/demo-l9e16k9s1bn1d1.ckpt}
+ENC=${ENC:-featcache/data/encoders/demo-l9e16k9s1bn1d1.ckpt}
 FT_TRAIN=${FT_TRAIN:-10000}  # fine-tuning runs the encoder every epoch: a 10k subset keeps it to CPU minutes
 FT_EPOCHS=${FT_EPOCHS:-8}
 mkdir -p "$DATA" "$CACHE" "$OUT/runs"

@@ -13,11 +13,13 @@ from .common import command, echo_result
 @click.option("--size", type=click.Choice(["quick", "standard"]), default="quick", show_default=True,
               help="quick: a few hundred spectra (under a minute); standard: 20k train / 1k val / 1k test.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Report folder (default reports/demo-<size>).")
+              help="Report folder (default reports/demo-<size> under the current folder).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Where the synthetic files go (default data/synth; existing files are reused).")
+              help="Where the synthetic files go (default data/synth under the current folder; existing files are "
+                   "reused).")
 @click.option("--encoder", type=click.Path(path_type=Path), default=None,
-              help="Encoder checkpoint (default: the embedded data/encoders/demo-l9e16k9s1bn1d1.ckpt).")
+              help="Encoder checkpoint (default: the demo encoder embedded in the package, "
+                   "featcache/data/encoders/demo-l9e16k9s1bn1d1.ckpt).")
 @click.option("--head", "heads", multiple=True, default=("ridge", "mlp_1"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def command(size: str, out: Path | None, data_dir: Path | None, encoder: Path | None, heads: tuple[str, ...],

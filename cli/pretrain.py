@@ -93,7 +93,7 @@ def command(ctx: click.Context, data: tuple[str, ...], out: str, threads: int | 
     \b
     Example:
       featcache pretrain --data train=data/synth/train.h5 --data val=data/synth/val.h5 \\
-          --out data/encoders/demo-l9e16k9s1bn1d1.ckpt --embed-dim 16 --kernel-size 9 --max-epochs 20
+          --out encoders/demo.ckpt --embed-dim 16 --kernel-size 9 --max-epochs 20
       featcache pretrain ... --out ENC.ckpt --resume --max-epochs 40
     """
     import torch

@@ -11,10 +11,14 @@ from pathlib import Path
 
 from .common.errors import FeatcacheError
 from .common.progress import progress, status
+from .common.resources import embedded, missing_message
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_ENCODER = REPO / "data" / "encoders" / "demo-l9e16k9s1bn1d1.ckpt"
-# seeds of the demo's splits; the demo encoder was pretrained on other seeds (data/encoders/README.md)
+# embedded in the package (featcache/data/encoders/, with its YAML and mask), so an installed wheel runs the demo
+DEMO_ENCODER = embedded("encoders", "demo-l9e16k9s1bn1d1.ckpt")
+# outputs go under the current folder, as in a clone run from its root (data/synth/ is git-ignored there)
+DEFAULT_DATA_DIR = Path("data") / "synth"
+DEFAULT_REPORTS = Path("reports")
+# seeds of the demo's splits; the demo encoder was pretrained on other seeds (featcache/data/encoders/README.md)
 SPLIT_SEEDS = {"train": 101, "val": 102, "test": 103}
 SIZES = {"quick": {"train": 400, "val": 150, "test": 150}, "standard": {"train": 20_000, "val": 1_000, "test": 1_000}}
 LAYERS = ["enc_pre_latent", "enc_last"]
@@ -53,7 +57,8 @@ def synth_files(size: str, data_dir: Path) -> dict[str, Path]:
 def run_demo(size: str = "quick", out: Path | None = None, data_dir: Path | None = None,
              encoder: Path | None = None, heads: tuple[str, ...] = ("ridge", "mlp_1"), device: str = "auto",
              max_epochs: int | None = None) -> DemoResult:
-    """The whole pipeline on the embedded default; safe to re-run (everything is reused)."""
+    """The whole pipeline on the embedded default; safe to re-run (everything is reused). out defaults to
+    reports/demo-<size> and data_dir to data/synth, both under the current folder."""
     from .extraction.options import ExtractOptions
     from .extraction.run import run_extract
     from .heads.recipe import TrainRecipe
@@ -61,11 +66,13 @@ def run_demo(size: str = "quick", out: Path | None = None, data_dir: Path | None
 
     if size not in SIZES:
         raise FeatcacheError(f"--size {size}: choose from: {', '.join(SIZES)}")
+    if encoder is not None and not Path(encoder).is_file():
+        raise FeatcacheError(f"--encoder {encoder}: no such checkpoint file")
     encoder = Path(encoder or DEMO_ENCODER)
-    if not encoder.exists():
-        raise FeatcacheError(f"demo encoder {encoder} is missing (it ships in data/encoders/ of the repository)")
-    out = Path(out or Path("reports") / f"demo-{size}")
-    data_dir = Path(data_dir or (REPO / "data" / "synth"))
+    if not encoder.is_file():
+        raise FeatcacheError(missing_message(encoder, "the demo encoder"))
+    out = Path(out or DEFAULT_REPORTS / f"demo-{size}")
+    data_dir = Path(data_dir or DEFAULT_DATA_DIR)
     files = synth_files(size, data_dir)
     cache = out / "cache.zarr"
     common = dict(data=[f"{split}={path}" for split, path in files.items()], out=cache, ckpt=encoder,

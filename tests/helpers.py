@@ -1,5 +1,5 @@
-"""What the tests share: the reference fixture's files, small pfsspec files, and ways to run the CLI
-(in-process, and as a user's shell would) with checks of the one-line error contract."""
+"""What the tests share: the reference fixture's files, small pfsspec files, ways to run the CLI (in-process,
+and as a user's shell would) with checks of the one-line error contract, and a format-1 cache."""
 
 from __future__ import annotations
 
@@ -97,3 +97,33 @@ def learnable_pfs(path, n: int, p: int = 512, seed: int = 0):
 def data_args(splits: list[str]) -> list[str]:
     """["train=a.h5", ...] -> ["--data", "train=a.h5", ...]."""
     return [arg for split in splits for arg in ("--data", split)]
+
+
+def write_format_1(cache) -> None:
+    """Rewrite a cache's metadata as format 1 stored it (featcache 0.1 before the xarray layout): features named
+    their dimensions `row, feature`, maps `row, channel, position`, no other array named any, and no group had
+    a `coordinates` attribute. The chunks are untouched: formats 1 and 2 store the same arrays."""
+    import json
+
+    import zarr
+
+    from featcache.cache.layout import quiet_zarr_warnings
+
+    cache = Path(cache)
+    for meta_file in cache.rglob("zarr.json"):
+        node = json.loads(meta_file.read_text())
+        node.pop("consolidated_metadata", None)
+        parts = meta_file.parent.relative_to(cache).parts
+        if node["node_type"] == "group":
+            node["attributes"].pop("coordinates", None)
+        elif len(parts) == 4 and parts[1] == "features":
+            node["dimension_names"] = ["row", "feature"]
+        elif len(parts) == 3 and parts[1] == "maps":
+            node["dimension_names"] = ["row", "channel", "position"]
+        else:
+            node.pop("dimension_names", None)
+        if not parts:
+            node["attributes"]["featcache"]["format"] = 1
+        meta_file.write_text(json.dumps(node, indent=2))
+    with quiet_zarr_warnings():
+        zarr.consolidate_metadata(str(cache))

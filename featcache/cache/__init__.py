@@ -1,6 +1,7 @@
 """The feature cache, the format in one place: its layout (layout.py, specified in FORMAT.md), the writer
-(stores, generations, done markers), the reader API (`open_cache(path).features(split, layer, pool)`), the
-writers' lock, the fingerprint and `featcache inspect`'s description of a cache.
+(stores, generations, done markers), the reader API (`open_cache(path).features(split, layer, pool)`, and
+`.to_xarray(split)` with the optional extra featcache[xarray]), the writers' lock, the fingerprint and
+`featcache inspect`'s description of a cache.
 
 May import: featcache.common.
 """

@@ -13,8 +13,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# formats this code reads; 1 lacks the dimension names and coordinates of 2 (FORMAT.md), its arrays are the same
+READABLE_FORMATS = (1, 2)
 META_KEY = "featcache"
+# xarray's (CF) group attribute naming the variables of a group that are coordinates
+COORDINATES_ATTR = "coordinates"
+ROW_DIM = "row"
+MASK_DIMS = ["pixel"]
+WAVE_DIMS = ["kept_pixel"]
+# a split group's own coordinates (its labels are the coordinates of its labels group)
+SPLIT_COORDINATES = ["index", "draw"]
 
 
 def _zarr():
@@ -44,8 +53,33 @@ def map_path(split: str, layer: str) -> str:
     return f"{split}/maps/{layer}"
 
 
+def row_path(split: str, name: str) -> str:
+    """A split's per-row array ('index' or 'draw')."""
+    return f"{split}/{name}"
+
+
+def label_path(split: str, name: str) -> str:
+    return f"{split}/labels/{name}"
+
+
 def marker_path(generation: int, split: str) -> str:
     return f"_done/g{generation}/{split}"
+
+
+def feature_dim(pool: str) -> str:
+    """Each pooling's feature dimension has its own name: poolings of one layer differ in width, and xarray
+    opens a layer's group as one Dataset whose dimensions must agree."""
+    return f"feature_{pool}"
+
+
+def map_dims(layer: str) -> list[str]:
+    """A map's channel and position dimensions, named per layer (the maps of a split share one group)."""
+    return [f"channel_{layer}", f"position_{layer}"]
+
+
+def marker_dims(split: str) -> list[str]:
+    """Done markers of one generation share a group; each split has its own number of blocks."""
+    return [f"block_{split}"]
 
 
 @dataclass
@@ -66,7 +100,7 @@ class ArraySpec:
 
     @property
     def dimension_names(self) -> list[str]:
-        return ["row", *(["feature"] if self.kind == "features" else ["channel", "position"])]
+        return [ROW_DIM, *([feature_dim(self.pool or "")] if self.kind == "features" else map_dims(self.layer))]
 
     def as_meta(self) -> dict[str, Any]:
         return {"path": self.path, "split": self.split, "kind": self.kind, "layer": self.layer, "pool": self.pool,

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..common.errors import FeatcacheError, choices_message
 from .fingerprint import provenance
-from .layout import META_KEY, feature_path, map_path, marker_path, open_root
+from .layout import META_KEY, READABLE_FORMATS, feature_path, label_path, map_path, marker_path, open_root, row_path
 
 
 def _reason(exc: BaseException) -> str:
@@ -46,12 +47,20 @@ class FeatureCache:
                                  "it with --overwrite") from None
         if not isinstance(meta, dict):
             raise FeatcacheError(f"{self.path}: a Zarr store but not a featcache cache (no '{META_KEY}' attrs)")
+        if meta.get("format") not in READABLE_FORMATS:
+            raise FeatcacheError(f"{self.path}: cache format {meta.get('format')!r} is not one featcache {__version__} "
+                                 f"reads ({', '.join(map(str, READABLE_FORMATS))}); upgrade featcache")
         self.meta: dict[str, Any] = meta
 
     # -- description --------------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
         return str(self.meta["fingerprint"])
+
+    @property
+    def format(self) -> int:
+        """The layout version (FORMAT.md): 2 names every dimension for xarray; 1 is read the same way."""
+        return int(self.meta["format"])
 
     @property
     def splits(self) -> list[str]:
@@ -166,7 +175,7 @@ class FeatureCache:
                  draw: int | None = None, dtype: Any = np.float32) -> np.ndarray:
         """Features (R, D) as numpy; `draw=0` keeps one noise draw per spectrum, `rows` slices."""
         array = self.feature_array(split, layer, pool)
-        return read_rows(array, self._select(split, rows, draw), self.path, dtype)
+        return read_rows(array, self.row_selection(split, rows, draw), self.path, dtype)
 
     def provenance(self, split: str, features: list[tuple[str, str]]) -> dict[str, Any]:
         """How these features were computed (encoder, mask, noise, direction, dtypes, each feature's
@@ -174,7 +183,9 @@ class FeatureCache:
         attrs = {f"{layer}/{pool}": self.feature_info(split, layer, pool) for layer, pool in features}
         return provenance(self.meta.get("parts") or {}, attrs)
 
-    def _select(self, split: str, rows: slice | np.ndarray | None, draw: int | None) -> slice | np.ndarray:
+    def row_selection(self, split: str, rows: slice | np.ndarray | None = None, draw: int | None = None
+                      ) -> slice | np.ndarray:
+        """The split's rows to read: `rows` of all rows, or of draw `draw`'s rows (draw-major layout)."""
         if draw is not None:
             n = self.n_spectra(split)
             draws = int(self._split(split)["draws"])
@@ -200,15 +211,16 @@ class FeatureCache:
         if name not in names:
             raise FeatcacheError(f"{self.path}: unknown label '{name}' in split '{split}'; available: "
                                  + ", ".join(names))
-        return read_rows(self.array(f"{split}/labels/{name}"), self._select(split, None, draw), self.path)
+        return read_rows(self.array(label_path(split, name)), self.row_selection(split, None, draw), self.path)
 
     def index(self, split: str, draw: int | None = None) -> np.ndarray:
         self._split(split)
-        return read_rows(self.array(f"{split}/index"), self._select(split, None, draw), self.path)
+        return read_rows(self.array(row_path(split, "index")), self.row_selection(split, None, draw), self.path)
 
-    def draws(self, split: str) -> np.ndarray:
+    def draws(self, split: str, draw: int | None = None) -> np.ndarray:
+        """The noise draw of each row (of draw `draw`'s rows only, when given)."""
         self._split(split)
-        return read_rows(self.array(f"{split}/draw"), slice(None), self.path)
+        return read_rows(self.array(row_path(split, "draw")), self.row_selection(split, None, draw), self.path)
 
     @property
     def mask(self) -> np.ndarray:
@@ -217,6 +229,16 @@ class FeatureCache:
     @property
     def wave(self) -> np.ndarray:
         return read_rows(self.array("wave"), slice(None), self.path)
+
+    def to_xarray(self, split: str, features: list[str] | list[tuple[str, str]] | None = None,
+                  draw: int | None = None) -> Any:
+        """The split as a lazy xarray Dataset: one dask-backed variable per feature ('LAYER/POOL', dims row and
+        feature_LAYER_POOL), with index, draw and the labels as coordinates on row. features: 'LAYER/POOL'
+        strings or (layer, pool) pairs (default: every feature of the split); draw=d keeps one noise draw.
+        Needs the optional extra: pip install 'featcache[xarray]'. Works on format-1 caches too."""
+        from .xarray_view import split_dataset
+
+        return split_dataset(self, split, features, draw)
 
     def feature_info(self, split: str, layer: str, pool: str) -> dict[str, Any]:
         return dict(self.feature_array(split, layer, pool).attrs)

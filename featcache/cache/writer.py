@@ -23,7 +23,21 @@ import numpy as np
 from .._version import __version__
 from ..common.errors import FeatcacheError
 from .fingerprint import describe_changes
-from .layout import FORMAT_VERSION, META_KEY, ArraySpec, marker_path, open_root, quiet_zarr_warnings
+from .layout import (
+    COORDINATES_ATTR,
+    FORMAT_VERSION,
+    MASK_DIMS,
+    META_KEY,
+    READABLE_FORMATS,
+    ROW_DIM,
+    SPLIT_COORDINATES,
+    WAVE_DIMS,
+    ArraySpec,
+    marker_dims,
+    marker_path,
+    open_root,
+    quiet_zarr_warnings,
+)
 
 
 @dataclass
@@ -75,24 +89,28 @@ LabelReader = Callable[[SplitLayout], dict[str, np.ndarray]]
 
 
 def _create_base(root: Any, spec: StoreSpec, read_labels: LabelReader) -> None:
-    """mask, wave, and per split index / draw / labels (small arrays, written at once)."""
-    root.create_array("mask", data=spec.mask, chunks=spec.mask.shape, overwrite=True)
-    root.create_array("wave", data=spec.wave, chunks=spec.wave.shape, overwrite=True)
+    """mask, wave, and per split index / draw / labels (small arrays, written at once), each with its
+    dimension names; the groups' `coordinates` attributes make index, draw and the labels xarray coordinates."""
+    root.create_array("mask", data=spec.mask, chunks=spec.mask.shape, overwrite=True, dimension_names=MASK_DIMS)
+    root.create_array("wave", data=spec.wave, chunks=spec.wave.shape, overwrite=True, dimension_names=WAVE_DIMS)
     for split in spec.splits:
         group = root.require_group(split.name)
         n, draws = split.n_source, split.draws
         rows = max(min(spec.block_rows, split.n_rows), 1)
         index = np.tile(np.arange(split.start, split.stop, dtype=np.int64), draws)
         draw = np.repeat(np.arange(draws, dtype=np.int32), n)
-        group.create_array("index", data=index, chunks=(rows,), overwrite=True)
-        group.create_array("draw", data=draw, chunks=(rows,), overwrite=True)
+        for name, values in zip(SPLIT_COORDINATES, (index, draw), strict=True):
+            group.create_array(name, data=values, chunks=(rows,), overwrite=True, dimension_names=[ROW_DIM])
+        group.attrs[COORDINATES_ATTR] = " ".join(SPLIT_COORDINATES)
         labels = group.require_group("labels")
-        if split.labels:
-            for name, column in read_labels(split).items():
-                column = np.asarray(column)
-                if column.dtype == bool:
-                    column = column.astype(np.int8)
-                labels.create_array(name, data=np.tile(column, draws), chunks=(rows,), overwrite=True)
+        columns = read_labels(split) if split.labels else {}
+        for name, column in columns.items():
+            column = np.asarray(column)
+            if column.dtype == bool:
+                column = column.astype(np.int8)
+            labels.create_array(name, data=np.tile(column, draws), chunks=(rows,), overwrite=True,
+                                dimension_names=[ROW_DIM])
+        labels.attrs[COORDINATES_ATTR] = " ".join(columns)
 
 
 def _base_meta(spec: StoreSpec) -> dict[str, Any]:
@@ -112,7 +130,8 @@ def check_out(path: Path) -> None:
 
 def check_store(spec: StoreSpec) -> dict[str, Any] | None:
     """The store's metadata when it is this fingerprint's; None when there is none yet (or overwrite will
-    replace it); a refusal naming what changed otherwise. Reads only: safe before taking the lock."""
+    replace it); otherwise a refusal naming what changed, or why the store's format cannot take the request.
+    Reads only: safe before taking the lock."""
     out = spec.path
     check_out(out)
     if not (out / "zarr.json").exists():
@@ -127,12 +146,35 @@ def check_store(spec: StoreSpec) -> dict[str, Any] | None:
     if not isinstance(existing, dict):
         raise FeatcacheError(f"--out {out}: a Zarr store that is not a featcache cache; choose another path")
     if existing.get("fingerprint") == spec.fingerprint:
-        return existing
+        if _format_takes(existing, spec):
+            return existing
+        if not spec.overwrite:
+            raise FeatcacheError(_format_refusal(out, existing.get("format")))
+        return None
     if not spec.overwrite:
         changes = describe_changes(existing.get("parts", {}), spec.parts)
         raise FeatcacheError(f"--out {out}: the cache was made from other inputs ({'; '.join(changes)}); "
                              "use --overwrite to replace it or choose another --out")
     return None
+
+
+def _format_takes(existing: dict[str, Any], spec: StoreSpec) -> bool:
+    """Whether a store with this fingerprint can take the request: one of this format, or an older readable one
+    that already has every requested array (re-runs and resumes fill its blocks; formats never mix in a store)."""
+    store_format = existing.get("format")
+    if store_format == FORMAT_VERSION:
+        return True
+    present = {a["path"] for g in existing.get("generations", []) for a in g["arrays"]}
+    return store_format in READABLE_FORMATS and all(array.path in present for array in spec.arrays)
+
+
+def _format_refusal(out: Path, store_format: Any) -> str:
+    if store_format in READABLE_FORMATS:
+        return (f"--out {out}: a format-{store_format} cache (an older featcache wrote it); it stays readable, but "
+                f"new arrays go only into a format-{FORMAT_VERSION} cache: use --overwrite to re-extract it, or "
+                "choose another --out")
+    return (f"--out {out}: cache format {store_format!r} is not one featcache {__version__} writes (format "
+            f"{FORMAT_VERSION}); upgrade featcache, use --overwrite to replace it, or choose another --out")
 
 
 def _existing_meta(spec: StoreSpec) -> dict[str, Any] | None:
@@ -183,7 +225,7 @@ def _add_generation(root: Any, meta: dict[str, Any], spec: StoreSpec, new: list[
     for split in splits_in_gen:
         n_blocks = meta["splits"][split]["n_blocks"]
         root.create_array(marker_path(gen_id, split), shape=(n_blocks,), chunks=(1,), dtype="bool",
-                          fill_value=False, overwrite=True)
+                          fill_value=False, overwrite=True, dimension_names=marker_dims(split))
     meta["generations"].append({"id": gen_id, "arrays": [a.as_meta() for a in new], "splits": splits_in_gen,
                                 "command": spec.command, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return [a.path for a in new]

@@ -1,6 +1,7 @@
 """Heads on cached features: the registry of named heads, exact streaming ridge, the torch training loop and
 its recipe, early stopping, `fit_head` (choose on validation, score test once), run directories, predict,
-and the regression metrics with their bootstrap intervals.
+the regression metrics with their bootstrap intervals, and the scikit-learn probes (`probes`, public as
+featcache.sklearn).
 
 May import: featcache.common, featcache.cache (never extraction: fitting needs no encoder).
 """
@@ -15,4 +16,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "EarlyStopping": "early_stopping",
     "FitSpec": "fit", "FitResult": "fit", "fit_head": "fit", "parse_features": "fit",
     "save_run": "runs", "load_head": "runs", "LoadedHead": "runs", "predict_split": "predict",
+    "RidgeProbe": "probes", "MLPProbe": "probes",
 })

@@ -5,7 +5,7 @@ The real pfsspec spectra are private, so featcache ships a generator that writes
 stellar labels encoded through (simplified) physics:
 
 * continuum: a Planck curve at T_eff;
-* atomic lines from ``data/lines.csv`` (real air wavelengths) plus a documented pseudo-random forest of
+* atomic lines from ``featcache/data/lines.csv`` (real air wavelengths) plus a documented pseudo-random forest of
   weak metal lines; each line's equivalent width comes from a curve of growth (Voigt profile,
   thermal + microturbulent Doppler width, radiative + van der Waals damping) with a line opacity set by
   abundance ([M/H], [a/M], [C/M]), Boltzmann excitation and a Saha ion/neutral ratio whose electron

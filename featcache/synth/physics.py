@@ -1,5 +1,5 @@
 """The synthetic benchmark's fixed physics: the grid, the label space, the calibrated constants, the line
-table (data/lines.csv), the weak-line forest, the OH sky lines and the noise model's count levels."""
+table (featcache/data/lines.csv), the weak-line forest, the OH sky lines and the noise model's count levels."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.errors import FeatcacheError
+from ..common.resources import embedded, missing_message
 
 # -- the grid and the label space ------------------------------------------------------------------
 WAVE_MIN, WAVE_MAX, N_PIXELS = 7100.0, 8850.0, 4096
@@ -26,7 +27,7 @@ GENERATOR_VERSION = "1"
 C_KMS = 299792.458
 HC_K = 1.4387769e8  # h c / k in Angstrom K
 K_BOLTZ = 1.380649e-16  # erg / K
-LINES_CSV = Path(__file__).resolve().parents[2] / "data" / "lines.csv"
+LINES_CSV = embedded("lines.csv")  # documented in the top-level data/README.md
 
 # element: (mass in amu, first ionisation energy in eV, solar log eps, abundance group, log10(2 U_II / U_I))
 ELEMENTS: dict[str, tuple[float, float, float, str, float]] = {
@@ -83,13 +84,13 @@ def observed_wave() -> np.ndarray:
 
 
 def load_lines(path: str | os.PathLike[str] | None = None):  # -> pandas.DataFrame
-    """The documented line table (``data/lines.csv``)."""
+    """The documented line table (``featcache/data/lines.csv``, described in data/README.md)."""
     import pandas as pd
 
     path = Path(path) if path is not None else LINES_CSV
     if not path.exists():
-        raise FeatcacheError(f"{path}: line table not found (the synthetic benchmark needs data/lines.csv "
-                             "from the featcache source tree)")
+        raise FeatcacheError(missing_message(path, "the line table") if path == LINES_CSV
+                             else f"{path}: line table not found")
     table = pd.read_csv(path)
     missing = {"species", "element", "ion", "wavelength", "excitation_ev", "log_gf", "damping"} - set(table)
     if missing:

@@ -1,5 +1,6 @@
-"""The embedded demo encoder (data/encoders/): loads with featcache, has the real checkpoint's depth, and
-really denoises fresh synthetic spectra (reconstruction S/N at least 5x the noisy input's)."""
+"""The demo encoder embedded in the package (featcache/data/encoders/): loads with featcache, has the real
+checkpoint's depth, and really denoises fresh synthetic spectra (reconstruction S/N at least 5x the noisy
+input's)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
+from featcache.common.resources import embedded
+from featcache.demo import DEMO_ENCODER
 from featcache.model.checkpoint import load_encoder
 from featcache.pretrain import checkpoint_mask, evaluate
 
-from ..helpers import REPO
-
-ENCODERS = REPO / "data" / "encoders"
+ENCODERS = embedded("encoders")
 DEMO = ENCODERS / "demo-l9e16k9s1bn1d1.ckpt"
 N_TEST = 160  # spectra generated here, with a seed that neither training nor the README's test used
 TEST_SEED = 4242
@@ -31,7 +32,7 @@ def demo():
 
 
 def test_demo_files_are_embedded():
-    assert DEMO.exists(), f"{DEMO} is missing"
+    assert DEMO == DEMO_ENCODER and DEMO.exists(), f"{DEMO} is missing"
     assert DEMO.stat().st_size <= 10 * 2**20
     for beside in (DEMO.with_suffix(".yaml"), ENCODERS / "README.md", ENCODERS / f"{DEMO.stem}.mask.npy",
                    ENCODERS / f"{DEMO.stem}.log.csv"):

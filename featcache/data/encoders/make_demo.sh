@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Rebuild the embedded demo encoder (see README.md): synthetic data, `featcache pretrain`, test-set S/N.
-# Run from the repository root: bash data/encoders/make_demo.sh   (about 30 min on one CPU thread)
+# Run from the repository root: bash featcache/data/encoders/make_demo.sh   (about 30 min on one CPU thread)
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
-OUT=${OUT:-data/encoders/demo-l9e16k9s1bn1d1.ckpt}
+OUT=${OUT:-featcache/data/encoders/demo-l9e16k9s1bn1d1.ckpt}
 mkdir -p data/synth
 
 # 1. data: 20k train, 1k val, 1k test at mag 21.5 (data/synth/ is git-ignored)
