@@ -35,7 +35,8 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--ckpt", type=click.Path(path_type=Path), help="Encoder checkpoint (Lightning .ckpt or state dict).")
 @data_option()
 @click.option("--layer", "layers", multiple=True, default=tuple(D["layers"]), show_default=True,
-              help="Encoder tap (enc_0..enc_N, enc_pre_latent, enc_last) or input_flux / input_error. Repeatable.")
+              help="Encoder tap (enc_0..enc_N, enc_pre_latent, enc_last), all (enc_0..enc_N: every depth) or "
+                   "input_flux / input_error. Repeatable.")
 @click.option("--pool", "pools", multiple=True, default=(",".join(D["pools"]),), show_default=True,
               help="Poolings, comma-separated or repeated (global_mean, global_max, mean_max, seg_mean_K{K}, "
                    "seg_max_K{K}, seg_meanmax_K{K}, none).")

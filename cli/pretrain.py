@@ -75,6 +75,9 @@ def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--min-lr", type=float, default=R["min_lr"], show_default=True)
 @click.option("--time-limit", type=float, default=None, metavar="MINUTES",
               help="Stop cleanly after the epoch that passes this many minutes (continue with --resume).")
+@click.option("--save-every", type=int, default=None, metavar="EPOCHS",
+              help="Also keep OUT-ep<E>.ckpt (with its YAML) every this many epochs, for probing the encoder "
+                   "over its training (featcache compare --cache ep10=... --cache ep20=...).")
 @device_option(R["device"])
 @click.option("--head-init/--no-head-init", default=R["head_init"], show_default=True,
               help="Start mu_x at the train flux level and sigma_x at its spread (the last BatchNorm's scale "

@@ -273,16 +273,26 @@ class FeatureMatrix:
     """Several cached features side by side, sliced lazily by rows: X[a:b] reads only those chunks.
 
     draw=None takes every row (all noise draws: training); draw=d takes the d-th draw of each spectrum.
+    rows (sorted positions within those) keeps only some of them (a nested subset, a fold): a slice of the
+    kept rows is read block by block over the span it covers, so memory stays that of one block.
     """
 
-    def __init__(self, cache: FeatureCache, split: str, features: list[tuple[str, str]], draw: int | None):
+    READ_BLOCK = 8192  # rows read at once when gathering a subset
+
+    def __init__(self, cache: FeatureCache, split: str, features: list[tuple[str, str]], draw: int | None,
+                 rows: np.ndarray | None = None):
         self.arrays = [cache.feature_array(split, layer, pool) for layer, pool in features]
         self.path = cache.path
         n_rows = cache.n_rows(split)
         if draw is None:
-            self.offset, self.n = 0, n_rows
+            self.offset, n = 0, n_rows
         else:
-            self.offset, self.n = draw * cache.n_spectra(split), cache.n_spectra(split)
+            self.offset, n = draw * cache.n_spectra(split), cache.n_spectra(split)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.rows is not None:
+            if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= n or np.any(np.diff(self.rows) <= 0)):
+                raise ValueError("FeatureMatrix rows must be sorted, distinct positions within the selection")
+        self.n = n if self.rows is None else len(self.rows)
         self.widths = [int(a.shape[1]) for a in self.arrays]
 
     @property
@@ -292,13 +302,62 @@ class FeatureMatrix:
     def __len__(self) -> int:
         return self.n
 
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        sel = slice(self.offset + start, self.offset + stop)
+        parts = [read_rows(a, sel, self.path, np.float32) for a in self.arrays]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
     def __getitem__(self, rows: slice) -> np.ndarray:
         start, stop, step = rows.indices(self.n)
         if step != 1:
             raise IndexError("FeatureMatrix takes contiguous row slices")
-        sel = slice(self.offset + start, self.offset + stop)
-        parts = [read_rows(a, sel, self.path, np.float32) for a in self.arrays]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        if self.rows is None:
+            return self._read(start, stop)
+        wanted = self.rows[start:stop]
+        out = np.empty((len(wanted), self.shape[1]), dtype=np.float32)
+        done = 0
+        while done < len(wanted):
+            block_start = int(wanted[done])
+            block_stop = min(block_start + self.READ_BLOCK, int(wanted[-1]) + 1)
+            take = wanted[done:np.searchsorted(wanted, block_stop)]
+            out[done:done + len(take)] = self._read(block_start, block_stop)[take - block_start]
+            done += len(take)
+        return out
+
+    def load(self) -> np.ndarray:
+        return self[0:self.n]
+
+
+class StackedMatrix:
+    """Row-sliceable matrices one after another (train and validation rows of a fold), read lazily."""
+
+    def __init__(self, parts: list[Any]):
+        widths = {p.shape[1] for p in parts}
+        if len(widths) != 1:
+            raise ValueError(f"stacked matrices differ in width: {sorted(widths)}")
+        self.parts = parts
+        self.bounds = np.cumsum([0] + [len(p) for p in parts])
+        self.n = int(self.bounds[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n, int(self.parts[0].shape[1])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.n)
+        if step != 1:
+            raise IndexError("StackedMatrix takes contiguous row slices")
+        pieces = []
+        for part, lo, hi in zip(self.parts, self.bounds[:-1], self.bounds[1:], strict=True):
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                pieces.append(part[int(a - lo):int(b - lo)])
+        if not pieces:
+            return np.empty((0, self.shape[1]), dtype=np.float32)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
 
     def load(self) -> np.ndarray:
         return self[0:self.n]

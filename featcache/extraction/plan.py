@@ -23,7 +23,7 @@ from ..model.checkpoint import LoadedEncoder, load_encoder, random_encoder
 from ..model.encoder import CODE_VERSION, EncoderConfig
 from ..model.lean import LeanEncoder, conv_plan
 from ..model.pooling import get_pooling, parse_poolings
-from ..model.taps import DIRECTIONS, PSEUDO_LAYERS
+from ..model.taps import DIRECTIONS, PSEUDO_LAYERS, expand_layers
 from ..spectra.inputs import NoiseSpec
 from ..spectra.mask import MaskSpec, make_mask, parse_mask_spec
 from ..spectra.pfsspec import PfsDataset, file_identity
@@ -237,6 +237,7 @@ def build_plan(opts: ExtractOptions) -> ExtractPlan:
         raise FeatcacheError("--noise-draws > 1 needs --noise generated (a stored noisy array is one draw)")
     device = resolve_device(opts.device)
     encoder = load_plan_encoder(opts, device)
+    layer_names = expand_layers(layer_names, encoder.config.num_layers)  # --layer all
     for name in layer_names:
         if name not in PSEUDO_LAYERS and name not in encoder.model.tap_names:
             raise FeatcacheError("--layer: " + choices_message("layer", name,

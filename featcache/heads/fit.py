@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache.reader import FeatureCache, FeatureMatrix, open_cache
+from ..cache.reader import FeatureCache, open_cache
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
 from ..common.overlap import check_disjoint
@@ -22,6 +22,7 @@ from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from .registry import create_head, head_info
 from .ridge import RidgeHead, StreamingStats
+from .selection import RoleRows, RowSelection, role_rows
 from .training import TrainResult, train_head
 
 # Part of every fit's identity (compare's cell keys): bump when a change alters the numbers a fit produces.
@@ -63,15 +64,20 @@ class FitSpec:
     test_split: str | None = "test"
     device: str = "auto"
     n_boot: int = 1000
+    selection: RowSelection | None = None  # a nested train subset or one fold (heads.selection)
 
     def describe(self) -> dict[str, Any]:
         """The recipe as plain data (keys of a compare cell, config.yaml)."""
         recipe = self.recipe.to_dict() if head_info(self.head).trainable else {}
-        return {"features": [f"{layer}/{pool}" for layer, pool in self.features], "targets": list(self.targets),
-                "head": self.head, "hidden": self.hidden if head_info(self.head).trainable else None,
-                "dropout": self.dropout if head_info(self.head).trainable else None, "recipe": recipe,
-                "alphas": self.alphas, "splits": [self.train_split, self.val_split, self.test_split],
-                "code_version": FIT_CODE_VERSION}
+        out = {"features": [f"{layer}/{pool}" for layer, pool in self.features], "targets": list(self.targets),
+               "head": self.head, "hidden": self.hidden if head_info(self.head).trainable else None,
+               "dropout": self.dropout if head_info(self.head).trainable else None, "recipe": recipe,
+               "alphas": self.alphas, "splits": [self.train_split, self.val_split, self.test_split],
+               "code_version": FIT_CODE_VERSION}
+        rows = self.selection.describe() if self.selection is not None else None
+        if rows:  # only then: the keys of whole-split fits stay what they were
+            out["rows"] = rows
+        return out
 
 
 @dataclass
@@ -110,8 +116,11 @@ class FitResult:
         return "; ".join(parts) + f"; {chosen}; {self.seconds:.1f} s"
 
 
-def _labels(cache: FeatureCache, split: str, targets: list[str], draw: int | None) -> np.ndarray:
-    return np.stack([cache.labels(split, t, draw=draw).astype(np.float64) for t in targets], axis=1)
+def _n_spectra(cache: FeatureCache, split: str, rows: RoleRows) -> int:
+    """Distinct spectra behind a role's rows (training rows may hold several noise draws of each)."""
+    if rows.index is not None:
+        return len(rows.index)
+    return len(rows.y) * cache.n_spectra(split) // cache.n_rows(split)
 
 
 def check_roles(cache: FeatureCache, train: str, val: str | None, test: str | None) -> None:
@@ -147,13 +156,10 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
     _check_request(cache, spec)
     started = time.perf_counter()
-    x = {"train": FeatureMatrix(cache, spec.train_split, spec.features, draw=None)}
-    y = {"train": _labels(cache, spec.train_split, spec.targets, draw=None)}
-    for role, split in (("val", spec.val_split), ("test", spec.test_split)):
-        if split is not None:
-            x[role] = FeatureMatrix(cache, split, spec.features, draw=0)
-            y[role] = _labels(cache, split, spec.targets, draw=0)
-    predictor, history = _fit_predictor(spec, x, y, progress)
+    data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
+                     spec.selection)
+    predictor, history = _fit_predictor(spec, {r: d.x for r, d in data.items()}, {r: d.y for r, d in data.items()},
+                                        progress)
     seconds = time.perf_counter() - started
 
     metrics: dict[str, Any] = {"splits": {}}
@@ -161,20 +167,23 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
     for role, split in (("train", spec.train_split), ("val", spec.val_split), ("test", spec.test_split)):
         if split is None:
             continue
-        pred = np.asarray(predictor.predict(x[role])).reshape(len(x[role]), -1)
-        metrics["splits"][split] = split_metrics(split, role, y[role], pred, spec.targets,
-                                                 n_spectra=cache.n_spectra(split), n_boot=spec.n_boot)
+        rows = data[role]
+        pred = np.asarray(predictor.predict(rows.x)).reshape(len(rows.x), -1)
+        metrics["splits"][split] = split_metrics(split, role, rows.y, pred, spec.targets,
+                                                 n_spectra=_n_spectra(cache, split, rows), n_boot=spec.n_boot)
+        if spec.selection is not None and spec.selection.describe():
+            metrics["splits"][split]["rows"] = spec.selection.describe()
         if role != "train":
-            predictions[role] = {"split": np.array(split), "index": cache.index(split, draw=0),
-                                 "true": y[role], "pred": pred,
-                                 **{f"label_{name}": cache.labels(split, name, draw=0)
-                                    for name in cache.label_names(split)}}
-    return FitResult(spec, predictor, x["train"].shape[1], metrics, predictions, history, seconds, str(cache.path),
+            mixed = len(set(rows.splits.tolist())) > 1  # a fold's validation rows come from train and val
+            predictions[role] = {"split": rows.splits if mixed else np.array(split), "index": rows.index,
+                                 "true": rows.y, "pred": pred,
+                                 **{f"label_{name}": values for name, values in (rows.labels or {}).items()}}
+    return FitResult(spec, predictor, data["train"].x.shape[1], metrics, predictions, history, seconds, str(cache.path),
                      cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]),
                      cache.provenance(spec.train_split, spec.features))
 
 
-def _fit_predictor(spec: FitSpec, x: dict[str, FeatureMatrix], y: dict[str, np.ndarray], progress: bool
+def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], progress: bool
                    ) -> tuple[RidgeHead | TrainResult, list[dict[str, Any]]]:
     """Ridge from streamed statistics (alpha by validation R2), or a torch head trained on loaded rows."""
     in_dim, val_x, val_y = x["train"].shape[1], x.get("val"), y.get("val")

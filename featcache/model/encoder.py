@@ -6,15 +6,14 @@ The encoder path can be run alone (taps by name, only as deep as needed); the fu
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..common.errors import FeatcacheError, choices_message
 from .config import EncoderConfig
-from .taps import DIRECTIONS
+from .taps import DIRECTIONS, tap_depth
+from .taps import tap_names as all_tap_names
 
 # Bump when a change to the encoder or pooling code changes the numbers it computes (part of every cache
 # fingerprint, so caches made by older code are recomputed rather than mixed with new rows).
@@ -74,19 +73,14 @@ class BlindspotModel1D(nn.Module):
     # -- taps ---------------------------------------------------------------------------------------
     @property
     def tap_names(self) -> list[str]:
-        return [f"enc_{i}" for i in range(self.config.num_layers + 1)] + ["enc_pre_latent", "enc_last"]
+        return all_tap_names(self.config.num_layers)
 
     def tap_index(self, name: str) -> int:
         """enc_{i} -> i; enc_pre_latent -> num_layers-1; enc_last -> num_layers."""
-        n = self.config.num_layers
-        if name == "enc_pre_latent":
-            return n - 1
-        if name == "enc_last":
-            return n
-        match = re.fullmatch(r"enc_(\d+)", name)
-        if match and int(match.group(1)) <= n:
-            return int(match.group(1))
-        raise FeatcacheError(choices_message("layer", name, self.tap_names))
+        depth = tap_depth(name, self.config.num_layers)
+        if depth is None:
+            raise FeatcacheError(choices_message("layer", name, self.tap_names))
+        return depth
 
     def tap_length(self, name: str, n_pixels: int) -> int:
         """L' of a tap for an input of n_pixels (each pooling halves, floor)."""

@@ -8,5 +8,35 @@ and an error-only leak detector. A direction says which way the spectrum runs th
 
 from __future__ import annotations
 
+import re
+
 PSEUDO_LAYERS = ("input_flux", "input_error")
 DIRECTIONS = ("forward", "reverse", "both")
+ALL_LAYERS = "all"  # --layer all: every block's output, enc_0 .. enc_N
+
+
+def tap_names(num_layers: int) -> list[str]:
+    """Every tap of an encoder with num_layers blocks: enc_0 .. enc_N, then the aliases."""
+    return [f"enc_{i}" for i in range(num_layers + 1)] + ["enc_pre_latent", "enc_last"]
+
+
+def tap_depth(name: str, num_layers: int) -> int | None:
+    """enc_i -> i; enc_pre_latent -> N-1; enc_last -> N; None for anything else (a pseudo-layer, a typo)."""
+    if name == "enc_pre_latent":
+        return num_layers - 1
+    if name == "enc_last":
+        return num_layers
+    match = re.fullmatch(r"enc_(\d+)", name)
+    if match and int(match.group(1)) <= num_layers:
+        return int(match.group(1))
+    return None
+
+
+def expand_layers(names: list[str], num_layers: int) -> list[str]:
+    """--layer values with `all` replaced by enc_0 .. enc_N (in place, duplicates dropped)."""
+    out: list[str] = []
+    for name in names:
+        for item in ([f"enc_{i}" for i in range(num_layers + 1)] if name == ALL_LAYERS else [name]):
+            if item not in out:
+                out.append(item)
+    return out

@@ -26,6 +26,12 @@ def mask_path_for(out: str | os.PathLike[str]) -> Path:
     return out.with_name(out.stem + ".mask.npy")
 
 
+def epoch_path_for(out: str | os.PathLike[str], epoch: int) -> Path:
+    """<stem>-ep<E>.ckpt beside the checkpoint: the encoder after epoch E (pretrain --save-every)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-ep{epoch}{out.suffix}")
+
+
 def log_path_for(out: str | os.PathLike[str]) -> Path:
     """<stem>.log.csv beside the checkpoint."""
     out = Path(out)

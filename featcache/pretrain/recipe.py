@@ -18,7 +18,7 @@ from ..common.settings import Change, changes, format_changes
 LOSSES = ("T1", "E1", "E2")
 NOISE_SOURCES = ("generated", "stored")
 TRAIN_NOISE = ("fresh", "fixed")
-RESUME_FREE = ("max_epochs", "time_limit", "device")
+RESUME_FREE = ("max_epochs", "time_limit", "device", "save_every")
 # spellings before 0.2, read from old checkpoints (and accepted, with a warning, from callers)
 RENAMED = {"epochs": "max_epochs", "clip_grad": "grad_clip"}
 
@@ -45,6 +45,7 @@ class PretrainRecipe:
     plateau_patience: int = 3
     min_lr: float = 1e-6
     time_limit: float | None = None  # minutes; stop after the epoch that passes it
+    save_every: int | None = None  # also keep OUT-ep<E>.ckpt every this many epochs (probing over training)
     device: str = "auto"
     head_init: bool = True  # start mu_x and sigma_x at the data's flux level and spread (init_head)
     head_lr_mult: float = 10.0  # lr factor of the last BatchNorm (head_parameter_groups)
@@ -82,6 +83,8 @@ def validate_recipe(recipe: PretrainRecipe) -> None:
               (recipe.lr > 0, f"--lr must be > 0, got {recipe.lr}"),
               (math.isfinite(level) and level > 0, f"--noise-level must be a positive finite number, got {level}"),
               (recipe.block_rows >= 1, f"--block-rows must be >= 1, got {recipe.block_rows}"),
+              (recipe.save_every is None or recipe.save_every >= 1,
+               f"--save-every must be >= 1 epochs, got {recipe.save_every}"),
               (recipe.max_train is None or recipe.max_train >= 1,
                f"--max-train must be >= 1, got {recipe.max_train}"),
               (recipe.max_val is None or recipe.max_val >= 1, f"--max-val must be >= 1, got {recipe.max_val}"),

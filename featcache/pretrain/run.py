@@ -30,7 +30,7 @@ from ..spectra.mask import make_mask, parse_mask_spec
 from ..spectra.noise import fresh_stream
 from ..spectra.pfsspec import PfsDataset
 from .data import flux_problem, noise_spec, read_block, training_batches
-from .files import load_resume_state, log_path_for, mask_path_for, saved_settings, write_log
+from .files import epoch_path_for, load_resume_state, log_path_for, mask_path_for, saved_settings, write_log
 from .head_init import data_levels, head_parameter_groups, init_head
 from .losses import training_step
 from .recipe import PretrainRecipe, recipe_differences, validate_recipe
@@ -157,7 +157,8 @@ class Run:
         return log_path_for(self.out)
 
     def save(self) -> None:
-        """The checkpoint (original layout + resume state), its YAML and the log: every epoch."""
+        """The checkpoint (original layout + resume state), its YAML and the log: every epoch; and with
+        --save-every, a copy of this epoch's encoder (original layout, no optimizer state) beside it."""
         recipe, kept = self.recipe, int(self.mask.sum())
         meta = {"kind": "pretrain", "featcache_version": __version__, "torch_version": str(torch.__version__),
                 "config": self.config.as_dict(), "recipe": plain(recipe.as_dict()),
@@ -177,6 +178,9 @@ class Run:
         save_checkpoint(self.model, self.out, epoch=self.epochs_done, global_step=self.global_step, extra=extra,
                         config_extra=config_extra)
         write_log(self.log_path, self.history)
+        if recipe.save_every and self.epochs_done and self.epochs_done % recipe.save_every == 0:
+            save_checkpoint(self.model, epoch_path_for(self.out, self.epochs_done), epoch=self.epochs_done,
+                            global_step=self.global_step, extra={"featcache": meta}, config_extra=config_extra)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items()

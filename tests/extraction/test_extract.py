@@ -278,3 +278,15 @@ def test_convolution_modes_agree_and_each_is_reproducible(tmp_path, synth_file):
     assert b.meta["parts"]["compute"]["conv"] == "direct"
     result = extract(caches["direct"], "--conv", "fft", data=data, check=False)
     assert_cli_error(result, "compute: conv direct -> fft:0,1,2,3,4,5")
+
+
+def test_layer_all_extracts_every_depth_against_the_reference(tmp_path, reference):
+    """--layer all: enc_0 .. enc_5 of the l5 fixture, each depth's global mean equal to the reference maps."""
+    out = tmp_path / "all.zarr"
+    run_cli("extract", "--ckpt", CKPT, "--data", f"test={DATASET}", "--noise", "stored", "--mask", MASK,
+            "--layer", "all", "--pool", "global_mean", "--out", out, "--quiet")
+    cache = featcache.open_cache(out)
+    assert cache.layers("test") == [f"enc_{i}" for i in range(6)]
+    for depth in (2, 3, 4, 5):
+        got = cache.features("test", f"enc_{depth}", "global_mean")
+        assert np.abs(got - reference[f"enc_{depth}_forward"].mean(axis=2)).max() < TOL, depth

@@ -259,3 +259,21 @@ def test_cli_user_errors_exit_2_in_one_line(tmp_path, no_flux_file):
     assert_user_error(proc, "needs clean flux")
     bad = run_cli("pretrain", "--data", f"test={DATASET}", "--out", tmp_path / "y.ckpt", check=False)
     assert bad.exit_code == 2 and "unknown split 'test'" in bad.output
+
+
+def test_save_every_keeps_each_epochs_encoder_as_it_was(tmp_path):
+    """--save-every 1 on 3 epochs: ep1..ep3 beside the checkpoint; ep3 is the final weights, ep1 the first
+    epoch's (the same as a 1-epoch run with the same seed), each loadable as an encoder."""
+    out = tmp_path / "enc.ckpt"
+    pretrain(DATASET, None, out, TINY, replace(QUICK, save_every=1))
+    final = load_encoder(out).model.state_dict()
+    kept = {e: load_encoder(tmp_path / f"enc-ep{e}.ckpt").model.state_dict() for e in (1, 2, 3)}
+    assert all(torch.equal(final[k], kept[3][k]) for k in final)
+    short = tmp_path / "short.ckpt"
+    pretrain(DATASET, None, short, TINY, replace(QUICK, max_epochs=1))
+    first = load_encoder(short).model.state_dict()
+    assert all(torch.equal(first[k], kept[1][k]) for k in first)
+    assert not all(torch.equal(first[k], kept[2][k]) for k in first)
+    assert not (tmp_path / "short-ep1.ckpt").exists()
+    with pytest.raises(FeatcacheError, match="--save-every must be >= 1"):
+        pretrain(DATASET, None, tmp_path / "x.ckpt", TINY, replace(QUICK, save_every=0))
