@@ -5,7 +5,8 @@
 Each finding is a difference of test R2 between two cells scored on the same test spectra, with a paired
 95% bootstrap interval (featcache.heads.metrics.paired_r2_difference_ci: 1000 resamples, each scoring both cells),
 which is what "A beats B" needs; the separate intervals in compare.md overlap far more than the paired one.
-A finding holds when the whole interval is above zero. Cells with several seeds use their first seed.
+A finding holds when the whole interval is above zero and the difference exceeds the cells' seed std and
+fold std (when the comparison ran --seeds N / --folds K). Cells with several seeds use their first seed.
 Writes OUT/findings.md and prints it.
 """
 
@@ -78,9 +79,28 @@ def compare_rows(cells: Cells, a: dict[str, Any] | None, b: dict[str, Any] | Non
     if not np.allclose(ya, yb):
         raise SystemExit(f"{what}: the two rows disagree on the test truth")
     diff, lo, hi = paired_r2_difference_ci(ya, pa, pb)
-    verdict = "holds" if lo > 0 else ("reversed" if hi < 0 else "not resolved")
+    spread = spreads(a, b)
+    beyond = all(abs(diff) > value for value in spread.values())
+    if not (lo > 0 or hi < 0):
+        verdict = "not resolved"
+    elif beyond:
+        verdict = "holds" if lo > 0 else "reversed"
+    else:
+        verdict = "within " + " / ".join(k for k, v in spread.items() if abs(diff) <= v)
+    spread_text = ", ".join(f"{k} {v:.3f}" for k, v in spread.items()) or "—"
     return (f"| {what} | {a['test_r2']:.3f} | {b['test_r2']:.3f} | {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-            f"{verdict} |")
+            f"{spread_text} | {verdict} |")
+
+
+def spreads(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """The larger seed std and fold std (of test R2) of the two cells, where the comparison measured them: a
+    difference counts only when it exceeds the bootstrap interval, the seed spread and the fold spread."""
+    out = {}
+    for key, name in (("test_r2_std", "seed std"), ("fold_test_r2_std", "fold std")):
+        values = [float(r[key]) for r in (a, b) if r.get(key) is not None and np.isfinite(float(r[key]))]
+        if values:
+            out[name] = max(values)
+    return out
 
 
 def findings(out: Path, target: str, encoder: str, random: str) -> str:
@@ -88,8 +108,11 @@ def findings(out: Path, target: str, encoder: str, random: str) -> str:
     n_test = cells.rows[0]["n_test"] if cells.rows else 0
     lines = [f"# Reference findings on {out} ({target})", "",
              f"Test R2 differences on the same {n_test} test spectra; 95% paired bootstrap interval "
-             "(1000 resamples, each scoring both cells). 'holds': the interval is above zero.", "",
-             "| finding (A > B) | A test R2 | B test R2 | A - B [95% CI] | verdict |", "|---|---:|---:|---:|---|"]
+             "(1000 resamples, each scoring both cells). 'holds': the interval is above zero and the difference "
+             "exceeds the seed std and the fold std where the comparison measured them (--seeds, --folds); "
+             "'within seed std': the interval excludes zero but another seed could undo it.", "",
+             "| finding (A > B) | A test R2 | B test R2 | A - B [95% CI] | spread | verdict |",
+             "|---|---:|---:|---:|---|---|"]
 
     def add(a: dict[str, Any] | None, b: dict[str, Any] | None, what: str) -> None:
         line = compare_rows(cells, a, b, what)

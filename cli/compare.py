@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import command, echo_result
-from .options import binning_options, make_recipe, parse_alphas, recipe_options, split_role_options
+from .options import binning_options, make_recipe, parse_alphas, parse_sizes, recipe_options, split_role_options
 
 
 @command("compare", short_help="Table every layer x pooling x head cell, with baselines and CIs.")
@@ -17,8 +17,8 @@ from .options import binning_options, make_recipe, parse_alphas, recipe_options,
 @click.option("--target", "targets", multiple=True, required=True, help="Label to predict (repeatable).")
 @click.option("--head", "heads", multiple=True, help="Head (repeatable; default: ridge and mlp_1).")
 @click.option("--layer", "layers", multiple=True,
-              help="Only these layers (repeatable; default: all). The input_flux / input_error baselines stay "
-                   "unless one of them is named or --no-baselines.")
+              help="Only these layers (repeatable; default and 'all': every layer of the caches). The "
+                   "input_flux / input_error baselines stay unless one of them is named or --no-baselines.")
 @click.option("--pool", "pools", multiple=True, help="Only these poolings (repeatable; default: all).")
 @click.option("--seeds", type=int, default=1, show_default=True,
               help="Fit trainable heads with seeds SEED..SEED+N-1; cells show mean ± std.")
@@ -29,6 +29,14 @@ from .options import binning_options, make_recipe, parse_alphas, recipe_options,
               help="Add rows from a featcache fit / finetune run directory (repeatable).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Include the raw-input pseudo-layers (input_flux, input_error) where the cache has them.")
+@click.option("--train-sizes", default="", metavar="N1,N2,...",
+              help="Label efficiency: refit every cell on nested random subsets of this many train spectra (the "
+                   "same spectra for every cell); writes label_efficiency.csv and its plot.")
+@click.option("--folds", type=int, default=0, show_default=True,
+              help="Stability: refit every cell on K folds over train + val spectra (test untouched); the fold "
+                   "std is shown beside the seed std and the bootstrap interval.")
+@click.option("--subset-seed", type=int, default=0, show_default=True,
+              help="Seed of the --train-sizes subsets and the --folds assignment.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options
@@ -36,7 +44,8 @@ from .options import binning_options, make_recipe, parse_alphas, recipe_options,
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/compare"), show_default=True,
               help="Report directory (finished fits are kept in OUT/cells and reused).")
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
-            pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool, plots: bool,
+            pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool,
+            train_sizes: str, folds: int, subset_seed: int, plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: float, weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float,
             alphas: str | None, device: str, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
@@ -56,11 +65,13 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
     from featcache.heads.binning import Binning
     from featcache.reports.comparison import compare
 
+    layers = tuple(layer for layer in layers if layer != "all")  # --layer all: every encoder layer (the default)
     result = compare(list(caches), list(targets), heads=list(heads) or None, layers=list(layers) or None,
                      pools=list(pools) or None, seeds=seeds,
                      recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
                      hidden=hidden, dropout=dropout, alphas=parse_alphas(alphas), runs=list(runs), out=out,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
-                     test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg))
+                     test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg),
+                     train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed)
     echo_result(result.markdown.rstrip())
     status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

@@ -133,6 +133,21 @@ def binning_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def parse_sizes(text: str) -> list[int]:
+    """--train-sizes 500,2000,10000 (k and M suffixes welcome: 10k, 0.1M)."""
+    sizes = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        scale = {"k": 1_000, "m": 1_000_000}.get(item[-1].lower(), 1)
+        try:
+            value = float(item[:-1] if scale > 1 else item) * scale
+        except ValueError:
+            raise FeatcacheError(f"--train-sizes {text}: '{item}' is not a number of spectra") from None
+        if value < 1 or value != int(value):
+            raise FeatcacheError(f"--train-sizes {text}: '{item}' is not a positive whole number of spectra")
+        sizes.append(int(value))
+    return sizes
+
+
 def parse_alphas(text: str | None) -> list[float] | None:
     if not text:
         return None

@@ -46,6 +46,7 @@ class Task:
     seed: int | None
     spec: FitSpec
     key: str
+    variant: tuple[str, int] | None = None  # ("size", n) or ("fold", k): a probing-study fit, not a table cell
 
 
 def cell_key(fingerprint: str, spec: FitSpec) -> str:

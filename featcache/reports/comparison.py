@@ -29,12 +29,14 @@ from ..heads.binning import Binning
 from ..heads.fit import FitSpec, check_roles
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..heads.registry import head_info
+from ..heads.selection import RowSelection
 from ..model.taps import PSEUDO_LAYERS
 from .cells import CellStore, Fit, Task, cell_key, run_fits
 from .render import render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
 from .populations import compared_members, section
 from .sources import Source, open_sources
+from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
 
 DEFAULT_HEADS = ("ridge", "mlp_1")
 CacheArgs = Mapping[str, str | Path] | Sequence[str | Path | tuple[str | None, str | Path]]
@@ -65,6 +67,9 @@ class CompareRequest:
     recipe: TrainRecipe
     splits: list[str]
     n_boot: int
+    train_sizes: list[int] = field(default_factory=list)  # nested subsets of the train spectra
+    folds: int = 0  # K-fold over train + val
+    subset_seed: int = 0  # draws the subsets and the folds
 
 
 def _check_labels(sources: list[Source], targets: list[str], splits: list[str]) -> None:
@@ -152,8 +157,14 @@ def _read_runs(runs: Sequence[str | Path], targets: list[str]) -> list[RunRows]:
 
 def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]], spec: dict[str, Any]
            ) -> list[list[Task]]:
-    """One group of fits per table cell (one fit per seed for trainable heads, one for ridge)."""
+    """One group of fits per table cell (one fit per seed for trainable heads, one for ridge), then the same
+    per training size and per fold of the probing study (Task.variant)."""
     train_split = request.splits[0]
+    variants: list[tuple[tuple[str, int] | None, RowSelection | None]] = [(None, None)]
+    variants += [(("size", n), RowSelection(train_size=n, subset_seed=request.subset_seed))
+                 for n in request.train_sizes]
+    variants += [(("fold", k), RowSelection(fold=k, n_folds=request.folds, fold_seed=request.subset_seed))
+                 for k in range(request.folds)]
     cells: list[list[Task]] = []
     for target in request.targets:
         for src, label, kind, layer, pool in grid:
@@ -163,14 +174,17 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
                         src.cache.feature_array(train_split, layer, pool).shape[1])
             for head in request.heads:
                 trainable = head_info(head).trainable
-                group = []
-                for i in range(request.seeds if trainable else 1):
-                    seed = request.recipe.seed + i if trainable else None
-                    recipe = replace(request.recipe, seed=seed) if seed is not None else request.recipe
-                    fit = FitSpec(features=[(layer, pool)], targets=[target], head=head, recipe=recipe, **spec)
-                    key = cell_key(src.cache.fingerprint, fit)
-                    group.append(Task(src, label, kind, layer, pool, width, head, target, seed, fit, key))
-                cells.append(group)
+                for variant, selection in variants:
+                    group = []
+                    for i in range(request.seeds if trainable else 1):
+                        seed = request.recipe.seed + i if trainable else None
+                        recipe = replace(request.recipe, seed=seed) if seed is not None else request.recipe
+                        fit = FitSpec(features=[(layer, pool)], targets=[target], head=head, recipe=recipe,
+                                      selection=selection, **spec)
+                        key = cell_key(src.cache.fingerprint, fit)
+                        group.append(Task(src, label, kind, layer, pool, width, head, target, seed, fit, key,
+                                          variant))
+                    cells.append(group)
     return cells
 
 
@@ -217,8 +231,10 @@ def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit
     import pandas as pd
 
     rows, predictions = [], []
-    for group in cells:
+    folds = fold_stats(cells, done)
+    for group in (g for g in cells if g[0].variant is None):
         row, truth, pred = cell_row(group, [done[t.key] for t in group], request.n_boot)
+        row.update(folds.get(identity(group[0]), {}))
         rows.append(row)
         predictions.append((truth, pred))
     for run in request.runs:
@@ -269,7 +285,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             alphas: list[float] | None = None, runs: Sequence[str | Path] = (), out: str | Path = "reports/compare",
             baselines: bool = True, device: str = "auto", train_split: str = "train", val_split: str = "val",
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
-            jobs: int = 1, fit: bool = True, binning: Binning | None = None) -> CompareResult:
+            jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
+            folds: int = 0, subset_seed: int = 0) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
@@ -277,17 +294,20 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread count changes the order of
     float32 sums, and training amplifies such differences a little); ridge cells are identical. fit=False
     only draws: every cell must be in OUT/cells already (featcache report). binning: the per-population
-    section's bin edges and giant / dwarf split (quantile edges and log_g 3.5 by default)."""
+    section's bin edges and giant / dwarf split (quantile edges and log_g 3.5 by default).
+
+    The probing study (study.py): train_sizes refits every cell on nested random subsets of the train
+    spectra (label_efficiency.csv); folds=K refits it on each of K folds over train + val (the test split
+    untouched) for the fold std beside the seed std and the bootstrap interval; subset_seed draws both."""
     out = Path(out)
     _check_out(out)
     targets = list(dict.fromkeys(targets))
     heads = list(dict.fromkeys(heads or DEFAULT_HEADS))
     for head in heads:
         head_info(head)  # lists the registered heads if unknown
-    if seeds < 1:
-        raise FeatcacheError(f"--seeds must be at least 1, got {seeds}")
-    if jobs < 1:
-        raise FeatcacheError(f"--jobs must be at least 1, got {jobs}")
+    for value, flag in ((seeds, "--seeds"), (jobs, "--jobs")):
+        if value < 1:
+            raise FeatcacheError(f"{flag} must be at least 1, got {value}")
     recipe = recipe or TrainRecipe()
     recipe.validate()
     run_dirs = _read_runs(runs, targets)
@@ -297,33 +317,80 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     binning = binning or Binning()
     for src in sources:
         binning.check_axes([*src.cache.label_names(test_split), *targets])
-    request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot)
+    sizes = _check_study(sources, train_split, val_split, train_sizes, folds)
+    request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot, sizes, folds,
+                             subset_seed)
     spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
                 test_split=test_split, device=device)
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
     done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit)
     table, best, predictions = _table(request, cells, done)
+    settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
+                "baselines": baselines, "device": device, "binning": binning.describe(), "train_sizes": sizes,
+                "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas}
+    efficiency = label_efficiency(cells, done, n_boot) if sizes else []
+    return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
+                          (fitted, reused))
+
+
+def _check_study(sources: list[Source], train_split: str, val_split: str, train_sizes: Sequence[int],
+                 folds: int) -> list[int]:
+    """The training sizes (sorted, each below every cache's train spectra) and the fold count, checked."""
+    sizes = sorted({int(n) for n in train_sizes})
+    if sizes and folds:
+        raise FeatcacheError("--train-sizes and --folds are separate studies: give one of them per compare")
+    if folds and folds < 2:
+        raise FeatcacheError(f"--folds {folds}: K-fold needs at least 2 folds")
+    for src in sources:
+        n = src.cache.n_spectra(train_split)
+        for size in sizes:
+            if not 1 <= size <= n:
+                raise FeatcacheError(f"--train-sizes {size}: {src.path} has {n} train spectra (sizes must be "
+                                     f"1..{n}; the full split is always fitted)")
+        if folds and folds > n + src.cache.n_spectra(val_split):
+            raise FeatcacheError(f"--folds {folds}: {src.path} has only {n + src.cache.n_spectra(val_split)} "
+                                 "train + validation spectra")
+    return [n for n in sizes if all(n < s.cache.n_spectra(train_split) for s in sources)]
+
+
+def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str, Any]],
+                   predictions: list[tuple[np.ndarray, np.ndarray]], efficiency: list[dict[str, Any]], out: Path,
+                   settings: dict[str, Any], binning: Binning, plots: bool, counts: tuple[int, int]
+                   ) -> CompareResult:
+    """compare.md/.csv/.json, label_efficiency.csv, the plots and report.md."""
+    import pandas as pd
+
+    sources, targets, splits = request.sources, request.targets, request.splits
     best_pred = {t: predictions[int(table[(table["target"] == t) & table["best"]].index[0])] for t in best}
-    pops = _population_sections(table, predictions, sources, targets, test_split, n_boot, binning)
-    all_heads = heads + [h for h in dict.fromkeys(table["head"]) if h not in heads]
-    markdown = render_markdown(table, targets, {"sources": sources, "runs": run_dirs, "heads": all_heads,
-                                                "seeds": seeds, "n_boot": n_boot, "splits": splits,
-                                                "recipe": recipe})
+    pops = _population_sections(table, predictions, sources, targets, splits[2], request.n_boot, binning)
+    study = study_sections(table, efficiency, sources, targets, request.folds, request.train_sizes)
+    all_heads = request.heads + [h for h in dict.fromkeys(table["head"]) if h not in request.heads]
+    markdown = render_markdown(table, targets, {"sources": sources, "runs": request.runs, "heads": all_heads,
+                                                "seeds": request.seeds, "n_boot": request.n_boot, "splits": splits,
+                                                "recipe": request.recipe})
     if pops:
         markdown += "\n## Per population\n\n" + "\n".join(line for p in pops.values() for line in p["lines"])
+    if study:
+        markdown += "\n" + "\n".join(line for s in study.values() for line in s["lines"])
     out.mkdir(parents=True, exist_ok=True)
     files = [write_text(out / "compare.md", markdown), out / "compare.csv", out / "compare.json"]
     atomic_write(files[1], lambda tmp: table.to_csv(tmp, index=False))
-    summary = {"targets": targets, "heads": all_heads, "seeds": seeds, "n_boot": n_boot, "boot_seed": BOOT_SEED,
-               "ci_level": CI_LEVEL, "splits": dict(zip(("train", "val", "test"), splits, strict=True)),
-               "recipe": recipe.to_dict(), "hidden": hidden, "dropout": dropout, "alphas": alphas,
-               "caches": [source_info(s, splits) for s in sources],
-               "runs": [{"name": r.name, "path": str(r.path), "kind": r.metrics.get("kind", "fit")} for r in run_dirs],
+    if efficiency:
+        files.append(out / "label_efficiency.csv")
+        atomic_write(files[-1], lambda tmp: pd.DataFrame(efficiency).to_csv(tmp, index=False))
+    fitted, reused = counts
+    summary = {"targets": targets, "heads": all_heads, "seeds": request.seeds, "n_boot": request.n_boot,
+               "boot_seed": BOOT_SEED, "ci_level": CI_LEVEL, "splits": dict(zip(("train", "val", "test"), splits,
+                                                                                strict=True)),
+               "recipe": request.recipe.to_dict(), "hidden": settings["hidden"], "dropout": settings["dropout"],
+               "alphas": settings["alphas"], "caches": [source_info(s, splits) for s in sources],
+               "runs": [{"name": r.name, "path": str(r.path), "kind": r.metrics.get("kind", "fit")}
+                        for r in request.runs],
                "best": best, "fitted": fitted, "reused": reused, "cells": table.to_dict(orient="records"),
                "populations": {t: p["data"] for t, p in pops.items()},
-               "request": {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
-                           "baselines": baselines, "device": device, "binning": binning.describe()}}
+               "study": {t: s["data"] for t, s in study.items()}, "request": settings}
     write_json(files[2], summary, indent=1, finite_only=True)
     if plots:
-        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops)
+        extra = draw_study(study, out)
+        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops, extra)
     return CompareResult(table, best, markdown, out, fitted, reused, files)

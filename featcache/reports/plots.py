@@ -166,3 +166,61 @@ def kiel_figure(teff: np.ndarray, logg: np.ndarray, residual: np.ndarray, title:
     if title:
         ax.set_title(title, fontsize=9)
     return fig
+
+
+def label_efficiency(rows: list[dict[str, Any]], path: Path, target: str) -> Path:
+    """Test R2 (left, with its 95% band) and sigma_MAD (right) vs the number of training spectra on a log
+    axis, one line per cell; raw-input cells dashed."""
+    from ..heads.binning import unit
+
+    fig = _figure(11.0, 4.2)
+    left, right = fig.subplots(1, 2)
+    cells: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault((row["encoder"], row["layer"], row["pool"], row["head"], row["kind"]), []).append(row)
+    for (encoder, layer, pool, head, kind), points in cells.items():
+        points = sorted(points, key=lambda r: r["n_train"])
+        x = np.array([r["n_train"] for r in points], dtype=float)
+        style = "--" if kind == "baseline" else "-"
+        line = left.plot(x, [r["test_r2"] for r in points], style, marker="o", ms=3, lw=1.2,
+                         label=f"{encoder} {layer}/{pool} {head}")[0]
+        left.fill_between(x, [r["test_r2_lo"] for r in points], [r["test_r2_hi"] for r in points],
+                          color=line.get_color(), alpha=0.15, lw=0)
+        right.plot(x, [r["test_sigma_mad"] for r in points], style, marker="o", ms=3, lw=1.2,
+                   color=line.get_color())
+    tu = unit(target)
+    for ax, name in ((left, "test R2"), (right, f"test sigma_MAD{' (' + tu + ')' if tu else ''}")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training spectra")
+        ax.set_ylabel(f"{target} {name}")
+        ax.grid(alpha=0.3, which="both")
+    left.legend(fontsize=6)
+    fig.suptitle(f"{target}: label efficiency (nested subsets of the train split)", fontsize=10)
+    fig.savefig(path)
+    return path
+
+
+def series_plot(rows: list[dict[str, Any]], x_key: str, x_label: str, path: Path, title: str,
+                group: tuple[str, ...], ticks: list[str] | None = None) -> Path:
+    """Test R2 with its 95% band against x_key, one line per group (depth per encoder and head, or
+    checkpoints per head)."""
+    fig = _figure(6.5, 4.0)
+    ax = fig.subplots()
+    lines: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        lines.setdefault(tuple(row[k] for k in group), []).append(row)
+    for label, points in lines.items():
+        points = sorted(points, key=lambda r: r[x_key])
+        x = np.array([r[x_key] for r in points], dtype=float)
+        line = ax.plot(x, [r["test_r2"] for r in points], marker="o", ms=3, lw=1.2, label=" ".join(map(str, label)))[0]
+        ax.fill_between(x, [r["test_r2_lo"] for r in points], [r["test_r2_hi"] for r in points],
+                        color=line.get_color(), alpha=0.15, lw=0)
+    if ticks:
+        ax.set_xticks(range(len(ticks)), ticks, rotation=30, fontsize=7)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test R2 (cell chosen by validation R2)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path)
+    return path

@@ -168,9 +168,10 @@ def safe_name(text: str) -> str:
 
 def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str, dict[str, Any]],
                  best_pred: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, markdown: str,
-                 populations: dict[str, Any] | None = None) -> list[Path]:
+                 populations: dict[str, Any] | None = None, study: list[tuple[str, str, Path]] | None = None
+                 ) -> list[Path]:
     """Heatmaps per head and target, the best cell's predicted/residual vs true, the per-population curves
-    and Kiel diagram, and report.md."""
+    and Kiel diagram, the probing study's figures (drawn by study.draw_study), and report.md."""
     from . import plots
     from .populations import draw
 
@@ -194,6 +195,8 @@ def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str
             pop = populations[target]
             images.setdefault(target, []).extend(draw(pop["results"], pop["members"], target, out,
                                                       f"population_{safe_name(target)}"))
+    for target, caption, path in study or []:
+        images.setdefault(target, []).append((caption, path))
     for pictures in images.values():
         files += [p for _, p in pictures]
     report = [markdown.rstrip(), "", "# Plots", ""]

@@ -23,7 +23,7 @@ from .cells import Fit, Task
 N_BOOT = 1000
 BOOT_SEED = 0
 CI_LEVEL = 0.95
-METRICS = ("r2", "rmse", "mae", "bias")
+METRICS = ("r2", "rmse", "mae", "bias", "sigma_mad")
 
 
 def seed_mean_r2_ci(y_true: np.ndarray, preds: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED,
@@ -62,7 +62,7 @@ def cell_row(tasks: list[Task], fits: list[tuple[dict[str, Any], dict[str, np.nd
                            "seeds": len(fits)}
     for role in ("test", "val"):
         for metric in METRICS:
-            row[f"{role}_{metric}"] = _mean([r["metrics"][role][metric] for r in records])
+            row[f"{role}_{metric}"] = _mean([r["metrics"][role].get(metric, math.nan) for r in records])
         row[f"{role}_r2_std"] = _std([r["metrics"][role]["r2"] for r in records])
         if role == "test":
             row["test_r2_lo"], row["test_r2_hi"] = lo, hi

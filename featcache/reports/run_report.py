@@ -120,5 +120,7 @@ def report_compare(folder: Path, binning: Binning | None = None) -> list[Path]:
                      dropout=summary["dropout"], alphas=summary["alphas"], runs=[r["path"] for r in summary["runs"]],
                      out=folder, baselines=request.get("baselines", True), device=request.get("device", "auto"),
                      train_split=splits["train"], val_split=splits["val"], test_split=splits["test"],
-                     n_boot=summary["n_boot"], show_progress=False, fit=False, binning=binning)
+                     n_boot=summary["n_boot"], show_progress=False, fit=False, binning=binning,
+                     train_sizes=request.get("train_sizes") or (), folds=request.get("folds") or 0,
+                     subset_seed=request.get("subset_seed") or 0)
     return result.files
