@@ -48,7 +48,7 @@ def test_open_datatree_names_every_dimension(labelled_caches):
         np.testing.assert_array_equal(rows.coords["index"].values, cache.index(split))
         np.testing.assert_array_equal(rows.coords["draw"].values, cache.draws(split))
         labels = tree[f"{split}/labels"]
-        assert set(labels.coords) == set(cache.label_names(split)) == {"T_eff", "log_g"}
+        assert set(labels.coords) == set(cache.label_names(split)) == {"T_eff", "log_g", "snr"}  # snr: the per-spectrum S/N the report bins by
         assert labels.coords["log_g"].dims == ("row",) and not labels.data_vars
         np.testing.assert_array_equal(labels.coords["log_g"].values, cache.labels(split, "log_g"))
     assert tree["train"].sizes["row"] == 400 and tree["val"].sizes["row"] == 50  # train has two noise draws
@@ -87,7 +87,8 @@ def test_to_xarray_is_the_reader_lazily(labelled_caches):
         assert isinstance(variable.data, dask_array.Array)
         assert variable.attrs["pooling"] == pool and variable.attrs["layer"] == layer
         np.testing.assert_array_equal(variable.values, cache.features("train", layer, pool))
-    assert set(ds.coords) == {"index", "draw", "T_eff", "log_g"}
+    assert set(ds.coords) == {"index", "draw", "T_eff", "log_g", "snr"}
+    np.testing.assert_array_equal(ds["snr"].values, cache.labels("train", "snr"))
     assert all(ds.coords[name].dims == ("row",) for name in ds.coords)
     np.testing.assert_array_equal(ds["log_g"].values, cache.labels("train", "log_g"))
     np.testing.assert_array_equal(ds["index"].values, cache.index("train"))
