@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from .common import command, echo_result
-from .options import binning_options, make_recipe, parse_alphas, parse_sizes, recipe_options, split_role_options
+from .options import (
+    binning_options,
+    make_recipe,
+    parse_alphas,
+    parse_shard,
+    parse_sizes,
+    recipe_options,
+    split_role_options,
+)
 
 
 @command("compare", short_help="Table every layer x pooling x head cell, with baselines and CIs.")
@@ -37,6 +45,9 @@ from .options import binning_options, make_recipe, parse_alphas, parse_sizes, re
                    "std is shown beside the seed std and the bootstrap interval.")
 @click.option("--subset-seed", type=int, default=0, show_default=True,
               help="Seed of the --train-sizes subsets and the --folds assignment.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Fit only share I of N (0 <= I < N) of the fits into OUT/cells (one task of a job array) and write "
+                   "no table; a compare without --shard then assembles it without refitting.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options
@@ -45,7 +56,7 @@ from .options import binning_options, make_recipe, parse_alphas, parse_sizes, re
               help="Report directory (finished fits are kept in OUT/cells and reused).")
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
             pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool,
-            train_sizes: str, folds: int, subset_seed: int, plots: bool,
+            train_sizes: str, folds: int, subset_seed: int, shard: str | None, plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: float, weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float,
             alphas: str | None, device: str, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
@@ -72,6 +83,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      hidden=hidden, dropout=dropout, alphas=parse_alphas(alphas), runs=list(runs), out=out,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
                      test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg),
-                     train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed)
+                     train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
+                     shard=parse_shard(shard))
     echo_result(result.markdown.rstrip())
-    status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")
+    if result.table is not None:
+        status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

@@ -4,6 +4,7 @@ command, and its default comes from the library (the dataclass that takes it), s
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -146,6 +147,17 @@ def parse_sizes(text: str) -> list[int]:
             raise FeatcacheError(f"--train-sizes {text}: '{item}' is not a positive whole number of spectra")
         sizes.append(int(value))
     return sizes
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """--shard I/N, 0 <= I < N (a Slurm job array's $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT):
+    extract's rows and compare's fits alike."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise FeatcacheError(f"--shard {text}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
+    return int(match.group(1)), int(match.group(2))
 
 
 def parse_alphas(text: str | None) -> list[float] | None:

@@ -46,7 +46,7 @@ CacheArgs = Mapping[str, str | Path] | Sequence[str | Path | tuple[str | None, s
 class CompareResult:
     """The table (one row per cell: target x encoder x layer x pooling x head), the best cells, the files."""
 
-    table: Any  # pandas.DataFrame
+    table: Any  # pandas.DataFrame; None for a --shard run (its fits only, no table)
     best: dict[str, dict[str, Any]]
     markdown: str
     out: Path
@@ -286,7 +286,7 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             baselines: bool = True, device: str = "auto", train_split: str = "train", val_split: str = "val",
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
-            folds: int = 0, subset_seed: int = 0) -> CompareResult:
+            folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
@@ -298,9 +298,15 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
 
     The probing study (study.py): train_sizes refits every cell on nested random subsets of the train
     spectra (label_efficiency.csv); folds=K refits it on each of K folds over train + val (the test split
-    untouched) for the fold std beside the seed std and the bootstrap interval; subset_seed draws both."""
+    untouched) for the fold std beside the seed std and the bootstrap interval; subset_seed draws both.
+
+    shard=(i, n) fits only share i of n of the fits (0 <= i < n; a Slurm job array's tasks into one shared
+    OUT/cells) and writes no table: a later compare without shard assembles it from the cells, fitting
+    nothing that a shard made."""
     out = Path(out)
     _check_out(out)
+    if shard is not None:
+        check_shard(*shard)
     targets = list(dict.fromkeys(targets))
     heads = list(dict.fromkeys(heads or DEFAULT_HEADS))
     for head in heads:
@@ -323,6 +329,13 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
                 test_split=test_split, device=device)
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
+    if shard is not None:
+        share = shard_tasks(cells, *shard)
+        _, fitted, reused = _fill_cells([[t] for t in share], CellStore(out), jobs, show_progress, fit)
+        total = len({t.key for group in cells for t in group})
+        note = (f"compare shard {shard[0]}/{shard[1]}: {len(share)} of {total} fits ({fitted} made, {reused} "
+                f"reused) in {out / 'cells'}; run compare without --shard once every shard is done to write the table")
+        return CompareResult(None, {}, note, out, fitted, reused, [])
     done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit)
     table, best, predictions = _table(request, cells, done)
     settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
@@ -331,6 +344,24 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     efficiency = label_efficiency(cells, done, n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
                           (fitted, reused))
+
+
+def check_shard(i: int, n: int) -> tuple[int, int]:
+    """--shard I/N: 0 <= I < N, as extract's."""
+    if not 0 <= i < n:
+        raise FeatcacheError(f"--shard {i}/{n}: expected I/N with 0 <= I < N, e.g. --shard 0/4 (a job array: "
+                             "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return i, n
+
+
+def shard_tasks(cells: list[list[Task]], i: int, n: int) -> list[Task]:
+    """Share i of n of the comparison's distinct fits. Every shard sees the same grid, so dealing
+    the fits sorted by expected cost (trainable first, widest first; the key breaks ties) round-robin gives
+    each shard about the same work and every fit to exactly one shard, whichever of them are done already."""
+    i, n = check_shard(i, n)
+    unique = list({t.key: t for group in cells for t in group}.values())
+    unique.sort(key=lambda t: (not head_info(t.head).trainable, -t.width, t.key))
+    return unique[i::n]
 
 
 def _check_study(sources: list[Source], train_split: str, val_split: str, train_sizes: Sequence[int],

@@ -183,3 +183,35 @@ def test_jobs_fill_the_same_cells_as_one_process(caches, tmp_path):
     assert again.fitted == 0 and again.reused == 8
     with pytest.raises(FeatcacheError, match="--jobs"):
         compare(caches, ["log_g"], out=tmp_path / "x", jobs=0, **kwargs)
+
+
+def test_shards_split_the_fits_and_a_plain_compare_assembles_them(caches, tmp_path):
+    """--shard I/N: every fit in exactly one shard's share, all into one OUT/cells, no table; the compare
+    afterwards fits nothing and gives the unsharded table (same keys, same numbers)."""
+    kwargs = dict(heads=["ridge", "mlp_1"], pools=["global_mean", "seg_mean_K4"], recipe=TrainRecipe(max_epochs=3),
+                  plots=False, show_progress=False)
+    whole = compare(caches, ["log_g"], out=tmp_path / "whole", **kwargs)
+    out = tmp_path / "sharded"
+    keys = []
+    for i in (0, 1, 2):
+        part = compare(caches, ["log_g"], out=out, shard=(i, 3), **kwargs)
+        assert part.table is None and part.reused == 0 and not (out / "compare.csv").exists()
+        assert f"shard {i}/3" in part.markdown
+        keys.append({p.stem for p in (out / "cells").glob("*.json")} - {k for ks in keys for k in ks})
+        assert len(keys[-1]) == part.fitted > 0
+    assert sum(len(k) for k in keys) == whole.fitted == 16
+    # the trainable fits are dealt round-robin: each shard gets some of the slow ones
+    trainable = set(whole.table.loc[whole.table["head"] == "mlp_1", "keys"].str.split(";").sum())
+    assert all(share & trainable for share in keys)
+    assembled = compare(caches, ["log_g"], out=out, **kwargs)
+    assert assembled.fitted == 0 and assembled.reused == 16
+    assert assembled.table["keys"].tolist() == whole.table["keys"].tolist()
+    np.testing.assert_allclose(assembled.table["test_r2"], whole.table["test_r2"], atol=1e-6)
+
+
+@pytest.mark.parametrize("shard", ["3/3", "-1/3", "2", "a/b"])
+def test_bad_shard_is_refused_before_anything_is_written(caches, tmp_path, shard):
+    result = run_cli("compare", *cache_args(caches), "--target", "log_g", "--shard", shard, "-q",
+                     "--out", tmp_path / "r", check=False)
+    assert_cli_error(result, f"--shard {shard}", "I/N")
+    assert not (tmp_path / "r").exists()
