@@ -50,7 +50,7 @@ from .options import (
                    "no table; a compare without --shard then assembles it without refitting.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
-@recipe_options
+@recipe_options(sweep=True)
 @binning_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/compare"), show_default=True,
               help="Report directory (finished fits are kept in OUT/cells and reused).")
@@ -58,7 +58,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
             pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool,
             train_sizes: str, folds: int, subset_seed: int, shard: str | None, plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
-            lr: float, weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float,
+            lr: list[float], weight_decay: list[float], patience: int, grad_clip: float, hidden: list[int],
+            dropout: list[float],
             alphas: str | None, device: str, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
     """Fit every (encoder, layer, pooling) x head cell on cached features and tabulate test R2 with its 95%
     bootstrap interval beside validation R2; the best cell by validation R2 is in bold.
@@ -79,12 +80,13 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
     layers = tuple(layer for layer in layers if layer != "all")  # --layer all: every encoder layer (the default)
     result = compare(list(caches), list(targets), heads=list(heads) or None, layers=list(layers) or None,
                      pools=list(pools) or None, seeds=seeds,
-                     recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
-                     hidden=hidden, dropout=dropout, alphas=parse_alphas(alphas), runs=list(runs), out=out,
+                     recipe=make_recipe(seed, max_epochs, batch_size, lr[0], weight_decay[0], patience, grad_clip),
+                     hidden=hidden[0], dropout=dropout[0], alphas=parse_alphas(alphas), runs=list(runs), out=out,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
                      test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg),
                      train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
-                     shard=parse_shard(shard))
+                     shard=parse_shard(shard),
+                     sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay})
     echo_result(result.markdown.rstrip())
     if result.table is not None:
         status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

@@ -47,6 +47,7 @@ class Task:
     spec: FitSpec
     key: str
     variant: tuple[str, int] | None = None  # ("size", n) or ("fold", k): a probing-study fit, not a table cell
+    setting: tuple[tuple[str, float], ...] = ()  # the swept hyper-parameters of this fit (sweep.py)
 
 
 def cell_key(fingerprint: str, spec: FitSpec) -> str:

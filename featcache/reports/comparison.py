@@ -19,8 +19,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import itertools
+
 import numpy as np
 
+from . import sweep
 from ..common.errors import FeatcacheError, choices_message
 from ..common.files import atomic_write, write_json, write_text
 from ..common.progress import progress, status
@@ -70,6 +73,7 @@ class CompareRequest:
     train_sizes: list[int] = field(default_factory=list)  # nested subsets of the train spectra
     folds: int = 0  # K-fold over train + val
     subset_seed: int = 0  # draws the subsets and the folds
+    sweep: dict[str, list[float]] = field(default_factory=dict)  # swept hyper-parameters (sweep.py)
 
 
 def _check_labels(sources: list[Source], targets: list[str], splits: list[str]) -> None:
@@ -165,6 +169,7 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
                  for n in request.train_sizes]
     variants += [(("fold", k), RowSelection(fold=k, n_folds=request.folds, fold_seed=request.subset_seed))
                  for k in range(request.folds)]
+    swept = sweep.settings(request.sweep)
     cells: list[list[Task]] = []
     for target in request.targets:
         for src, label, kind, layer, pool in grid:
@@ -174,16 +179,17 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
                         src.cache.feature_array(train_split, layer, pool).shape[1])
             for head in request.heads:
                 trainable = head_info(head).trainable
-                for variant, selection in variants:
+                for (variant, selection), setting in itertools.product(variants, swept if trainable else [()]):
+                    head_spec, head_recipe = sweep.apply(spec, request.recipe, setting)
                     group = []
                     for i in range(request.seeds if trainable else 1):
-                        seed = request.recipe.seed + i if trainable else None
-                        recipe = replace(request.recipe, seed=seed) if seed is not None else request.recipe
+                        seed = head_recipe.seed + i if trainable else None
+                        recipe = replace(head_recipe, seed=seed) if seed is not None else head_recipe
                         fit = FitSpec(features=[(layer, pool)], targets=[target], head=head, recipe=recipe,
-                                      selection=selection, **spec)
+                                      selection=selection, **head_spec)
                         key = cell_key(src.cache.fingerprint, fit)
                         group.append(Task(src, label, kind, layer, pool, width, head, target, seed, fit, key,
-                                          variant))
+                                          variant, setting))
                     cells.append(group)
     return cells
 
@@ -235,6 +241,8 @@ def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit
     for group in (g for g in cells if g[0].variant is None):
         row, truth, pred = cell_row(group, [done[t.key] for t in group], request.n_boot)
         row.update(folds.get(identity(group[0]), {}))
+        if request.sweep:
+            row["setting"] = sweep.describe(group[0].setting)
         rows.append(row)
         predictions.append((truth, pred))
     for run in request.runs:
@@ -286,7 +294,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             baselines: bool = True, device: str = "auto", train_split: str = "train", val_split: str = "val",
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
-            folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None) -> CompareResult:
+            folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None,
+            sweep_values: Mapping[str, Sequence[float]] | None = None) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
@@ -302,7 +311,10 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
 
     shard=(i, n) fits only share i of n of the fits (0 <= i < n; a Slurm job array's tasks into one shared
     OUT/cells) and writes no table: a later compare without shard assembles it from the cells, fitting
-    nothing that a shard made."""
+    nothing that a shard made.
+
+    sweep_values={"hidden": [128, 256, 512], "lr": [1e-3, 3e-4]} fits every trainable cell once per setting
+    (hidden, dropout, lr, weight_decay) and keeps per cell the one with the best validation R2 (sweep.py)."""
     out = Path(out)
     _check_out(out)
     if shard is not None:
@@ -324,8 +336,9 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     for src in sources:
         binning.check_axes([*src.cache.label_names(test_split), *targets])
     sizes = _check_study(sources, train_split, val_split, train_sizes, folds)
+    swept = sweep.check_sweep(sweep_values)
     request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot, sizes, folds,
-                             subset_seed)
+                             subset_seed, swept)
     spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
                 test_split=test_split, device=device)
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
@@ -337,13 +350,15 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
                 f"reused) in {out / 'cells'}; run compare without --shard once every shard is done to write the table")
         return CompareResult(None, {}, note, out, fitted, reused, [])
     done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit)
+    cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
     table, best, predictions = _table(request, cells, done)
     settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
                 "baselines": baselines, "device": device, "binning": binning.describe(), "train_sizes": sizes,
-                "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas}
+                "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas,
+                "sweep": swept}
     efficiency = label_efficiency(cells, done, n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
-                          (fitted, reused))
+                          (fitted, reused), sweep_rows)
 
 
 def check_shard(i: int, n: int) -> tuple[int, int]:
@@ -386,8 +401,8 @@ def _check_study(sources: list[Source], train_split: str, val_split: str, train_
 
 def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str, Any]],
                    predictions: list[tuple[np.ndarray, np.ndarray]], efficiency: list[dict[str, Any]], out: Path,
-                   settings: dict[str, Any], binning: Binning, plots: bool, counts: tuple[int, int]
-                   ) -> CompareResult:
+                   settings: dict[str, Any], binning: Binning, plots: bool, counts: tuple[int, int],
+                   sweep_rows: list[dict[str, Any]]) -> CompareResult:
     """compare.md/.csv/.json, label_efficiency.csv, the plots and report.md."""
     import pandas as pd
 
@@ -403,9 +418,14 @@ def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str
         markdown += "\n## Per population\n\n" + "\n".join(line for p in pops.values() for line in p["lines"])
     if study:
         markdown += "\n" + "\n".join(line for s in study.values() for line in s["lines"])
+    if sweep_rows:
+        markdown += "\n" + "\n".join(sweep.summary_lines(sweep_rows, request.sweep))
     out.mkdir(parents=True, exist_ok=True)
     files = [write_text(out / "compare.md", markdown), out / "compare.csv", out / "compare.json"]
     atomic_write(files[1], lambda tmp: table.to_csv(tmp, index=False))
+    if sweep_rows:
+        files.append(out / "sweep.csv")
+        atomic_write(files[-1], lambda tmp: pd.DataFrame(sweep_rows).to_csv(tmp, index=False))
     if efficiency:
         files.append(out / "label_efficiency.csv")
         atomic_write(files[-1], lambda tmp: pd.DataFrame(efficiency).to_csv(tmp, index=False))

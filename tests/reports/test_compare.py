@@ -215,3 +215,43 @@ def test_bad_shard_is_refused_before_anything_is_written(caches, tmp_path, shard
                      "--out", tmp_path / "r", check=False)
     assert_cli_error(result, f"--shard {shard}", "I/N")
     assert not (tmp_path / "r").exists()
+
+
+def test_sweep_keeps_the_setting_best_on_validation(caches, tmp_path):
+    """--hidden 8,32 --lr 1e-3,1e-2: four fits per MLP cell; the table shows the setting with the best
+    validation R2 (sweep.csv lists all four), and its numbers are those of a compare run with that setting
+    alone (a second code path)."""
+    kwargs = dict(heads=["ridge", "mlp_1"], layers=["enc_last"], pools=["global_mean"], baselines=False,
+                  plots=False, show_progress=False)
+    swept = compare(caches, ["log_g"], out=tmp_path / "swept", recipe=TrainRecipe(max_epochs=3),
+                    sweep_values={"hidden": [8, 32], "lr": [1e-3, 1e-2]}, **kwargs)
+    assert swept.fitted == 2 * (1 + 4)  # per encoder: one ridge fit, four MLP settings
+    sweep_csv = pd.read_csv(tmp_path / "swept" / "sweep.csv")
+    assert len(sweep_csv) == 8 and sweep_csv.groupby("encoder")["chosen"].sum().tolist() == [1, 1]
+    mlp = swept.table[swept.table["head"] == "mlp_1"].set_index("encoder")
+    for encoder, rows in sweep_csv.groupby("encoder"):
+        winner = rows.loc[rows["val_r2"].idxmax()]
+        assert bool(winner["chosen"]) and mlp.loc[encoder, "setting"] == winner["setting"]
+        np.testing.assert_allclose(mlp.loc[encoder, "val_r2"], winner["val_r2"], rtol=1e-12)
+        alone = compare(caches, ["log_g"], out=tmp_path / f"alone-{encoder}", hidden=int(winner["hidden"]),
+                        recipe=TrainRecipe(max_epochs=3, lr=float(winner["lr"])), **kwargs)
+        row = alone.table[(alone.table["head"] == "mlp_1") & (alone.table["encoder"] == encoder)].iloc[0]
+        assert row["keys"] == mlp.loc[encoder, "keys"] and row["test_r2"] == mlp.loc[encoder, "test_r2"]
+    ridge = swept.table[swept.table["head"] == "ridge"]
+    assert ridge["setting"].isna().all() or (ridge["setting"] == "").all()  # ridge is not swept
+    assert "## Hyper-parameter sweep" in swept.markdown and "hidden 8, 32; lr 0.001, 0.01" in swept.markdown
+    # the default setting's fits are the unswept compare's: a sweep reuses them
+    again = compare(caches, ["log_g"], out=tmp_path / "swept", recipe=TrainRecipe(max_epochs=3),
+                    sweep_values={"hidden": [8, 32, 64], "lr": [1e-3, 1e-2]}, **kwargs)
+    assert again.fitted == 2 * 2 and again.reused == 10
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--hidden", "8,x"], "--hidden"), (["--hidden", "8,2.5"], "--hidden"), (["--lr", "1e-3,-1"], "--lr 0.001,-1.0"),
+    (["--dropout", "0.1,1.5"], "--dropout"),
+])
+def test_bad_sweep_values_are_refused(caches, tmp_path, args, fragment):
+    result = run_cli("compare", *cache_args(caches), "--target", "log_g", *args, "-q", "--out", tmp_path / "r",
+                     check=False)
+    assert_cli_error(result, fragment)
+    assert not (tmp_path / "r").exists()
