@@ -48,6 +48,9 @@ from .options import (
 @click.option("--shard", default=None, metavar="I/N",
               help="Fit only share I of N (0 <= I < N) of the fits into OUT/cells (one task of a job array) and write "
                    "no table; a compare without --shard then assembles it without refitting.")
+@click.option("--batched/--no-batched", default=True, show_default=True,
+              help="Train the MLP fits that share their rows (seeds, --hidden/--lr settings, features of one cache) "
+                   "in one pass of stacked heads; --jobs then serves the rest.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options(sweep=True)
@@ -56,7 +59,7 @@ from .options import (
               help="Report directory (finished fits are kept in OUT/cells and reused).")
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
             pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool,
-            train_sizes: str, folds: int, subset_seed: int, shard: str | None, plots: bool,
+            train_sizes: str, folds: int, subset_seed: int, shard: str | None, batched: bool, plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: list[float], weight_decay: list[float], patience: int, grad_clip: float, hidden: list[int],
             dropout: list[float],
@@ -85,7 +88,7 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
                      test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg),
                      train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
-                     shard=parse_shard(shard),
+                     shard=parse_shard(shard), batched=batched,
                      sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay})
     echo_result(result.markdown.rstrip())
     if result.table is not None:

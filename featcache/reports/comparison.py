@@ -194,8 +194,8 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
     return cells
 
 
-def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progress: bool, fit: bool = True
-                ) -> tuple[dict[str, Fit], int, int]:
+def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progress: bool, fit: bool = True,
+                batched: bool = True) -> tuple[dict[str, Fit], int, int]:
     """Every fit of the table, reused from the store or made now. Returns (fits by key, fitted, reused)."""
     done: dict[str, Fit] = {}
     todo: list[Task] = []
@@ -224,7 +224,7 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
         done[task.key] = (record, arrays)
 
     try:
-        run_fits(todo, jobs, save, bar)
+        run_fits(todo, jobs, save, bar, batched=batched)
     finally:
         if bar is not None:
             bar.close()
@@ -295,7 +295,7 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
             folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None,
-            sweep_values: Mapping[str, Sequence[float]] | None = None) -> CompareResult:
+            sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool = True) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
@@ -314,7 +314,11 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     nothing that a shard made.
 
     sweep_values={"hidden": [128, 256, 512], "lr": [1e-3, 3e-4]} fits every trainable cell once per setting
-    (hidden, dropout, lr, weight_decay) and keeps per cell the one with the best validation R2 (sweep.py)."""
+    (hidden, dropout, lr, weight_decay) and keeps per cell the one with the best validation R2 (sweep.py).
+
+    batched trains the MLP fits that share their rows (seeds, settings, features of one cache) in one pass of
+    stacked heads (heads.batched; each fit's numbers are its own, up to float32 summation order); jobs then
+    serve the fits that cannot be batched."""
     out = Path(out)
     _check_out(out)
     if shard is not None:
@@ -344,12 +348,12 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
     if shard is not None:
         share = shard_tasks(cells, *shard)
-        _, fitted, reused = _fill_cells([[t] for t in share], CellStore(out), jobs, show_progress, fit)
+        _, fitted, reused = _fill_cells([[t] for t in share], CellStore(out), jobs, show_progress, fit, batched)
         total = len({t.key for group in cells for t in group})
         note = (f"compare shard {shard[0]}/{shard[1]}: {len(share)} of {total} fits ({fitted} made, {reused} "
                 f"reused) in {out / 'cells'}; run compare without --shard once every shard is done to write the table")
         return CompareResult(None, {}, note, out, fitted, reused, [])
-    done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit)
+    done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit, batched)
     cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
     table, best, predictions = _table(request, cells, done)
     settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
