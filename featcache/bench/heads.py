@@ -138,3 +138,50 @@ def _run(n: int, d: int, epochs: int, seed: int, val_fraction: float, include_sk
                    mlp_1_all_s=[t.wall for t in ours], bare_loop_all_s=[t.wall for t in bare])
     out["loadavg_end"] = os.getloadavg()[0]
     return out
+
+
+def run_batched_benchmark(n: int = 100_000, dims: tuple[int, ...] = (128, 192, 256, 384), seeds: int = 3,
+                          epochs: int = 3, seed: int = 0, val_fraction: float = 0.1, threads: int | None = None,
+                          repeats: int = 1) -> dict[str, Any]:
+    """len(dims) x seeds mlp_1 fits (the issue's 12 cells: 3 seeds x 4 features of 100k x 128-384 rows),
+    one after another with train_head against one pass of heads.batched.train_heads, in this process with
+    the same threads, interleaved `repeats` times (fastest kept). Early stopping is off, so both run
+    `epochs` epochs; the ratio > 1 means batched is faster. Also the largest relative difference of their
+    validation predictions (the equality check, up to float32 summation order)."""
+    from ..heads.batched import HeadJob, train_heads
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        n_val = max(2, int(n * val_fraction))
+        data = {d: make_features(n + n_val, d, seed + i) for i, d in enumerate(dims)}
+        recipe = {s: TrainRecipe(max_epochs=epochs, patience=epochs + 1, seed=s) for s in range(seeds)}
+        specs = [(d, s) for d in dims for s in range(seeds)]
+        _warm_up(dims[0], seed)
+        out: dict[str, Any] = {"n_train": n, "n_val": n_val, "dims": list(dims), "seeds": seeds, "fits": len(specs),
+                               "epochs": epochs, "torch_threads": torch.get_num_threads(),
+                               "loadavg_start": os.getloadavg()[0]}
+        one_by_one, batched = [], []
+        for _ in range(max(1, repeats)):
+            with _Timer() as t:
+                alone = [train_head(create_head("mlp_1", d, 1, seed=s), data[d][0][:n], data[d][1][:n],
+                                    data[d][0][n:], data[d][1][n:], recipe[s], progress=False) for d, s in specs]
+            one_by_one.append(t)
+            jobs = [HeadJob(create_head("mlp_1", d, 1, seed=s), data[d][0][:n], data[d][1][:n], data[d][0][n:],
+                            data[d][1][n:], recipe[s], data_key=d) for d, s in specs]
+            with _Timer() as t:
+                together = train_heads(jobs)
+            batched.append(t)
+        diffs = []
+        for a, b, (d, _) in zip(together, alone, specs, strict=True):
+            pa, pb = a.predict(data[d][0][n:]), b.predict(data[d][0][n:])
+            diffs.append(float(np.abs(pa - pb).max() / np.abs(pb).max()))
+        diff = max(diffs)
+        best_alone, best_batched = min(t.wall for t in one_by_one), min(t.wall for t in batched)
+        out.update(one_by_one_s=best_alone, batched_s=best_batched, batched_speedup=best_alone / best_batched,
+                   one_by_one_cpu_s=min(t.cpu for t in one_by_one), batched_cpu_s=min(t.cpu for t in batched),
+                   max_rel_prediction_difference=diff, loadavg_end=os.getloadavg()[0])
+        return out
+    finally:
+        torch.set_num_threads(previous)

@@ -70,77 +70,148 @@ def batch_key(recipe: TrainRecipe, blocks: int, n_train: int, n_targets: int, ha
 
 
 class _Stack:
-    """The active heads' weights, AdamW moments and per-head state as stacked, zero-padded tensors."""
+    """The active heads' weights, AdamW moments and per-head state as stacked tensors.
+
+    The first layer is one (H_s, D_s, h_pad) tensor per run of heads with the same input width D_s (the
+    heads come sorted by it), so no input column is padded; the hidden widths are zero-padded to the widest.
+    Every parameter knows which heads (a contiguous range) its leading dimension holds."""
 
     def __init__(self, models: list[nn.Sequential], device: torch.device):
         layers = [linear_layers(m)[0] for m in models]
         self.widths = [[lin.in_features for lin in ls] + [ls[-1].out_features] for ls in layers]
         self.pad = [max(w[i] for w in self.widths) for i in range(len(self.widths[0]))]
-        self.weights: list[torch.Tensor] = []  # layer i: (H, in_i, out_i), i.e. Linear.weight transposed
-        self.biases: list[torch.Tensor] = []   # layer i: (H, 1, out_i)
+        n = len(models)
+        segments: list[list[int]] = []  # [start, stop) of heads with one input width
+        for h, w in enumerate(self.widths):
+            if segments and self.widths[segments[-1][0]][0] == w[0]:
+                segments[-1][1] = h + 1
+            else:
+                segments.append([h, h + 1])
+        self.params: list[torch.Tensor] = []
+        self.ranges: list[tuple[int, int]] = []  # the heads each parameter holds
+        for start, stop in segments:
+            w = torch.zeros(stop - start, self.widths[start][0], self.pad[1], device=device)
+            for h in range(start, stop):
+                lin = layers[h][0]
+                w[h - start, :, :lin.out_features] = lin.weight.detach().t().to(device)
+            self._add(w, (start, stop))
         for i in range(len(self.pad) - 1):
-            w = torch.zeros(len(models), self.pad[i], self.pad[i + 1], device=device)
-            b = torch.zeros(len(models), 1, self.pad[i + 1], device=device)
+            if i > 0:
+                w = torch.zeros(n, self.pad[i], self.pad[i + 1], device=device)
+                for h, ls in enumerate(layers):
+                    w[h, :ls[i].in_features, :ls[i].out_features] = ls[i].weight.detach().t().to(device)
+                self._add(w, (0, n))
+            b = torch.zeros(n, 1, self.pad[i + 1], device=device)
             for h, ls in enumerate(layers):
-                lin = ls[i]
-                w[h, :lin.in_features, :lin.out_features] = lin.weight.detach().t().to(device)
-                b[h, 0, :lin.out_features] = lin.bias.detach().to(device)
-            self.weights.append(w.requires_grad_())
-            self.biases.append(b.requires_grad_())
-        self.params = [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
+                b[h, 0, :ls[i].out_features] = ls[i].bias.detach().to(device)
+            self._add(b, (0, n))
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = torch.zeros(len(models), device=device, dtype=torch.float64)
+        self._buffers: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.step_count = 0  # every active head steps every batch: one count for all
+        self.n_heads = n
 
-    def forward(self, x: torch.Tensor, masks: list[torch.Tensor] | None) -> torch.Tensor:
-        """(H, B, D_pad) -> (H, B, T): Linear [-> GELU -> dropout]* -> Linear per head."""
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = torch.baddbmm(b, x, w)
-            if i < last:
-                x = torch.nn.functional.gelu(x)
-                if masks is not None:
-                    x = x * masks[i]
+    def _add(self, tensor: torch.Tensor, heads: tuple[int, int]) -> None:
+        self.params.append(tensor.requires_grad_())
+        self.ranges.append(heads)
+
+    @property
+    def n_first(self) -> int:
+        """How many first-layer tensors (runs of one input width) lead the parameter list."""
+        return len(self.params) - 2 * (len(self.pad) - 1) + 1
+
+    def first_layer(self) -> list[tuple[tuple[int, int], torch.Tensor]]:
+        """((start, stop), weight) per run of heads with one input width."""
+        return list(zip(self.ranges[:self.n_first], self.params[:self.n_first], strict=True))
+
+    def gather(self, tensors: list[torch.Tensor], index: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each head's rows, stacked per run of one input width: [(H_s, B, D_s)], gathered straight into
+        buffers kept from step to step (each step's graph is freed before the next one writes)."""
+        rows = index[0].shape[0]
+        out = []
+        for (start, stop), w in self.first_layer():
+            key = (start, stop, rows)
+            if key not in self._buffers:
+                self._buffers[key] = torch.empty(stop - start, rows, w.shape[1], device=w.device)
+            buffer = self._buffers[key]
+            for h in range(start, stop):
+                torch.index_select(tensors[h], 0, index[h], out=buffer[h - start])
+            out.append(buffer)
+        return out
+
+    def forward(self, xs: list[torch.Tensor], masks: list[torch.Tensor] | None) -> torch.Tensor:
+        """Per run of heads (H_s, B, D_s) -> (H, B, T): Linear [-> GELU -> dropout]* -> Linear per head."""
+        rest = self.params[self.n_first:]
+        first = [torch.bmm(x, w) for x, (_, w) in zip(xs, self.first_layer(), strict=True)]
+        x = (torch.cat(first) if len(first) > 1 else first[0]) + rest[0]
+        rest = rest[1:]
+        for i in range(len(self.pad) - 2):
+            x = torch.nn.functional.gelu(x)
+            if masks is not None:
+                x = x * masks[i]
+            x = torch.baddbmm(rest[2 * i + 1], x, rest[2 * i])
         return x
 
-    def keep(self, index: torch.Tensor) -> None:
-        """Drop the heads not in `index` (stopped ones) from every stacked tensor."""
+    def keep(self, index: list[int]) -> None:
+        """Keep only the heads in `index` (sorted; the stopped ones leave) in every stacked tensor."""
+        kept = len(index)
         with torch.no_grad():
-            for group in (self.exp_avg, self.exp_avg_sq):
-                for j, t in enumerate(group):
-                    group[j] = t.index_select(0, index)
-            self.weights = [w.detach().index_select(0, index).requires_grad_() for w in self.weights]
-            self.biases = [b.detach().index_select(0, index).requires_grad_() for b in self.biases]
-            self.params = [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
-            self.steps = self.steps.index_select(0, index)
+            params, ranges, avg, avg_sq = [], [], [], []
+            for p, (start, stop), m, v in zip(self.params, self.ranges, self.exp_avg, self.exp_avg_sq, strict=True):
+                local = [h - start for h in index if start <= h < stop]
+                if not local:
+                    continue  # a first-layer run whose heads all stopped
+                rows = torch.tensor(local, device=p.device)
+                new_start = sum(1 for h in index if h < start)
+                params.append(p.detach().index_select(0, rows).requires_grad_())
+                ranges.append((new_start, new_start + len(local)) if (start, stop) != (0, self.n_heads)
+                              else (0, kept))
+                avg.append(m.index_select(0, rows))
+                avg_sq.append(v.index_select(0, rows))
+            self.params, self.ranges, self.exp_avg, self.exp_avg_sq = params, ranges, avg, avg_sq
+            self.n_heads = kept
+            self._buffers.clear()
 
     def head_state(self, h: int, widths: list[int]) -> dict[str, torch.Tensor]:
         """Head h's weights in nn.Sequential's keys ('0.weight', '3.weight', ... ), unpadded."""
-        state = {}
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+        (start, _), w0 = next(((r, w) for r, w in self.first_layer() if r[0] <= h < r[1]))
+        rest = self.params[self.n_first:]
+        state = {"0.weight": w0[h - start, :, :widths[1]].detach().t().clone(),
+                 "0.bias": rest[0][h, 0, :widths[1]].detach().clone()}
+        for i in range(1, len(self.pad) - 1):
+            w, b = rest[2 * i - 1], rest[2 * i]
             state[f"{3 * i}.weight"] = w[h, :widths[i], :widths[i + 1]].detach().t().clone()
             state[f"{3 * i}.bias"] = b[h, 0, :widths[i + 1]].detach().clone()
         return state
 
     @torch.no_grad()
-    def clip_and_step(self, lr: torch.Tensor, weight_decay: torch.Tensor, grad_clip: torch.Tensor) -> None:
-        """Per-head gradient-norm clip (2-norm over all of a head's parameters), then AdamW per head."""
+    def clip_and_step(self, lr: list[float], weight_decay: list[float], grad_clip: torch.Tensor) -> None:
+        """Per-head gradient-norm clip (2-norm over all of a head's parameters, as clip_grad_norm), then the
+        fused AdamW kernel train_head's optimiser runs: once over the whole stack when the heads share their
+        learning rate and weight decay, else once per group of heads that do (on views of their rows)."""
         grads = [p.grad for p in self.params]
-        h = lr.shape[0]
-        sq = sum(g.reshape(h, -1).double().pow(2).sum(dim=1) for g in grads)
-        total = sq.sqrt().float()
-        scale = torch.where(grad_clip > 0, torch.clamp(grad_clip / (total + 1e-6), max=1.0), torch.ones_like(total))
-        self.steps += 1
-        bc1 = (1 - BETA1 ** self.steps).float()
-        bc2_sqrt = (1 - BETA2 ** self.steps).sqrt().float()
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, strict=True):
-            shape = (h,) + (1,) * (p.dim() - 1)
-            g = g * scale.view(shape)
-            p.mul_(1 - (lr * weight_decay).view(shape))
-            m.lerp_(g, 1 - BETA1)
-            v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
-            denom = (v.sqrt() / bc2_sqrt.view(shape)).add_(EPS)
-            p.sub_((lr / bc1).view(shape) * m / denom)
+        sq = torch.zeros(len(lr), device=grads[0].device)
+        for g, (start, stop) in zip(grads, self.ranges, strict=True):
+            sq[start:stop] += torch.linalg.vector_norm(g.reshape(stop - start, -1), dim=1) ** 2
+        scale = torch.where(grad_clip > 0, torch.clamp(grad_clip / (sq.sqrt() + 1e-6), max=1.0),
+                            torch.ones_like(sq))
+        for g, (start, stop) in zip(grads, self.ranges, strict=True):
+            g.mul_(scale[start:stop].view((stop - start,) + (1,) * (g.dim() - 1)))
+        self.step_count += 1
+        groups: dict[tuple[float, float], list[int]] = {}
+        for h, key in enumerate(zip(lr, weight_decay, strict=True)):
+            groups.setdefault(key, []).append(h)
+        for (group_lr, group_wd), heads in groups.items():
+            if len(groups) == 1:
+                tensors = [self.params, grads, self.exp_avg, self.exp_avg_sq]
+            else:
+                tensors = [[t[h - start] for t, (start, stop) in zip(ts, self.ranges, strict=True)
+                            for h in heads if start <= h < stop] for ts in (self.params, grads, self.exp_avg,
+                                                                            self.exp_avg_sq)]
+            steps = [torch.tensor(float(self.step_count))] * len(tensors[0])
+            torch._fused_adamw_(*tensors, [], steps, lr=group_lr, beta1=BETA1,
+                                beta2=BETA2, weight_decay=group_wd, eps=EPS, amsgrad=False, maximize=False)
+        for p in self.params:
             p.grad = None
 
 
@@ -165,6 +236,11 @@ def train_heads(jobs: Sequence[HeadJob], device: str | torch.device = "cpu", pro
     """Train every job's head in one pass over the rows; each result as `train_head` would give it."""
     if not jobs:
         return []
+    order = sorted(range(len(jobs)), key=lambda i: linear_layers(jobs[i].model)[0][0].in_features)
+    if order != list(range(len(jobs))):  # the stack wants heads of one input width side by side
+        results = train_heads([jobs[i] for i in order], device, progress, desc, num_threads)
+        back = {i: r for i, r in zip(order, results, strict=True)}
+        return [back[i] for i in range(len(jobs))]
     started = time.perf_counter()
     device = torch.device(device)
     recipes = [job.recipe or TrainRecipe() for job in jobs]
@@ -197,26 +273,16 @@ def train_heads(jobs: Sequence[HeadJob], device: str | torch.device = "cpu", pro
     return results
 
 
-def _gather(buffer: torch.Tensor, tensors: list[torch.Tensor], index: list[torch.Tensor]) -> torch.Tensor:
-    """Each head's rows into its slice of the zero-padded (H, B, D_pad) buffer."""
-    out = buffer[:len(tensors), :index[0].shape[0]]
-    for h, (x, idx) in enumerate(zip(tensors, index, strict=True)):
-        out[h, :, :x.shape[1]] = x.index_select(0, idx)
-    return out
-
-
-def _evaluate(stack: _Stack, xs: list[torch.Tensor], ys: list[torch.Tensor], d_pad: int, chunk: int
+def _evaluate(stack: _Stack, xs: list[torch.Tensor], ys: list[torch.Tensor], chunk: int
               ) -> tuple[list[float], list[float]]:
     """Per head: (MSE on standardised targets, mean R2 across targets), as training._evaluate computes them."""
     n = xs[0].shape[0]
-    h = len(xs)
     with torch.inference_mode():
         preds = []
-        buffer = torch.zeros(h, min(chunk, n), d_pad, device=xs[0].device)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            rows = torch.arange(start, stop, device=xs[0].device)
-            preds.append(stack.forward(_gather(buffer, xs, [rows] * h).clone(), None))
+            runs = [torch.stack([xs[h][start:stop] for h in range(a, b)]) for (a, b), _ in stack.first_layer()]
+            preds.append(stack.forward(runs, None))
         pred = torch.cat(preds, dim=1)
         y = torch.stack(ys)
         err = (pred - y).double()
@@ -237,23 +303,24 @@ def _train_loop(models: list[nn.Sequential], data: list[Any], recipes: list[Trai
               for m in models]
     dropouts = [linear_layers(m)[1] for m in models]
     shuffles = [torch.Generator(device="cpu").manual_seed(r.seed) for r in recipes]
-    dropout_rngs = [torch.Generator(device="cpu").manual_seed(r.seed) for r in recipes]  # train_head's global RNG
+    # train_head's global RNG as each head's own (on a GPU the masks are the same in law, not bitwise)
+    dropout_rngs = [torch.Generator(device=device).manual_seed(r.seed) for r in recipes]
+    keep_scale = torch.tensor([torch.ones(1).div_(1 - p).item() if p > 0 else 1.0 for p in dropouts],
+                              device=device).view(-1, 1, 1)
     plateaus = [_Plateau(r) for r in recipes]
     stack = _Stack(models, device)
     active = list(range(n_heads))  # heads still training, in stack order
-    wd = torch.tensor([r.weight_decay for r in recipes], device=device)
+    wd = [float(r.weight_decay) for r in recipes]
     clip = torch.tensor([float(r.grad_clip or 0.0) for r in recipes], device=device)
     histories: list[list[dict[str, float]]] = [[] for _ in models]
     best: list[list[Any]] = [[0, -math.inf, None] for _ in models]
     bad = [0] * n_heads
-    head_wd, head_clip = wd, clip
-    buffer = torch.zeros(n_heads, bs, stack.pad[0], device=device)
+    head_wd, head_clip, head_scale = wd, clip, keep_scale
     bar = progress_bar(total=max_epochs, desc=desc, unit="epoch") if progress else None
     try:
         for epoch in range(1, max_epochs + 1):
             t0 = time.perf_counter()
             lrs = [plateaus[h].lr for h in active]
-            lr = torch.tensor(lrs, device=device)
             # one pass over each head's own shuffle of the train rows; losses summed on the device
             perms = [torch.randperm(n, generator=shuffles[h]).to(device) for h in active]
             xs = [data[h].xs for h in active]
@@ -261,18 +328,18 @@ def _train_loop(models: list[nn.Sequential], data: list[Any], recipes: list[Trai
             loss_sum = torch.zeros(len(active), device=device)
             for i in range(0, n, bs):
                 idx = [p[i:i + bs] for p in perms]
-                x = _gather(buffer, xs, idx)
+                runs = stack.gather(xs, idx)
                 y = torch.stack([ys[k].index_select(0, j) for k, j in enumerate(idx)])
-                masks = _dropout_masks(stack, active, widths, dropouts, dropout_rngs, x.shape[1], device)
-                per_head = ((stack.forward(x, masks) - y) ** 2).mean(dim=(1, 2))
+                masks = _dropout_masks(stack, active, widths, dropouts, dropout_rngs, head_scale, y.shape[1], device)
+                per_head = ((stack.forward(runs, masks) - y) ** 2).mean(dim=(1, 2))
                 per_head.sum().backward()
-                stack.clip_and_step(lr, head_wd, head_clip)
-                loss_sum += per_head.detach() * x.shape[1]
+                stack.clip_and_step(lrs, head_wd, head_clip)
+                loss_sum += per_head.detach() * y.shape[1]
             train_loss = (loss_sum / n).tolist()
             # validation scores per head, then each head's plateau schedule
             if has_val:
                 val_loss, val_r2 = _evaluate(stack, [data[h].xv for h in active], [data[h].yv for h in active],
-                                             stack.pad[0], recipes[0].eval_batch_size)
+                                             recipes[0].eval_batch_size)
             else:
                 val_loss = val_r2 = [float("nan")] * len(active)
             seconds = time.perf_counter() - t0
@@ -301,10 +368,9 @@ def _train_loop(models: list[nn.Sequential], data: list[Any], recipes: list[Trai
                 keep = [k for k in range(len(active)) if k not in stopped]
                 if not keep:
                     break
-                stack.keep(torch.tensor(keep, device=device))
+                stack.keep(keep)
                 active = [active[k] for k in keep]
-                head_wd, head_clip = wd[active], clip[active]
-                buffer.zero_()  # a slot's padding must be zero for the head that now holds it
+                head_wd, head_clip, head_scale = [wd[h] for h in active], clip[active], keep_scale[active]
     finally:
         if bar is not None:
             bar.close()
@@ -315,9 +381,11 @@ def _train_loop(models: list[nn.Sequential], data: list[Any], recipes: list[Trai
 
 
 def _dropout_masks(stack: _Stack, active: list[int], widths: list[list[int]], dropouts: list[float],
-                   rngs: list[torch.Generator], rows: int, device: torch.device) -> list[torch.Tensor] | None:
-    """Per hidden layer, (H, B, width_pad) masks already scaled by 1 / (1 - p): each head's drawn from its own
-    generator in train_head's order and shape (CPU dropout: bernoulli_(1 - p), then / (1 - p))."""
+                   rngs: list[torch.Generator], scales: torch.Tensor, rows: int, device: torch.device
+                   ) -> list[torch.Tensor] | None:
+    """Per hidden layer, the (H, B, width_pad) dropout masks times each head's 1 / (1 - p): every head's drawn
+    from its own generator in train_head's order and shape (CPU dropout is bernoulli_(1 - p), then the mask
+    divided by 1 - p; `scales` holds that quotient as the same float32 division gives it)."""
     if all(dropouts[h] == 0 for h in active):
         return None
     masks = []
@@ -325,10 +393,14 @@ def _dropout_masks(stack: _Stack, active: list[int], widths: list[list[int]], dr
         mask = torch.ones(len(active), rows, stack.pad[i], device=device)
         for k, h in enumerate(active):
             p = dropouts[h]
-            if p > 0:
-                noise = torch.empty(rows, widths[h][i]).bernoulli_(1 - p, generator=rngs[h]).div_(1 - p)
-                mask[k, :, :widths[h][i]] = noise.to(device)
-        masks.append(mask)
+            if p == 0:
+                continue
+            if widths[h][i] == stack.pad[i]:
+                mask[k].bernoulli_(1 - p, generator=rngs[h])  # contiguous: drawn in place
+            else:
+                mask[k, :, :widths[h][i]] = torch.empty(rows, widths[h][i], device=device).bernoulli_(
+                    1 - p, generator=rngs[h])
+        masks.append(mask.mul_(scales))
     return masks
 
 
