@@ -140,6 +140,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         from .heads import run_heads_benchmark
 
         results["heads"] = run_heads_benchmark(n=config.heads_rows, d=config.heads_dim, epochs=config.heads_epochs)
+        status("bench: 12 mlp_1 fits one by one vs one batched pass")
+        from .heads import run_batched_benchmark
+
+        small = config.heads_dim < 128  # the quick configuration: small widths
+        results["heads_batched"] = run_batched_benchmark(
+            n=config.heads_rows, dims=(8, 12, 16, 24) if small else (128, 192, 256, 384),
+            epochs=min(3, config.heads_epochs))
     results["machine"]["loadavg_end"] = os.getloadavg()[0]
     if config.out is not None:
         config.out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,4 +189,9 @@ def format_bench(results: dict[str, Any]) -> str:
         scalars = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in results["heads"].items()
                    if not isinstance(v, (dict, list))}
         lines.append("  heads: " + json.dumps(scalars))
+    if "heads_batched" in results:
+        hb = results["heads_batched"]
+        lines.append(f"  {hb['fits']} mlp_1 fits ({hb['seeds']} seeds x widths {hb['dims']}, {hb['n_train']} rows, "
+                     f"{hb['epochs']} epochs): one by one {hb['one_by_one_s']:.1f} s, batched {hb['batched_s']:.1f} s "
+                     f"({hb['batched_speedup']:.2f} x), predictions equal to {hb['max_rel_prediction_difference']:.1e}")
     return "\n".join(lines)

@@ -30,6 +30,9 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert figures["hdf5_read_mb_per_s"] > 0
     heads = figures["heads"]
     assert heads["ridge_s"] > 0 and heads["mlp_1_epochs_run"] == 2 and heads["ridge_n_alphas"] == 21
+    batched = figures["heads_batched"]
+    assert batched["fits"] == 12 and batched["batched_s"] > 0 and batched["max_rel_prediction_difference"] < 1e-4
+    assert "mlp_1 fits (3 seeds" in result.output
     assert "x the minimal forward" in result.output and "2 torchrun ranks vs 1 process" in result.output
     assert "peak RSS vs N" in result.output
 
