@@ -29,7 +29,8 @@ from .sources import Source
 
 CELL_FORMAT = 1
 MAX_BATCH_HEADS = 64  # heads trained in one pass at most
-DEFAULT_BATCH_BYTES = 2 << 30  # features one batched pass holds in memory at most (train + val rows, float32)
+DEFAULT_BATCH_BYTES = 1 << 30  # features a batched pass loads at most (train + val rows, float32; training
+# holds a standardised copy beside them, so about twice this at the peak)
 Fit = tuple[dict[str, Any], dict[str, np.ndarray]]
 
 
