@@ -170,15 +170,23 @@ def kiel_figure(teff: np.ndarray, logg: np.ndarray, residual: np.ndarray, title:
 
 def label_efficiency(rows: list[dict[str, Any]], path: Path, target: str) -> Path:
     """Test R2 (left, with its 95% band) and sigma_MAD (right) vs the number of training spectra on a log
-    axis, one line per cell; raw-input cells dashed."""
+    axis: per encoder and head the cell with the best full-data validation R2 (every cell is in
+    label_efficiency.csv; thirty lines would hide each other); raw-input cells dashed."""
     from ..heads.binning import unit
 
-    fig = _figure(11.0, 4.2)
+    fig = _figure(11.0, 4.6)
     left, right = fig.subplots(1, 2)
     cells: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         cells.setdefault((row["encoder"], row["layer"], row["pool"], row["head"], row["kind"]), []).append(row)
-    for (encoder, layer, pool, head, kind), points in cells.items():
+    best: dict[tuple[str, str], tuple[str, ...]] = {}
+    for cell, points in cells.items():
+        full = [r for r in points if r["full"] and np.isfinite(r["val_r2"])]
+        key = (cell[0], cell[3])
+        if full and (key not in best or full[0]["val_r2"] > next(r for r in cells[best[key]] if r["full"])["val_r2"]):
+            best[key] = cell
+    for encoder, layer, pool, head, kind in best.values():
+        points = cells[(encoder, layer, pool, head, kind)]
         points = sorted(points, key=lambda r: r["n_train"])
         x = np.array([r["n_train"] for r in points], dtype=float)
         style = "--" if kind == "baseline" else "-"
@@ -194,8 +202,9 @@ def label_efficiency(rows: list[dict[str, Any]], path: Path, target: str) -> Pat
         ax.set_xlabel("training spectra")
         ax.set_ylabel(f"{target} {name}")
         ax.grid(alpha=0.3, which="both")
-    left.legend(fontsize=6)
-    fig.suptitle(f"{target}: label efficiency (nested subsets of the train split)", fontsize=10)
+    fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle(f"{target}: label efficiency (nested subsets of the train split; per encoder and head its cell "
+                 "best on validation)", fontsize=9)
     fig.savefig(path)
     return path
 
