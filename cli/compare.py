@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from .common import command, echo_result
-from .options import binning_options, make_recipe, parse_alphas, parse_sizes, recipe_options, split_role_options
+from .options import (
+    binning_options,
+    head_options,
+    make_recipe,
+    parse_alphas,
+    parse_sizes,
+    recipe_options,
+    split_role_options,
+)
 
 
 @command("compare", short_help="Table every layer x pooling x head cell, with baselines and CIs.")
@@ -40,6 +48,7 @@ from .options import binning_options, make_recipe, parse_alphas, parse_sizes, re
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options
+@head_options
 @binning_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/compare"), show_default=True,
               help="Report directory (finished fits are kept in OUT/cells and reused).")
@@ -48,7 +57,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
             train_sizes: str, folds: int, subset_seed: int, plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: float, weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float,
-            alphas: str | None, device: str, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
+            alphas: str | None, device: str, knn_k: str | None,
+            knn_weights: str, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
     """Fit every (encoder, layer, pooling) x head cell on cached features and tabulate test R2 with its 95%
     bootstrap interval beside validation R2; the best cell by validation R2 is in bold.
 
@@ -63,6 +73,7 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
     """
     from featcache.common.progress import status
     from featcache.heads.binning import Binning
+    from featcache.heads.knn import parse_ks
     from featcache.reports.comparison import compare
 
     layers = tuple(layer for layer in layers if layer != "all")  # --layer all: every encoder layer (the default)
@@ -72,6 +83,7 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      hidden=hidden, dropout=dropout, alphas=parse_alphas(alphas), runs=list(runs), out=out,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
                      test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg),
-                     train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed)
+                     train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
+                     knn_ks=parse_ks(knn_k), knn_weights=knn_weights)
     echo_result(result.markdown.rstrip())
     status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

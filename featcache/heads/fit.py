@@ -18,6 +18,7 @@ from ..cache.reader import FeatureCache, open_cache
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
 from ..common.overlap import check_disjoint
+from .knn import KNNHead
 from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from .registry import create_head, head_info
@@ -65,6 +66,8 @@ class FitSpec:
     device: str = "auto"
     n_boot: int = 1000
     selection: RowSelection | None = None  # a nested train subset or one fold (heads.selection)
+    knn_ks: list[int] | None = None  # knn: the k grid (None: 1, 2, 4, ..., 256)
+    knn_weights: str = "uniform"     # knn: uniform | distance
 
     def describe(self) -> dict[str, Any]:
         """The recipe as plain data (keys of a compare cell, config.yaml)."""
@@ -74,6 +77,8 @@ class FitSpec:
                "dropout": self.dropout if head_info(self.head).trainable else None, "recipe": recipe,
                "alphas": self.alphas, "splits": [self.train_split, self.val_split, self.test_split],
                "code_version": FIT_CODE_VERSION}
+        if self.head == "knn":  # only for knn: the keys of the other heads' cells stay what they were
+            out["knn"] = {"ks": self.knn_ks, "weights": self.knn_weights}
         rows = self.selection.describe() if self.selection is not None else None
         if rows:  # only then: the keys of whole-split fits stay what they were
             out["rows"] = rows
@@ -83,7 +88,7 @@ class FitSpec:
 @dataclass
 class FitResult:
     spec: FitSpec
-    predictor: RidgeHead | TrainResult
+    predictor: RidgeHead | KNNHead | TrainResult
     in_dim: int
     metrics: dict[str, Any]
     predictions: dict[str, dict[str, np.ndarray]]
@@ -98,6 +103,8 @@ class FitResult:
     def chosen(self) -> dict[str, Any]:
         if isinstance(self.predictor, RidgeHead):
             return {"alpha": self.predictor.alpha_}
+        if isinstance(self.predictor, KNNHead):
+            return {"k": self.predictor.k_}
         return {"best_epoch": self.predictor.best_epoch, "epochs_run": len(self.predictor.history)}
 
     def summary(self) -> str:
@@ -184,9 +191,18 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
 
 
 def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], progress: bool
-                   ) -> tuple[RidgeHead | TrainResult, list[dict[str, Any]]]:
-    """Ridge from streamed statistics (alpha by validation R2), or a torch head trained on loaded rows."""
+                   ) -> tuple[RidgeHead | KNNHead | TrainResult, list[dict[str, Any]]]:
+    """Ridge from streamed statistics (alpha by validation R2), kNN (k by validation R2), or a torch head
+    trained on loaded rows."""
     in_dim, val_x, val_y = x["train"].shape[1], x.get("val"), y.get("val")
+    if spec.head == "knn":
+        knn = create_head("knn", in_dim, len(spec.targets), ks=spec.knn_ks, weights=spec.knn_weights)
+        knn.fit(x["train"], y["train"], val_x, val_y, target_names=spec.targets)
+        curve = knn.val_r2_per_k_
+        history = [] if curve is None else [
+            {"k": k, **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(spec.targets)}}
+            for i, k in enumerate(knn.ks_)]
+        return knn, history
     if spec.head == "ridge":
         head = create_head("ridge", in_dim, len(spec.targets), alphas=spec.alphas)
         train_stats = StreamingStats.from_arrays(x["train"], y["train"])

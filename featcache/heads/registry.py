@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..common.errors import FeatcacheError, choices_message
+from .knn import KNNHead
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN
 from .ridge import RidgeHead
 
@@ -80,6 +81,12 @@ def _ridge(in_dim: int, out_dim: int, hidden: int, dropout: float, **kwargs: Any
     return RidgeHead(**kwargs)
 
 
+@register_head("knn", "k nearest neighbours on standardised features (Euclidean), k chosen by validation R2",
+               trainable=False)
+def _knn(in_dim: int, out_dim: int, hidden: int, dropout: float, **kwargs: Any) -> KNNHead:
+    return KNNHead(**kwargs)
+
+
 @register_head("linear", "Linear(D, T) trained with the MLP recipe")
 def _linear(in_dim: int, out_dim: int, hidden: int, dropout: float) -> nn.Sequential:
     return _mlp(in_dim, out_dim, hidden, dropout, blocks=0)
@@ -98,7 +105,7 @@ def _mlp_2(in_dim: int, out_dim: int, hidden: int, dropout: float) -> nn.Sequent
 def create_head(name: str, in_dim: int, out_dim: int, hidden: int = DEFAULT_HIDDEN,
                 dropout: float = DEFAULT_DROPOUT, seed: int | None = None, **kwargs: Any) -> Any:
     """Build a head by name. seed makes torch initialisation reproducible without touching the global RNG;
-    extra kwargs go to the builder (ridge: alphas, alpha_grid, scale_alphas)."""
+    extra kwargs go to the builder (ridge: alphas, alpha_grid, scale_alphas; knn: ks, weights)."""
     info = head_info(name)
     if int(in_dim) < 1 or int(out_dim) < 1:
         raise FeatcacheError(f"head dimensions must be positive, got in_dim={in_dim}, out_dim={out_dim}")

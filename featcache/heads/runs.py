@@ -22,6 +22,7 @@ from ..common.files import atomic_write, save_torch, write_json, write_text
 from ..common.serialise import plain
 from .binning import Binning, binned_table
 from .fit import FitResult
+from .knn import KNNHead
 from .registry import create_head
 from .ridge import RidgeHead
 from .training import TrainResult
@@ -120,7 +121,7 @@ class LoadedHead:
     """A fitted head read back from a run directory."""
 
     head: str
-    predictor: RidgeHead | TrainResult
+    predictor: RidgeHead | KNNHead | TrainResult
     features: list[tuple[str, str]]
     targets: list[str]
     in_dim: int
@@ -142,7 +143,9 @@ def load_head(run_dir: str | Path) -> LoadedHead:
         raise FeatcacheError(f"{path}: not a featcache head file (format {HEAD_FORMAT})")
     state = saved["state"]
     if saved["head"] == "ridge":
-        predictor: RidgeHead | TrainResult = RidgeHead.from_state(state)
+        predictor: RidgeHead | KNNHead | TrainResult = RidgeHead.from_state(state)
+    elif saved["head"] == "knn":
+        predictor = KNNHead.from_state(state)  # holds the standardised train rows it searches
     else:
         model = create_head(saved["head"], saved["in_dim"], len(saved["targets"]), hidden=saved["hidden"],
                             dropout=saved["dropout"])

@@ -27,6 +27,7 @@ from ..common.progress import progress, status
 from ..common.serialise import plain
 from ..heads.binning import Binning
 from ..heads.fit import FitSpec, check_roles
+from ..heads.knn import check_weights
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..heads.registry import head_info
 from ..heads.selection import RowSelection
@@ -286,7 +287,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             baselines: bool = True, device: str = "auto", train_split: str = "train", val_split: str = "val",
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
-            folds: int = 0, subset_seed: int = 0) -> CompareResult:
+            folds: int = 0, subset_seed: int = 0, knn_ks: Sequence[int] | None = None,
+            knn_weights: str = "uniform") -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
@@ -321,13 +323,15 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot, sizes, folds,
                              subset_seed)
     spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
-                test_split=test_split, device=device)
+                test_split=test_split, device=device, knn_ks=list(knn_ks) if knn_ks else None,
+                knn_weights=check_weights(knn_weights))
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
     done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit)
     table, best, predictions = _table(request, cells, done)
     settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
                 "baselines": baselines, "device": device, "binning": binning.describe(), "train_sizes": sizes,
-                "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas}
+                "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas,
+                "knn_ks": list(knn_ks) if knn_ks else None, "knn_weights": knn_weights}
     efficiency = label_efficiency(cells, done, n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
                           (fitted, reused))

@@ -69,7 +69,9 @@ def cell_row(tasks: list[Task], fits: list[tuple[dict[str, Any], dict[str, np.nd
     row["train_r2"] = _mean([r["metrics"]["train"]["r2"] for r in records])
     alphas = [r["chosen"].get("alpha") for r in records if r["chosen"].get("alpha") is not None]
     epochs = [r["chosen"].get("best_epoch") for r in records if r["chosen"].get("best_epoch") is not None]
+    ks = [r["chosen"].get("k") for r in records if r["chosen"].get("k") is not None]
     row["chosen_alpha"] = float(alphas[0]) if alphas else float("nan")
+    row["chosen_k"] = float(ks[0]) if ks else float("nan")
     row["chosen_epoch"] = _mean([float(e) for e in epochs]) if epochs else float("nan")
     row["chosen_epochs"] = ";".join(str(int(e)) for e in epochs)
     row["fit_seconds"] = float(sum(r["fit_seconds"] for r in records))
@@ -152,6 +154,7 @@ def run_row(run: RunRows, target: str, n_boot: int) -> tuple[dict[str, Any], np.
     row["train_r2"] = float(train.get("r2", float("nan")))
     chosen = run.metrics.get("chosen") or {}
     row["chosen_alpha"] = float(chosen.get("alpha", float("nan")))
+    row["chosen_k"] = float(chosen.get("k", float("nan")))
     row["chosen_epoch"] = float(chosen.get("best_epoch", float("nan")))
     row["chosen_epochs"] = str(chosen.get("best_epoch", ""))
     row["fit_seconds"] = float(run.metrics.get("fit_seconds") or run.metrics.get("seconds") or float("nan"))
