@@ -30,7 +30,7 @@ from ..common.overlap import check_disjoint
 from ..common.progress import status
 from ..common.settings import changes
 from ..heads.fit import FitResult
-from ..heads.registry import create_head
+from ..heads.registry import create_head, head_info, list_heads
 from ..heads.runs import LoadedHead, check_run_dir, clear_run_dir, load_head
 from ..heads.training import TrainResult
 from ..model.checkpoint import load_encoder, load_torch_file, state_dict_digest
@@ -121,6 +121,9 @@ def _initial_head(opts: FinetuneOptions, source_sha: str, dist: Dist) -> tuple[L
                              "(linear, mlp_1, mlp_2)")
     if init.head != head_name:
         raise FeatcacheError(f"{where}: the run's head is {init.head}, --head asks for {head_name}")
+    if not head_info(head_name).finetune:
+        raise FeatcacheError(f"{where}: a {head_name} head cannot be fine-tuned end to end; finetune trains "
+                             + ", ".join(h for h in list_heads() if head_info(h).finetune))
     if init.features != [(opts.layer, opts.pool)]:
         raise FeatcacheError(f"{where}: the head was fitted on {'+'.join(f'{a}/{b}' for a, b in init.features)}, "
                              f"not {opts.layer}/{opts.pool}")

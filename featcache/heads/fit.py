@@ -118,6 +118,8 @@ class FitResult:
                     ci = entry.get("r2_ci95")
                     ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
                     bits.append(f"{split} R2 {entry['r2']:.3f}{ci_text} (n={entry['n']})")
+                    if split == self.spec.test_split and "coverage_1sigma" in entry:
+                        bits.append(f"(1-sigma coverage {entry['coverage_1sigma']:.3f}, std(z) {entry['z_std']:.3f})")
             parts.append(" ".join(bits))
         chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.chosen.items())
         return "; ".join(parts) + f"; {chosen}; {self.seconds:.1f} s"
@@ -175,15 +177,20 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
         if split is None:
             continue
         rows = data[role]
-        pred = np.asarray(predictor.predict(rows.x)).reshape(len(rows.x), -1)
+        if getattr(predictor, "gaussian", False):  # uncertainty heads: a sigma per row and target
+            mean, sigma = predictor.predict_dist(rows.x)
+            pred, sigma = (np.asarray(a).reshape(len(rows.x), -1) for a in (mean, sigma))
+        else:
+            pred, sigma = np.asarray(predictor.predict(rows.x)).reshape(len(rows.x), -1), None
         metrics["splits"][split] = split_metrics(split, role, rows.y, pred, spec.targets,
-                                                 n_spectra=_n_spectra(cache, split, rows), n_boot=spec.n_boot)
+                                                 n_spectra=_n_spectra(cache, split, rows), n_boot=spec.n_boot,
+                                                 sigma=sigma)
         if spec.selection is not None and spec.selection.describe():
             metrics["splits"][split]["rows"] = spec.selection.describe()
         if role != "train":
             mixed = len(set(rows.splits.tolist())) > 1  # a fold's validation rows come from train and val
             predictions[role] = {"split": rows.splits if mixed else np.array(split), "index": rows.index,
-                                 "true": rows.y, "pred": pred,
+                                 "true": rows.y, "pred": pred, **({} if sigma is None else {"sigma": sigma}),
                                  **{f"label_{name}": values for name, values in (rows.labels or {}).items()}}
     return FitResult(spec, predictor, data["train"].x.shape[1], metrics, predictions, history, seconds, str(cache.path),
                      cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..common.errors import FeatcacheError, choices_message
+from .gaussian import GaussianMLP
 from .knn import KNNHead
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN
 from .ridge import RidgeHead
@@ -26,20 +27,23 @@ class HeadInfo:
 
     name: str
     description: str
-    trainable: bool  # True: torch module for train_head; False: closed form (ridge)
+    trainable: bool  # True: torch module for train_head; False: closed form (ridge, knn)
     builder: Callable[..., Any]
+    uncertainty: bool = False  # predicts a sigma per row (predictions gain <split>_sigma, metrics calibration)
+    finetune: bool = True      # finetune can train it end to end (trainable heads only)
 
 
 _REGISTRY: dict[str, HeadInfo] = {}
 
 
-def register_head(name: str, description: str, trainable: bool = True) -> Callable[[Callable], Callable]:
+def register_head(name: str, description: str, trainable: bool = True, *, uncertainty: bool = False,
+                  finetune: bool = True) -> Callable[[Callable], Callable]:
     """Decorator adding a builder `(in_dim, out_dim, hidden, dropout, **kwargs) -> head` under `name`."""
 
     def wrap(builder: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"head '{name}' is already registered")
-        _REGISTRY[name] = HeadInfo(name, description, trainable, builder)
+        _REGISTRY[name] = HeadInfo(name, description, trainable, builder, uncertainty, finetune and trainable)
         return builder
 
     return wrap
@@ -100,6 +104,13 @@ def _mlp_1(in_dim: int, out_dim: int, hidden: int, dropout: float) -> nn.Sequent
 @register_head("mlp_2", "two hidden blocks of width h (Linear -> GELU -> Dropout), then Linear(h, T)")
 def _mlp_2(in_dim: int, out_dim: int, hidden: int, dropout: float) -> nn.Sequential:
     return _mlp(in_dim, out_dim, hidden, dropout, blocks=2)
+
+
+@register_head("mlp_1_gauss", "mlp_1 giving a mean and a sigma per target, Gaussian NLL after an MSE warm-up",
+               uncertainty=True, finetune=False)
+def _mlp_1_gauss(in_dim: int, out_dim: int, hidden: int, dropout: float) -> GaussianMLP:
+    return GaussianMLP(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 2 * out_dim),
+                       n_targets=out_dim)
 
 
 def create_head(name: str, in_dim: int, out_dim: int, hidden: int = DEFAULT_HIDDEN,
