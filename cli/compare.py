@@ -58,7 +58,7 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: float, weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float,
             alphas: str | None, device: str, knn_k: str | None,
-            knn_weights: str, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
+            knn_weights: str, attn_heads: int, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
     """Fit every (encoder, layer, pooling) x head cell on cached features and tabulate test R2 with its 95%
     bootstrap interval beside validation R2; the best cell by validation R2 is in bold.
 
@@ -84,6 +84,6 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
                      test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg),
                      train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
-                     knn_ks=parse_ks(knn_k), knn_weights=knn_weights)
+                     knn_ks=parse_ks(knn_k), knn_weights=knn_weights, attn_heads=attn_heads)
     echo_result(result.markdown.rstrip())
     status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

@@ -110,7 +110,8 @@ def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def head_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options of particular heads (fit and compare): the kNN grid and weighting."""
+    """Options of particular heads (fit and compare): the kNN grid and weighting, attention heads."""
+    from featcache.heads.attention import DEFAULT_HEADS
     from featcache.heads.knn import WEIGHTS
 
     return stack(
@@ -118,6 +119,8 @@ def head_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="knn: the k values validation R2 chooses from (default 1,2,4,...,256)."),
         click.option("--knn-weights", type=click.Choice(WEIGHTS), default="uniform", show_default=True,
                      help="knn: uniform (mean of the k targets) or distance (weights 1/d)."),
+        click.option("--attn-heads", type=click.IntRange(min=1), default=DEFAULT_HEADS, show_default=True,
+                     help="attn: attention heads pooling the --pool none map."),
     )(func)
 
 

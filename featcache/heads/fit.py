@@ -18,6 +18,8 @@ from ..cache.reader import FeatureCache, open_cache
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
 from ..common.overlap import check_disjoint
+from .attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
+from .attention import map_shape
 from .knn import KNNHead
 from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
@@ -68,6 +70,7 @@ class FitSpec:
     selection: RowSelection | None = None  # a nested train subset or one fold (heads.selection)
     knn_ks: list[int] | None = None  # knn: the k grid (None: 1, 2, 4, ..., 256)
     knn_weights: str = "uniform"     # knn: uniform | distance
+    attn_heads: int = DEFAULT_ATTN_HEADS  # attn: attention heads over the positions
 
     def describe(self) -> dict[str, Any]:
         """The recipe as plain data (keys of a compare cell, config.yaml)."""
@@ -79,6 +82,8 @@ class FitSpec:
                "code_version": FIT_CODE_VERSION}
         if self.head == "knn":  # only for knn: the keys of the other heads' cells stay what they were
             out["knn"] = {"ks": self.knn_ks, "weights": self.knn_weights}
+        if self.head == "attn":
+            out["attn"] = {"heads": self.attn_heads}
         rows = self.selection.describe() if self.selection is not None else None
         if rows:  # only then: the keys of whole-split fits stay what they were
             out["rows"] = rows
@@ -168,7 +173,7 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
     data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
                      spec.selection)
     predictor, history = _fit_predictor(spec, {r: d.x for r, d in data.items()}, {r: d.y for r, d in data.items()},
-                                        progress)
+                                        progress, _map_options(cache, spec, data["train"].x.shape[1]))
     seconds = time.perf_counter() - started
 
     metrics: dict[str, Any] = {"splits": {}}
@@ -197,7 +202,20 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
                      cache.provenance(spec.train_split, spec.features))
 
 
-def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], progress: bool
+def _map_options(cache: FeatureCache, spec: FitSpec, in_dim: int) -> dict[str, Any]:
+    """A head that pools the map itself (attn) gets its shape from the feature's attrs; others nothing."""
+    if not head_info(spec.head).needs_map:
+        return {}
+    if len(spec.features) != 1:
+        raise FeatcacheError(f"head {spec.head} pools one feature map: give one --layer with --pool none, not "
+                             f"{len(spec.features)} features")
+    layer, pool = spec.features[0]
+    channels, length = map_shape((layer, pool), cache.feature_info(spec.train_split, layer, pool), in_dim)
+    return {"channels": channels, "length": length, "heads": spec.attn_heads}
+
+
+def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], progress: bool,
+                   head_kwargs: dict[str, Any] | None = None
                    ) -> tuple[RidgeHead | KNNHead | TrainResult, list[dict[str, Any]]]:
     """Ridge from streamed statistics (alpha by validation R2), kNN (k by validation R2), or a torch head
     trained on loaded rows."""
@@ -222,7 +240,7 @@ def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], p
                        for i, a in enumerate(ridge.alphas_)]
         return ridge, history
     model = create_head(spec.head, in_dim, len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
-                        seed=spec.recipe.seed)
+                        seed=spec.recipe.seed, **(head_kwargs or {}))
     trained = train_head(model, x["train"].load(), y["train"], val_x.load() if val_x is not None else None, val_y,
                          recipe=spec.recipe, device=resolve_device(spec.device), progress=progress,
                          target_names=spec.targets, desc=f"fit {spec.head}")

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from ..common.errors import FeatcacheError, choices_message
+from .attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
+from .attention import AttentionHead
 from .gaussian import GaussianMLP
 from .knn import KNNHead
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN
@@ -31,19 +33,23 @@ class HeadInfo:
     builder: Callable[..., Any]
     uncertainty: bool = False  # predicts a sigma per row (predictions gain <split>_sigma, metrics calibration)
     finetune: bool = True      # finetune can train it end to end (trainable heads only)
+    needs_map: bool = False    # pools a feature map itself: needs a --pool none feature (C, L' in its attrs)
+    options: tuple[str, ...] = ()  # builder keyword options (saved in head.pt to rebuild the head)
 
 
 _REGISTRY: dict[str, HeadInfo] = {}
 
 
 def register_head(name: str, description: str, trainable: bool = True, *, uncertainty: bool = False,
-                  finetune: bool = True) -> Callable[[Callable], Callable]:
+                  finetune: bool = True, needs_map: bool = False, options: tuple[str, ...] = ()
+                  ) -> Callable[[Callable], Callable]:
     """Decorator adding a builder `(in_dim, out_dim, hidden, dropout, **kwargs) -> head` under `name`."""
 
     def wrap(builder: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"head '{name}' is already registered")
-        _REGISTRY[name] = HeadInfo(name, description, trainable, builder, uncertainty, finetune and trainable)
+        _REGISTRY[name] = HeadInfo(name, description, trainable, builder, uncertainty, finetune and trainable,
+                                   needs_map, options)
         return builder
 
     return wrap
@@ -113,6 +119,18 @@ def _mlp_1_gauss(in_dim: int, out_dim: int, hidden: int, dropout: float) -> Gaus
                        n_targets=out_dim)
 
 
+@register_head("attn", "attention pooling over a --pool none feature map (learned scores + position "
+               "embedding, softmax over positions, several heads), then mlp_1", finetune=False, needs_map=True,
+               options=("channels", "length", "heads"))
+def _attn(in_dim: int, out_dim: int, hidden: int, dropout: float, channels: int | None = None,
+          length: int | None = None, heads: int = DEFAULT_ATTN_HEADS) -> AttentionHead:
+    if channels is None or length is None or channels * length != in_dim:
+        raise FeatcacheError(f"head attn needs the map shape (channels x length = {in_dim}), got {channels} x {length}")
+    if int(heads) < 1:
+        raise FeatcacheError(f"--attn-heads must be a positive integer, got {heads}")
+    return AttentionHead(channels, length, out_dim, hidden, dropout, heads=int(heads))
+
+
 def create_head(name: str, in_dim: int, out_dim: int, hidden: int = DEFAULT_HIDDEN,
                 dropout: float = DEFAULT_DROPOUT, seed: int | None = None, **kwargs: Any) -> Any:
     """Build a head by name. seed makes torch initialisation reproducible without touching the global RNG;
@@ -124,10 +142,17 @@ def create_head(name: str, in_dim: int, out_dim: int, hidden: int = DEFAULT_HIDD
         raise FeatcacheError(f"--hidden must be a positive integer, got {hidden}")
     if not 0.0 <= float(dropout) < 1.0:
         raise FeatcacheError(f"--dropout must be in [0, 1), got {dropout}")
-    if kwargs and info.trainable:
-        raise FeatcacheError(f"head '{name}' takes no options {sorted(kwargs)}")
+    if info.trainable and set(kwargs) - set(info.options):
+        raise FeatcacheError(f"head '{name}' takes no options {sorted(set(kwargs) - set(info.options))}")
     if seed is None:
         return info.builder(int(in_dim), int(out_dim), int(hidden), float(dropout), **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return info.builder(int(in_dim), int(out_dim), int(hidden), float(dropout), **kwargs)
+
+
+def head_options(name: str, model: Any) -> dict[str, Any]:
+    """The builder options a trained head was made with (saved in head.pt, so load_head rebuilds it)."""
+    if isinstance(model, AttentionHead):
+        return {"channels": model.pool.channels, "length": model.pool.length, "heads": model.pool.heads}
+    return {}

@@ -27,6 +27,7 @@ from ..common.progress import progress, status
 from ..common.serialise import plain
 from ..heads.binning import Binning
 from ..heads.fit import FitSpec, check_roles
+from ..heads.attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
 from ..heads.knn import check_weights
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..heads.registry import head_info
@@ -174,6 +175,8 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
             width = int(src.cache.feature_info(train_split, layer, pool).get("D") or
                         src.cache.feature_array(train_split, layer, pool).shape[1])
             for head in request.heads:
+                if head_info(head).needs_map and pool != "none":
+                    continue  # attn pools the map itself: only the --pool none cells (the table shows —)
                 trainable = head_info(head).trainable
                 for variant, selection in variants:
                     group = []
@@ -307,7 +310,7 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
             folds: int = 0, subset_seed: int = 0, knn_ks: Sequence[int] | None = None,
-            knn_weights: str = "uniform") -> CompareResult:
+            knn_weights: str = "uniform", attn_heads: int = DEFAULT_ATTN_HEADS) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
@@ -343,14 +346,15 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
                              subset_seed)
     spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
                 test_split=test_split, device=device, knn_ks=list(knn_ks) if knn_ks else None,
-                knn_weights=check_weights(knn_weights))
+                knn_weights=check_weights(knn_weights), attn_heads=attn_heads)
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
     done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit)
     table, best, predictions, sigmas = _table(request, cells, done)
     settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
                 "baselines": baselines, "device": device, "binning": binning.describe(), "train_sizes": sizes,
                 "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas,
-                "knn_ks": list(knn_ks) if knn_ks else None, "knn_weights": knn_weights}
+                "knn_ks": list(knn_ks) if knn_ks else None, "knn_weights": knn_weights,
+                "attn_heads": attn_heads}
     efficiency = label_efficiency(cells, done, n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
                           (fitted, reused), _calibration_cells(table, targets, sigmas))
