@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from ..common.errors import FeatcacheError
+from .recipe import DEFAULT_ATTN_HEADS
 
-DEFAULT_HEADS = 4
+DEFAULT_HEADS = DEFAULT_ATTN_HEADS
 
 
 class AttentionPool(nn.Module):

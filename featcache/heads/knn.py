@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from ..common.errors import FeatcacheError
+from .recipe import KNN_WEIGHTS
 from .standardise import column_moments, is_constant, target_name
 
 DEFAULT_KS: tuple[int, ...] = tuple(2 ** i for i in range(9))  # 1, 2, 4, ..., 256
-WEIGHTS = ("uniform", "distance")
+WEIGHTS = KNN_WEIGHTS
 TRAIN_BLOCK = 8192   # train rows per distance block
 QUERY_BLOCK = 2048   # query rows per distance block (a block of distances is 128 MB of float64)
 
