@@ -117,8 +117,11 @@ def validate_options(opts: FinetuneOptions) -> None:
         raise FeatcacheError(f"--layer {opts.layer}: an input pseudo-layer has no encoder to fine-tune; fit a head "
                              "on the cache instead (featcache fit)")
     if opts.head is not None and not head_info(opts.head).finetune:
-        why = ("finetune trains by gradient descent" if not head_info(opts.head).trainable else
-               "finetune trains point heads with MSE on the pooled tap (fit it on cached features instead)")
+        info = head_info(opts.head)
+        why = ("finetune trains by gradient descent" if not info.trainable else
+               "finetune feeds the head a fixed pooling of the tap, not the live map (fit attn on cached "
+               "--pool none features instead)" if info.needs_map else
+               "finetune trains with MSE, not the Gaussian NLL (fit it on cached features instead)")
         raise FeatcacheError(f"--head {opts.head}: {why}; choose one of "
                              + ", ".join(h for h in list_heads() if head_info(h).finetune))
     get_pooling(opts.pool)

@@ -85,3 +85,9 @@ def test_compare_fits_attn_on_map_cells_only(map_cache, tmp_path, one_torch_thre
                                                                    ("none", "attn")}
     (line,) = [x for x in result.markdown.splitlines() if x.startswith("| maps | enc_last | global_mean")]
     assert line.rstrip().endswith("| — | — |")  # no attn cell on pooled features
+
+
+def test_finetune_refuses_attn(tmp_path):
+    refused = run_cli("finetune", "--ckpt", "x.ckpt", "--data", "train=x.h5", "--layer", "enc_last", "--pool", "none",
+                      "--target", "log_g", "--head", "attn", "--out", tmp_path / "ft", check=False)
+    assert_cli_error(refused, "--head attn", "fit it on cached features instead")
