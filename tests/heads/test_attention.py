@@ -90,4 +90,4 @@ def test_compare_fits_attn_on_map_cells_only(map_cache, tmp_path, one_torch_thre
 def test_finetune_refuses_attn(tmp_path):
     refused = run_cli("finetune", "--ckpt", "x.ckpt", "--data", "train=x.h5", "--layer", "enc_last", "--pool", "none",
                       "--target", "log_g", "--head", "attn", "--out", tmp_path / "ft", check=False)
-    assert_cli_error(refused, "--head attn", "fit it on cached features instead")
+    assert_cli_error(refused, "--head attn", "not the live map", "--pool none")
