@@ -30,8 +30,7 @@ def blobs(n: int = 900, d: int = 12, t: int = 1, seed: int = 0):
 
 @pytest.mark.parametrize("weights,t", [("uniform", 1), ("distance", 1), ("uniform", 3)])
 def test_knn_equals_sklearn_on_the_same_standardised_arrays(weights, t, monkeypatch):
-    monkeypatch.setattr(knn_module, "TRAIN_BLOCK", 128)  # several train and query blocks: the merge is exercised
-    monkeypatch.setattr(knn_module, "QUERY_BLOCK", 64)
+    monkeypatch.setattr(knn_module, "BLOCK_ELEMENTS", 500 * 37)  # several query blocks, one of them partial
     Xt, yt, Xv, yv, Xs, ys = blobs(t=t)
     head = KNNHead(weights=weights).fit(Xt, yt, Xv, yv)
     assert head.ks_ == [1, 2, 4, 8, 16, 32, 64, 128, 256] and 1 < head.k_ < 256
