@@ -12,6 +12,7 @@ from .options import (
     head_options,
     make_recipe,
     parse_alphas,
+    parse_shard,
     parse_sizes,
     recipe_options,
     split_role_options,
@@ -45,20 +46,27 @@ from .options import (
                    "std is shown beside the seed std and the bootstrap interval.")
 @click.option("--subset-seed", type=int, default=0, show_default=True,
               help="Seed of the --train-sizes subsets and the --folds assignment.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Fit only share I of N (0 <= I < N) of the fits into OUT/cells (one task of a job array) and write "
+                   "no table; a compare without --shard then assembles it without refitting.")
+@click.option("--batched/--no-batched", default=True, show_default=True,
+              help="Train the MLP fits that share their rows (seeds, --hidden/--lr settings, features of one cache) "
+                   "in one pass of stacked heads; --jobs then serves the rest.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
-@recipe_options
+@recipe_options(sweep=True)
 @head_options
 @binning_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/compare"), show_default=True,
               help="Report directory (finished fits are kept in OUT/cells and reused).")
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
             pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool,
-            train_sizes: str, folds: int, subset_seed: int, plots: bool,
+            train_sizes: str, folds: int, subset_seed: int, shard: str | None, batched: bool, plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
-            lr: float, weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float,
-            alphas: str | None, device: str, knn_k: str | None,
-            knn_weights: str, attn_heads: int, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
+            lr: list[float], weight_decay: list[float], patience: int, grad_clip: float, hidden: list[int],
+            dropout: list[float],
+            alphas: str | None, device: str, knn_k: str | None, knn_weights: str,
+            attn_heads: int, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
     """Fit every (encoder, layer, pooling) x head cell on cached features and tabulate test R2 with its 95%
     bootstrap interval beside validation R2; the best cell by validation R2 is in bold.
 
@@ -79,11 +87,14 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
     layers = tuple(layer for layer in layers if layer != "all")  # --layer all: every encoder layer (the default)
     result = compare(list(caches), list(targets), heads=list(heads) or None, layers=list(layers) or None,
                      pools=list(pools) or None, seeds=seeds,
-                     recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
-                     hidden=hidden, dropout=dropout, alphas=parse_alphas(alphas), runs=list(runs), out=out,
+                     recipe=make_recipe(seed, max_epochs, batch_size, lr[0], weight_decay[0], patience, grad_clip),
+                     hidden=hidden[0], dropout=dropout[0], alphas=parse_alphas(alphas), runs=list(runs), out=out,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
                      test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg),
                      train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
+                     shard=parse_shard(shard), batched=batched,
+                     sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay},
                      knn_ks=parse_ks(knn_k), knn_weights=knn_weights, attn_heads=attn_heads)
     echo_result(result.markdown.rstrip())
-    status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")
+    if result.table is not None:
+        status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

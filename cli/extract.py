@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
@@ -16,19 +15,10 @@ from featcache.extraction.options import (
     ExtractOptions,
 )
 
-from .common import UserError, command, command_line, echo_result
-from .options import data_option, defaults, device_option, noise_options
+from .common import command, command_line, echo_result
+from .options import data_option, defaults, device_option, noise_options, parse_shard
 
 D = defaults(ExtractOptions)
-
-
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    match = re.fullmatch(r"(\d+)/(\d+)", value)
-    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise UserError(f"--shard {value}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
-    return int(match.group(1)), int(match.group(2))
 
 
 @command("extract", short_help="Run the encoder once over all spectra into a Zarr feature cache.")
@@ -99,7 +89,7 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
         noise_level=noise_level, noise_seed=noise_seed, noise_draws=list(noise_draws), direction=direction,
         dilation=dilation, batch_size=batch_size, block_rows=block_rows, device=device, dtype=dtype, conv=conv,
         store_dtype=store_dtype, keep_maps=keep_maps, random_init=random_init, init_seed=init_seed, arch=arch,
-        hash=hash_mode, overwrite=overwrite, shard=_parse_shard(shard), prepare_only=prepare_only,
+        hash=hash_mode, overwrite=overwrite, shard=parse_shard(shard), prepare_only=prepare_only,
         command=command_line())
     report = run_extract(options)
     state = "complete" if report.complete else "INCOMPLETE (re-run to finish)"

@@ -4,6 +4,7 @@ command, and its default comes from the library (the dataclass that takes it), s
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -80,11 +81,39 @@ def split_role_options(test_help: str = "Scored once at the end ('' to skip).") 
     )
 
 
-def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The torch heads' training recipe (heads.recipe.TrainRecipe), shared by fit, compare and finetune."""
+class NumberList(click.ParamType):
+    """A comma-separated list of numbers (compare's sweepable options: --hidden 128,256,512)."""
+
+    name = "N1,N2,..."
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> list[Any]:
+        if isinstance(value, list | tuple):  # a --config YAML list
+            items = [str(v).strip() for v in value]
+        else:
+            items = [t.strip() for t in str(value).split(",") if t.strip()]
+        try:
+            numbers = [self.kind(float(t)) if self.kind is int else self.kind(t) for t in items]
+        except ValueError:
+            numbers = []
+        if not items or not numbers or (self.kind is int and any(float(t) != int(float(t)) for t in items)):
+            self.fail(f"{value!r}: expected a comma-separated list of {'whole ' if self.kind is int else ''}numbers",
+                      param, ctx)
+        return numbers
+
+
+def recipe_options(func: Callable[..., Any] | None = None, *, sweep: bool = False) -> Any:
+    """The torch heads' training recipe (heads.recipe.TrainRecipe), shared by fit, compare and finetune.
+    sweep=True (compare): --hidden, --dropout, --lr and --weight-decay take comma-separated lists."""
+    if func is None:
+        return lambda f: recipe_options(f, sweep=sweep)
     from featcache.heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 
     d = defaults(TrainRecipe)
+    many = " Comma-separated values are swept (best on validation per cell)." if sweep else ""
+    ints, floats = (NumberList(int), NumberList(float)) if sweep else (int, float)
     return stack(
         click.option("--seed", type=int, default=d["seed"], show_default=True,
                      help="Seed of initialisation, shuffling and dropout."),
@@ -92,17 +121,18 @@ def recipe_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="At most this many epochs (early stopping may stop sooner)."),
         click.option("--batch-size", type=int, default=d["batch_size"], show_default=True,
                      help="Rows per optimiser step."),
-        click.option("--lr", type=float, default=d["lr"], show_default=True, help="AdamW learning rate of the head."),
-        click.option("--weight-decay", type=float, default=d["weight_decay"], show_default=True,
-                     help="AdamW weight decay."),
+        click.option("--lr", type=floats, default=d["lr"], show_default=True,
+                     help="AdamW learning rate of the head." + many),
+        click.option("--weight-decay", type=floats, default=d["weight_decay"], show_default=True,
+                     help="AdamW weight decay." + many),
         click.option("--patience", type=int, default=d["patience"], show_default=True,
                      help="Early stopping: epochs without a better validation R2."),
         click.option("--grad-clip", type=float, default=d["grad_clip"], show_default=True,
                      help="Gradient norm clip (0: off)."),
-        click.option("--hidden", type=int, default=DEFAULT_HIDDEN, show_default=True,
-                     help="Hidden width of mlp heads."),
-        click.option("--dropout", type=float, default=DEFAULT_DROPOUT, show_default=True,
-                     help="Dropout of mlp heads."),
+        click.option("--hidden", type=ints, default=DEFAULT_HIDDEN, show_default=True,
+                     help="Hidden width of mlp heads." + many),
+        click.option("--dropout", type=floats, default=DEFAULT_DROPOUT, show_default=True,
+                     help="Dropout of mlp heads." + many),
         click.option("--alphas", default=None,
                      help="Ridge alphas relative to n_train, comma-separated (default: 21 values 1e-4..1e6)."),
         device_option(),
@@ -160,6 +190,17 @@ def parse_sizes(text: str) -> list[int]:
             raise FeatcacheError(f"--train-sizes {text}: '{item}' is not a positive whole number of spectra")
         sizes.append(int(value))
     return sizes
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """--shard I/N, 0 <= I < N (a Slurm job array's $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT):
+    extract's rows and compare's fits alike."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise FeatcacheError(f"--shard {text}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
+    return int(match.group(1)), int(match.group(2))
 
 
 def parse_alphas(text: str | None) -> list[float] | None:

@@ -165,16 +165,22 @@ def _check_request(cache: FeatureCache, spec: FitSpec) -> None:
     head_info(spec.head)
 
 
-def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool = True) -> FitResult:
-    """Fit spec.head on the cached features; choose on validation, score test once."""
+def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool = True,
+             trained: TrainResult | None = None) -> FitResult:
+    """Fit spec.head on the cached features; choose on validation, score test once. trained: the head already
+    trained on these rows (heads.batched.fit_heads trains many in one pass), to be scored and reported."""
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
     _check_request(cache, spec)
     started = time.perf_counter()
     data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
                      spec.selection)
-    predictor, history = _fit_predictor(spec, {r: d.x for r, d in data.items()}, {r: d.y for r, d in data.items()},
-                                        progress, _map_options(cache, spec, data["train"].x.shape[1]))
-    seconds = time.perf_counter() - started
+    if trained is None:
+        predictor, history = _fit_predictor(spec, {r: d.x for r, d in data.items()},
+                                            {r: d.y for r, d in data.items()}, progress,
+                                            _map_options(cache, spec, data["train"].x.shape[1]))
+    else:
+        predictor, history = trained, [dict(h) for h in trained.history]
+    seconds = time.perf_counter() - started + (trained.seconds if trained is not None else 0.0)
 
     metrics: dict[str, Any] = {"splits": {}}
     predictions: dict[str, dict[str, np.ndarray]] = {}

@@ -28,6 +28,8 @@ from ..heads.registry import head_info
 from .sources import Source
 
 CELL_FORMAT = 1
+MAX_BATCH_HEADS = 64  # heads trained in one pass at most
+DEFAULT_BATCH_BYTES = 2 << 30  # features one batched pass holds in memory at most (train + val rows, float32)
 Fit = tuple[dict[str, Any], dict[str, np.ndarray]]
 
 
@@ -47,6 +49,7 @@ class Task:
     spec: FitSpec
     key: str
     variant: tuple[str, int] | None = None  # ("size", n) or ("fold", k): a probing-study fit, not a table cell
+    setting: tuple[tuple[str, float], ...] = ()  # the swept hyper-parameters of this fit (sweep.py)
 
 
 def cell_key(fingerprint: str, spec: FitSpec) -> str:
@@ -100,7 +103,10 @@ def _task_info(task: Task) -> dict[str, Any]:
 def _fit_record(cache: FeatureCache, spec: FitSpec, info: dict[str, Any]) -> tuple[dict[str, Any],
                                                                                    dict[str, np.ndarray]]:
     """One fit: its stored record (metrics per role, sizes, chosen alpha/epoch) and its predictions."""
-    result = fit_head(cache, spec, progress=False)
+    return _record(fit_head(cache, spec, progress=False), spec, info)
+
+
+def _record(result: Any, spec: FitSpec, info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     record: dict[str, Any] = {
         "format": CELL_FORMAT, **info, "spec": spec.describe(), "in_dim": result.in_dim, "chosen": result.chosen,
         "fit_seconds": result.seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": {}, "n": {}}
@@ -142,26 +148,81 @@ def _fit_in_worker(cache_path: str, spec: FitSpec, info: dict[str, Any]) -> tupl
     return _fit_record(_WORKER_CACHES[cache_path], spec, info)
 
 
-def run_fits(todo: list[Task], jobs: int, save: Any, bar: Any) -> None:
-    """Make the fits: closed-form heads here (fast, all threads), trainable ones in `jobs` worker processes
-    with cpus // jobs torch threads each (small heads scale better across processes than across threads)."""
+def batch_groups(todo: list[Task], max_bytes: int, max_heads: int = MAX_BATCH_HEADS) -> list[list[Task]]:
+    """The MLP fits that train in one pass (heads.batched): per cache and batch-compatible spec, cut so that
+    the distinct features a group holds in memory stay under max_bytes (train + val rows, float32)."""
+    from ..heads.batched import BATCHABLE, fit_key
+
+    by_key: dict[tuple[Any, ...], list[Task]] = {}
+    for task in todo:
+        if task.head in BATCHABLE:
+            n_train = task.source.cache.n_rows(task.spec.train_split)
+            by_key.setdefault((str(task.source.path), fit_key(task.spec, n_train)), []).append(task)
+    groups = []
+    for tasks in by_key.values():
+        tasks.sort(key=lambda t: (t.layer, t.pool, t.key))  # seeds and settings of one feature side by side
+        group: list[Task] = []
+        features: set[tuple[Any, ...]] = set()
+        size = 0
+        for task in tasks:
+            feature = (task.layer, task.pool, repr(task.spec.selection))
+            extra = 0 if feature in features else _feature_bytes(task)
+            if group and (size + extra > max_bytes or len(group) >= max_heads):
+                groups.append(group)
+                group, features, size, extra = [], set(), 0, _feature_bytes(task)
+            group.append(task)
+            features.add(feature)
+            size += extra
+        if group:
+            groups.append(group)
+    return [g for g in groups if len(g) > 1]
+
+
+def _feature_bytes(task: Task) -> int:
+    cache, spec = task.source.cache, task.spec
+    rows = cache.n_rows(spec.train_split) + (cache.n_rows(spec.val_split) if spec.val_split else 0)
+    return 4 * rows * task.width
+
+
+def _fit_batch(tasks: list[Task]) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    from ..heads.batched import fit_heads
+
+    results = fit_heads(tasks[0].source.cache, [t.spec for t in tasks])
+    return [_record(r, t.spec, _task_info(t)) for r, t in zip(results, tasks, strict=True)]
+
+
+def run_fits(todo: list[Task], jobs: int, save: Any, bar: Any, batched: bool = False,
+             max_bytes: int = DEFAULT_BATCH_BYTES) -> None:
+    """Make the fits: closed-form heads here (fast, all threads); with batched, the MLP fits that can share a
+    pass trained together here (heads.batched: one pass of stacked heads beats one fit after another);
+    the other trainable ones in `jobs` worker processes with cpus // jobs torch threads each (small heads
+    scale better across processes than across threads)."""
 
     def done(task: Task, result: tuple[dict[str, Any], dict[str, np.ndarray]]) -> None:
         save(task, *result)
         if bar is not None:
             bar.update(1)
 
+    batches = batch_groups(todo, max_bytes) if batched else []
+    in_batches = {t.key for g in batches for t in g}
+    todo = [t for t in todo if t.key not in in_batches]
+
     parallel = [t for t in todo if head_info(t.head).trainable] if jobs > 1 else []
     if len(parallel) < 2:
         parallel = []
     parallel.sort(key=lambda t: -t.width)  # widest (slowest) first: the pool then finishes sooner
     in_workers = {t.key for t in parallel}
-    for task in todo:
+    for task in todo:  # closed-form fits first (todo is sorted so): a partial run has their table
         if task.key in in_workers:
             continue
         if bar is not None:
             bar.set_postfix_str(f"{task.encoder} {task.layer}/{task.pool} {task.head} {task.target}", refresh=False)
         done(task, _fit_once(task))
+    for group in batches:
+        if bar is not None:
+            bar.set_postfix_str(f"{group[0].encoder}: {len(group)} {group[0].head} fits in one pass", refresh=False)
+        for task, result in zip(group, _fit_batch(group), strict=True):
+            done(task, result)
     if not parallel:
         return
     import multiprocessing

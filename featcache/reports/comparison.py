@@ -19,8 +19,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import itertools
+
 import numpy as np
 
+from . import sweep
 from ..common.errors import FeatcacheError, choices_message
 from ..common.files import atomic_write, write_json, write_text
 from ..common.progress import progress, status
@@ -48,7 +51,7 @@ CacheArgs = Mapping[str, str | Path] | Sequence[str | Path | tuple[str | None, s
 class CompareResult:
     """The table (one row per cell: target x encoder x layer x pooling x head), the best cells, the files."""
 
-    table: Any  # pandas.DataFrame
+    table: Any  # pandas.DataFrame; None for a --shard run (its fits only, no table)
     best: dict[str, dict[str, Any]]
     markdown: str
     out: Path
@@ -72,6 +75,7 @@ class CompareRequest:
     train_sizes: list[int] = field(default_factory=list)  # nested subsets of the train spectra
     folds: int = 0  # K-fold over train + val
     subset_seed: int = 0  # draws the subsets and the folds
+    sweep: dict[str, list[float]] = field(default_factory=dict)  # swept hyper-parameters (sweep.py)
 
 
 def _check_labels(sources: list[Source], targets: list[str], splits: list[str]) -> None:
@@ -167,6 +171,7 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
                  for n in request.train_sizes]
     variants += [(("fold", k), RowSelection(fold=k, n_folds=request.folds, fold_seed=request.subset_seed))
                  for k in range(request.folds)]
+    swept = sweep.settings(request.sweep)
     cells: list[list[Task]] = []
     for target in request.targets:
         for src, label, kind, layer, pool in grid:
@@ -178,22 +183,23 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
                 if head_info(head).needs_map and pool != "none":
                     continue  # attn pools the map itself: only the --pool none cells (the table shows —)
                 trainable = head_info(head).trainable
-                for variant, selection in variants:
+                for (variant, selection), setting in itertools.product(variants, swept if trainable else [()]):
+                    head_spec, head_recipe = sweep.apply(spec, request.recipe, setting)
                     group = []
                     for i in range(request.seeds if trainable else 1):
-                        seed = request.recipe.seed + i if trainable else None
-                        recipe = replace(request.recipe, seed=seed) if seed is not None else request.recipe
+                        seed = head_recipe.seed + i if trainable else None
+                        recipe = replace(head_recipe, seed=seed) if seed is not None else head_recipe
                         fit = FitSpec(features=[(layer, pool)], targets=[target], head=head, recipe=recipe,
-                                      selection=selection, **spec)
+                                      selection=selection, **head_spec)
                         key = cell_key(src.cache.fingerprint, fit)
                         group.append(Task(src, label, kind, layer, pool, width, head, target, seed, fit, key,
-                                          variant))
+                                          variant, setting))
                     cells.append(group)
     return cells
 
 
-def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progress: bool, fit: bool = True
-                ) -> tuple[dict[str, Fit], int, int]:
+def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progress: bool, fit: bool = True,
+                batched: bool = True) -> tuple[dict[str, Fit], int, int]:
     """Every fit of the table, reused from the store or made now. Returns (fits by key, fitted, reused)."""
     done: dict[str, Fit] = {}
     todo: list[Task] = []
@@ -222,7 +228,7 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
         done[task.key] = (record, arrays)
 
     try:
-        run_fits(todo, jobs, save, bar)
+        run_fits(todo, jobs, save, bar, batched=batched)
     finally:
         if bar is not None:
             bar.close()
@@ -243,6 +249,8 @@ def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit
         row.update(folds.get(identity(group[0]), {}))
         if "test_sigma" in fits[0][1]:
             sigmas[len(rows)] = (truth, fits[0][1]["test_pred"], fits[0][1]["test_sigma"])
+        if request.sweep:
+            row["setting"] = sweep.describe(group[0].setting)
         rows.append(row)
         predictions.append((truth, pred))
     for run in request.runs:
@@ -309,7 +317,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             baselines: bool = True, device: str = "auto", train_split: str = "train", val_split: str = "val",
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
-            folds: int = 0, subset_seed: int = 0, knn_ks: Sequence[int] | None = None,
+            folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None,
+            sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool = True, knn_ks: Sequence[int] | None = None,
             knn_weights: str = "uniform", attn_heads: int = DEFAULT_ATTN_HEADS) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
@@ -322,9 +331,22 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
 
     The probing study (study.py): train_sizes refits every cell on nested random subsets of the train
     spectra (label_efficiency.csv); folds=K refits it on each of K folds over train + val (the test split
-    untouched) for the fold std beside the seed std and the bootstrap interval; subset_seed draws both."""
+    untouched) for the fold std beside the seed std and the bootstrap interval; subset_seed draws both.
+
+    shard=(i, n) fits only share i of n of the fits (0 <= i < n; a Slurm job array's tasks into one shared
+    OUT/cells) and writes no table: a later compare without shard assembles it from the cells, fitting
+    nothing that a shard made.
+
+    sweep_values={"hidden": [128, 256, 512], "lr": [1e-3, 3e-4]} fits every trainable cell once per setting
+    (hidden, dropout, lr, weight_decay) and keeps per cell the one with the best validation R2 (sweep.py).
+
+    batched trains the MLP fits that share their rows (seeds, settings, features of one cache) in one pass of
+    stacked heads (heads.batched; each fit's numbers are its own, up to float32 summation order); jobs then
+    serve the fits that cannot be batched."""
     out = Path(out)
     _check_out(out)
+    if shard is not None:
+        check_shard(*shard)
     targets = list(dict.fromkeys(targets))
     heads = list(dict.fromkeys(heads or DEFAULT_HEADS))
     for head in heads:
@@ -342,22 +364,49 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     for src in sources:
         binning.check_axes([*src.cache.label_names(test_split), *targets])
     sizes = _check_study(sources, train_split, val_split, train_sizes, folds)
+    swept = sweep.check_sweep(sweep_values)
     request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot, sizes, folds,
-                             subset_seed)
+                             subset_seed, swept)
     spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
                 test_split=test_split, device=device, knn_ks=list(knn_ks) if knn_ks else None,
                 knn_weights=check_weights(knn_weights), attn_heads=attn_heads)
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
-    done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit)
+    if shard is not None:
+        share = shard_tasks(cells, *shard)
+        _, fitted, reused = _fill_cells([[t] for t in share], CellStore(out), jobs, show_progress, fit, batched)
+        total = len({t.key for group in cells for t in group})
+        note = (f"compare shard {shard[0]}/{shard[1]}: {len(share)} of {total} fits ({fitted} made, {reused} "
+                f"reused) in {out / 'cells'}; run compare without --shard once every shard is done to write the table")
+        return CompareResult(None, {}, note, out, fitted, reused, [])
+    done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit, batched)
+    cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
     table, best, predictions, sigmas = _table(request, cells, done)
     settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
                 "baselines": baselines, "device": device, "binning": binning.describe(), "train_sizes": sizes,
                 "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas,
-                "knn_ks": list(knn_ks) if knn_ks else None, "knn_weights": knn_weights,
+                "sweep": swept, "knn_ks": list(knn_ks) if knn_ks else None, "knn_weights": knn_weights,
                 "attn_heads": attn_heads}
     efficiency = label_efficiency(cells, done, n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
-                          (fitted, reused), _calibration_cells(table, targets, sigmas))
+                          (fitted, reused), sweep_rows, _calibration_cells(table, targets, sigmas))
+
+
+def check_shard(i: int, n: int) -> tuple[int, int]:
+    """--shard I/N: 0 <= I < N, as extract's."""
+    if not 0 <= i < n:
+        raise FeatcacheError(f"--shard {i}/{n}: expected I/N with 0 <= I < N, e.g. --shard 0/4 (a job array: "
+                             "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return i, n
+
+
+def shard_tasks(cells: list[list[Task]], i: int, n: int) -> list[Task]:
+    """Share i of n of the comparison's distinct fits. Every shard sees the same grid, so dealing
+    the fits sorted by expected cost (trainable first, widest first; the key breaks ties) round-robin gives
+    each shard about the same work and every fit to exactly one shard, whichever of them are done already."""
+    i, n = check_shard(i, n)
+    unique = list({t.key: t for group in cells for t in group}.values())
+    unique.sort(key=lambda t: (not head_info(t.head).trainable, -t.width, t.key))
+    return unique[i::n]
 
 
 def _check_study(sources: list[Source], train_split: str, val_split: str, train_sizes: Sequence[int],
@@ -383,7 +432,8 @@ def _check_study(sources: list[Source], train_split: str, val_split: str, train_
 def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str, Any]],
                    predictions: list[tuple[np.ndarray, np.ndarray]], efficiency: list[dict[str, Any]], out: Path,
                    settings: dict[str, Any], binning: Binning, plots: bool, counts: tuple[int, int],
-                   calibration: dict[str, Any] | None = None) -> CompareResult:
+                   sweep_rows: list[dict[str, Any]], calibration: dict[str, Any] | None = None
+                   ) -> CompareResult:
     """compare.md/.csv/.json, label_efficiency.csv, the plots and report.md."""
     import pandas as pd
 
@@ -399,9 +449,14 @@ def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str
         markdown += "\n## Per population\n\n" + "\n".join(line for p in pops.values() for line in p["lines"])
     if study:
         markdown += "\n" + "\n".join(line for s in study.values() for line in s["lines"])
+    if sweep_rows:
+        markdown += "\n" + "\n".join(sweep.summary_lines(sweep_rows, request.sweep))
     out.mkdir(parents=True, exist_ok=True)
     files = [write_text(out / "compare.md", markdown), out / "compare.csv", out / "compare.json"]
     atomic_write(files[1], lambda tmp: table.to_csv(tmp, index=False))
+    if sweep_rows:
+        files.append(out / "sweep.csv")
+        atomic_write(files[-1], lambda tmp: pd.DataFrame(sweep_rows).to_csv(tmp, index=False))
     if efficiency:
         files.append(out / "label_efficiency.csv")
         atomic_write(files[-1], lambda tmp: pd.DataFrame(efficiency).to_csv(tmp, index=False))

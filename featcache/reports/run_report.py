@@ -122,5 +122,5 @@ def report_compare(folder: Path, binning: Binning | None = None) -> list[Path]:
                      train_split=splits["train"], val_split=splits["val"], test_split=splits["test"],
                      n_boot=summary["n_boot"], show_progress=False, fit=False, binning=binning,
                      train_sizes=request.get("train_sizes") or (), folds=request.get("folds") or 0,
-                     subset_seed=request.get("subset_seed") or 0)
+                     subset_seed=request.get("subset_seed") or 0, sweep_values=request.get("sweep") or None)
     return result.files

@@ -174,11 +174,34 @@ def depth_rows(table: Any, sources: Sequence[Any], target: str) -> list[dict[str
     return rows
 
 
+def _random_init(source: Any) -> bool:
+    encoder = (source.cache.meta.get("parts") or {}).get("encoder") or {}
+    return encoder.get("random_init_seed") is not None
+
+
+def depth_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The depth rows as markdown: one line per depth, one column per (encoder, head)."""
+    series = list(dict.fromkeys((r["encoder"], r["head"]) for r in rows))
+    at = {(r["encoder"], r["head"], r["depth"]): r for r in rows}
+    lines = ["| depth | " + " | ".join(f"{e} {h}: test R2 [95% CI] (pool)" for e, h in series) + " |",
+             "|---:|" + "---:|" * len(series)]
+    for depth in sorted({r["depth"] for r in rows}):
+        cells = []
+        for e, h in series:
+            r = at.get((e, h, depth))
+            cells.append(f"{r['test_r2']:.3f} [{r['test_r2_lo']:.3f}, {r['test_r2_hi']:.3f}] ({r['pool']})"
+                         if r else "")
+        lines.append(f"| {depth} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def checkpoint_rows(table: Any, sources: Sequence[Any], target: str) -> list[dict[str, Any]]:
     """Per head and each cache of one architecture (several checkpoints of a pretraining, in --cache order):
     the cell chosen by validation R2 and its test R2. Empty unless two or more caches share an architecture."""
     tags: dict[str, list[str]] = {}
     for src in sources:
+        if _random_init(src):  # a random-init copy shares the tag but is no point of the pretraining
+            continue
         tag = (src.cache.meta.get("encoder") or {}).get("tag")
         if tag:
             tags.setdefault(str(tag), []).append(src.name)
@@ -219,7 +242,7 @@ def study_sections(table: Any, efficiency: list[dict[str, Any]], sources: Sequen
         if len({r["depth"] for r in depth}) > 1:
             data["depth"] = depth
             lines += ["### Depth", "", "Test R2 of the pooling chosen by validation R2 at each depth "
-                      "(enc_pre_latent = enc_{N-1}, enc_last = enc_N).", ""]
+                      "(enc_pre_latent = enc_{N-1}, enc_last = enc_N).", "", *depth_table(depth), ""]
         checkpoints = checkpoint_rows(table, sources, target)
         if checkpoints:
             data["checkpoints"] = checkpoints

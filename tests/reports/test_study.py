@@ -12,7 +12,7 @@ from sklearn.metrics import r2_score
 
 import featcache
 from featcache.heads.selection import RowSelection, fold_of, nested_subset, role_rows
-from featcache.reports.study import checkpoint_rows, depth_rows
+from featcache.reports.study import checkpoint_rows, depth_rows, depth_table
 
 from ..helpers import assert_cli_error, run_cli
 
@@ -141,8 +141,10 @@ def test_label_efficiency_curves_and_report(labelled_caches, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 
-def _source(name, num_layers, tag="l5e8k5"):
-    return SimpleNamespace(name=name, cache=SimpleNamespace(meta={"encoder": {"num_layers": num_layers, "tag": tag}}))
+def _source(name, num_layers, tag="l5e8k5", random_init_seed=None):
+    meta = {"encoder": {"num_layers": num_layers, "tag": tag},
+            "parts": {"encoder": {"random_init_seed": random_init_seed}}}
+    return SimpleNamespace(name=name, cache=SimpleNamespace(meta=meta))
 
 
 def test_depth_picks_the_pooling_on_validation_and_reports_its_test():
@@ -163,3 +165,7 @@ def test_depth_picks_the_pooling_on_validation_and_reports_its_test():
     two = two.reset_index(drop=True)
     points = checkpoint_rows(two, [_source("a", 5), _source("b", 5)], "log_g")
     assert [(p["checkpoint"], p["layer"]) for p in points] == [("a", "enc_last"), ("b", "enc_last")]
+    # a random-init copy has the architecture's tag but is no checkpoint of the pretraining
+    assert checkpoint_rows(two, [_source("a", 5), _source("b", 5, random_init_seed=0)], "log_g") == []
+    lines = depth_table(rows)
+    assert lines[2] == "| 1 | 0.100 [0.000, 0.200] (q) |" and lines[3].startswith("| 5 | 0.400 [0.300, 0.500] (p)")
