@@ -82,6 +82,8 @@ class FitSpec:
                "code_version": FIT_CODE_VERSION}
         if self.head == "knn":  # only for knn: the keys of the other heads' cells stay what they were
             out["knn"] = {"ks": self.knn_ks, "weights": self.knn_weights}
+        if head_info(self.head).uncertainty:  # the sigma scale chosen on validation (since its first release)
+            out["uncertainty"] = {"sigma_scale": "validation"}
         if self.head == "attn":
             out["attn"] = {"heads": self.attn_heads}
         rows = self.selection.describe() if self.selection is not None else None
@@ -110,7 +112,11 @@ class FitResult:
             return {"alpha": self.predictor.alpha_}
         if isinstance(self.predictor, KNNHead):
             return {"k": self.predictor.k_}
-        return {"best_epoch": self.predictor.best_epoch, "epochs_run": len(self.predictor.history)}
+        chosen = {"best_epoch": self.predictor.best_epoch, "epochs_run": len(self.predictor.history)}
+        if self.predictor.gaussian:  # the validation-chosen sigma scale, per target
+            scale = self.predictor.model.sigma_scale.tolist()
+            chosen["sigma_scale"] = scale[0] if len(scale) == 1 else scale
+        return chosen
 
     def summary(self) -> str:
         """The one-line summary `featcache fit` prints."""

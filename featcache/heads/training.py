@@ -181,7 +181,9 @@ def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: in
         sst = ((yd - yd.mean(dim=0)) ** 2).sum(dim=0)
         loss = sse.sum() / err.numel()
         r2 = (1.0 - sse / sst).mean()
-        nll = model.nll(out, y).double() if is_gaussian(model) else torch.full((), float("nan"), dtype=torch.float64)
+        # uncertainty heads: the validation NLL after the closed-form sigma scale (heads.gaussian)
+        nll = (model.calibrated_nll(out, y)[0].double() if is_gaussian(model)
+               else torch.full((), float("nan"), dtype=torch.float64))
         loss_f, r2_f, nll_f = torch.stack([loss, r2, nll]).tolist()
     model.train()
     return loss_f, r2_f, nll_f
@@ -254,6 +256,11 @@ def train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any = None, 
     stopper.restore(model)
     model.eval()
     has_val = data.xv is not None
+    if has_val and is_gaussian(model):  # the sigma scale of the kept weights, from the validation rows
+        with torch.inference_mode():
+            out = torch.cat([model(data.xv[i:i + recipe.eval_batch_size])
+                             for i in range(0, data.xv.shape[0], recipe.eval_batch_size)])
+            model.sigma_scale.copy_(model.calibrated_nll(out, data.yv)[1])
     best_val_r2 = stopper.best_score if has_val else None
     if has_val and is_gaussian(model):  # chosen on validation NLL: report that epoch's validation R2
         best_val_r2 = next((h["val_r2"] for h in history if h["epoch"] == stopper.best_epoch), None)

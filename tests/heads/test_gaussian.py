@@ -85,6 +85,10 @@ def test_sigma_follows_the_noise_and_the_mean_matches_mlp_1(one_torch_thread):
     assert np.corrcoef(sigma, noise)[0, 1] > 0.8  # heteroscedastic: sigma tracks the true noise
     m = calibration_metrics(ys, mean, sigma)
     assert 0.6 < m["coverage_1sigma"] < 0.78 and 0.85 < m["z_std"] < 1.2
+    # sigma's scale is chosen on validation: there z = residual / sigma has mean square 1 exactly
+    mv, sv = gauss.predict_dist(Xv)
+    assert np.mean(((yv - mv) / sv) ** 2) == pytest.approx(1.0, rel=1e-4)
+    assert gauss.model.sigma_scale.shape == (1,) and float(gauss.model.sigma_scale) != 1.0
     with pytest.raises(FeatcacheError, match="predicts no uncertainty"):
         plain.predict_sigma(Xs)
 
@@ -95,7 +99,9 @@ def test_gauss_fit_writes_sigma_and_calibration_and_predict_gives_sigma(labelled
     result = run_cli("fit", "--cache", cache, "--layer", "enc_last", "--pool", "seg_mean_K4", "--target", "log_g",
                      "--head", "mlp_1_gauss", "--max-epochs", "8", "--out", out)
     assert "1-sigma coverage" in result.output
-    test = json.loads((out / "metrics.json").read_text())["splits"]["test"]["targets"]["log_g"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics["splits"]["test"]["targets"]["log_g"]
+    assert metrics["chosen"]["sigma_scale"] > 0
     for name in ("coverage_1sigma", "coverage_2sigma", "z_std", "nll"):
         assert math.isfinite(test[name]) and test[f"{name}_ci95"][0] <= test[name] <= test[f"{name}_ci95"][1]
     saved = np.load(out / "predictions.npz")
