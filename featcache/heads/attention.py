@@ -7,8 +7,9 @@ weights that sum to 1, and each head returns the weighted mean of the C channels
 goes through Linear(H*C, h) -> GELU -> Dropout -> Linear(h, T), exactly mlp_1, and everything is trained by
 train_head on the standardised flattened map.
 
-Input: the flattened map as `featcache extract --pool none` stores it, channel-major (element c*L' + t);
-the feature's attrs give C and L'. Without the position embedding the head is invariant to any permutation
+Input: the flattened map as `featcache extract --pool none` stores it, channel-major (element c*L' + t),
+or the maps kept with `--keep-maps` (fit's pool name `maps`, read flattened the same way); the attrs give
+C and L'. Without the position embedding the head is invariant to any permutation
 of the positions (a test checks it), so the embedding is what lets it prefer regions of the spectrum.
 """
 
@@ -66,10 +67,10 @@ class AttentionHead(nn.Module):
 def map_shape(feature: tuple[str, str], info: dict[str, Any], in_dim: int) -> tuple[int, int]:
     """(C, L') of a feature stored with its positions (--pool none); a pooled feature is refused."""
     layer, pool = feature
-    if pool != "none" or not info.get("C") or not info.get("L"):
+    if pool not in ("none", "maps") or not info.get("C") or not info.get("L"):
         raise FeatcacheError(f"head attn pools over positions: {layer}/{pool} is already pooled; extract the layer "
                              "with --pool none (the flattened map, whose attrs give C and L') and fit on "
-                             f"{layer}/none")
+                             f"{layer}/none, or on {layer}/maps when the cache kept its maps (--keep-maps)")
     channels, length = int(info["C"]), int(info["L"])
     if channels * length != in_dim:
         raise FeatcacheError(f"{layer}/none: width {in_dim} is not C x L' = {channels} x {length}")

@@ -24,12 +24,13 @@ from ..helpers import CKPT, assert_cli_error, learnable_pfs, run_cli
 
 @pytest.fixture(scope="module")
 def map_cache(tmp_path_factory):
-    """enc_last of the reference checkpoint with its flattened map (--pool none) and a pooled copy."""
+    """enc_last of the reference checkpoint with its flattened map (--pool none), a pooled copy and the maps
+    (--keep-maps)."""
     root = tmp_path_factory.mktemp("maps")
     data = learnable_pfs(root / "d.h5", n=300)
     splits = [a for name, (lo, hi) in LABELLED_SPLITS.items() for a in ("--data", f"{name}={data}:{lo}:{hi}")]
     run_cli("extract", "--ckpt", CKPT, *splits, "--layer", "enc_last", "--pool", "none,global_mean", "--mask",
-            "none", "--noise-level", "0.1", "-q", "--out", root / "maps.zarr")
+            "none", "--noise-level", "0.1", "--keep-maps", "-q", "--out", root / "maps.zarr")
     return root / "maps.zarr"
 
 
@@ -66,6 +67,15 @@ def test_attn_fit_predict_and_refusals(map_cache, tmp_path, one_torch_thread):
     saved = np.load(out / "predictions.npz")
     again = predict_split(out, cache, "test")
     np.testing.assert_allclose(again["pred_log_g"], saved["test_pred"][:, 0], rtol=1e-6, atol=1e-9)
+
+    # the maps kept with --keep-maps are the same numbers: the same fit, the same predictions
+    kept = fit_head(cache, FitSpec(features=[("enc_last", "maps")], targets=["log_g"], head="attn", attn_heads=2,
+                                   recipe=TrainRecipe(max_epochs=4)), progress=False)
+    np.testing.assert_array_equal(kept.predictions["test"]["pred"], saved["test_pred"])
+    run_cli("fit", "--cache", map_cache, "--layer", "enc_last", "--pool", "maps", "--target", "log_g", "--head",
+            "attn", "--attn-heads", "2", "--max-epochs", "4", "--out", tmp_path / "maps-run")
+    np.testing.assert_array_equal(predict_split(tmp_path / "maps-run", cache, "test")["pred_log_g"],
+                                  again["pred_log_g"])
 
     bad = run_cli("fit", "--cache", map_cache, "--layer", "enc_last", "--pool", "global_mean", "--target", "log_g",
                   "--head", "attn", "--out", tmp_path / "bad", check=False)
