@@ -53,3 +53,11 @@ def test_compare_uncertainty_cells_show_calibration(caches, tmp_path):
     assert (out / "calibration_log_g.png").stat().st_size > 0
     assert "calibration_log_g.png" in (out / "report.md").read_text()
     assert (out / "heatmap_mlp_1_gauss_log_g.png").exists()
+
+    # --jobs: the uncertainty cells train in worker processes and come back with their sigma
+    jobs = compare(caches, ["log_g"], heads=["mlp_1_gauss"], layers=["enc_last"], baselines=False, out=tmp_path / "j",
+                   show_progress=False, plots=False, recipe=TrainRecipe(max_epochs=6), jobs=2, seeds=2)
+    assert jobs.fitted == 4 and np.isfinite(jobs.table["test_coverage_1sigma"]).all()
+    for keys in jobs.table["keys"]:
+        for key in keys.split(";"):
+            assert (np.load(tmp_path / "j" / "cells" / f"{key}.npz")["test_sigma"] > 0).all()
