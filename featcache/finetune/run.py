@@ -151,6 +151,16 @@ def _mask(opts: FinetuneOptions, state: dict[str, Any] | None, first: tuple[Path
     return mask
 
 
+def _map_options(opts: FinetuneOptions, encoder: Any, mask: np.ndarray, head_name: str) -> dict[str, Any]:
+    """A head that pools the live map (attn) gets the tap's shape (C, L') at this mask; others nothing."""
+    if not head_info(head_name).needs_map:
+        return {}
+    if opts.pool != "none":
+        raise FeatcacheError(f"--head {head_name} pools the live map over its positions: give --pool none")
+    channels = encoder.config.embed_dim * (2 if opts.direction == "both" else 1)
+    return {"channels": channels, "length": encoder.tap_length(opts.layer, int(mask.sum()))}
+
+
 def _feature_width(opts: FinetuneOptions, encoder: Any, mask: np.ndarray, init: LoadedHead | None) -> int:
     n_kept = int(mask.sum())
     channels = encoder.config.embed_dim * (2 if opts.direction == "both" else 1)
@@ -241,7 +251,8 @@ def _note_untrained_batchnorm(encoder: nn.Module, unfrozen: list[int], opts: Fin
 
 
 def _build_model(opts: FinetuneOptions, encoder: Any, unfrozen: list[int], init: LoadedHead | None,
-                 head_name: str, in_dim: int, train_split: SplitData, device: torch.device
+                 head_name: str, in_dim: int, train_split: SplitData, device: torch.device,
+                 head_kwargs: dict[str, Any] | None = None
                  ) -> tuple[FinetuneModel, tuple[str, int, float], np.ndarray, np.ndarray]:
     """The model around a fresh head or the --init-head's; (model, head shape, y_mean, y_scale)."""
     if init is not None:
@@ -252,7 +263,7 @@ def _build_model(opts: FinetuneOptions, encoder: Any, unfrozen: list[int], init:
         hidden, dropout = head_shape(head, opts.hidden, opts.dropout)
     else:
         head = create_head(head_name, in_dim, len(opts.targets), hidden=opts.hidden, dropout=opts.dropout,
-                           seed=opts.recipe.seed)
+                           seed=opts.recipe.seed, **(head_kwargs or {}))
         hidden, dropout = opts.hidden, opts.dropout
         x_mean, x_scale = np.zeros(in_dim), np.ones(in_dim)
         y_mean, y_scale = train_split.y.mean(axis=0), train_split.y.std(axis=0)
@@ -287,7 +298,7 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
     # the model and its standardisation
     ctx = RunContext(opts, mask, dist, encoder.config.input_sigma)
     model, head, y_mean, y_scale = _build_model(opts, encoder, unfrozen, init, head_name, in_dim, train_split,
-                                                dist.device)
+                                                dist.device, _map_options(opts, encoder, mask, head_name))
     _note_untrained_batchnorm(encoder, unfrozen, opts, dist)
     _standardise(model, ctx, train_split, init, state)
     if state is not None:

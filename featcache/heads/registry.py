@@ -120,7 +120,7 @@ def _mlp_1_gauss(in_dim: int, out_dim: int, hidden: int, dropout: float) -> Gaus
 
 
 @register_head("attn", "attention pooling over a --pool none feature map (learned scores + position "
-               "embedding, softmax over positions, several heads), then mlp_1", finetune=False, needs_map=True,
+               "embedding, softmax over positions, several heads), then mlp_1", needs_map=True,
                options=("channels", "length", "heads"))
 def _attn(in_dim: int, out_dim: int, hidden: int, dropout: float, channels: int | None = None,
           length: int | None = None, heads: int = DEFAULT_ATTN_HEADS) -> AttentionHead:

@@ -16,6 +16,7 @@ from featcache.heads.attention import AttentionHead
 from featcache.heads.fit import FitSpec, fit_head
 from featcache.heads.predict import predict_split
 from featcache.heads.recipe import TrainRecipe
+from featcache.heads.runs import load_head
 from featcache.reports.comparison import compare
 
 from ..conftest import LABELLED_SPLITS
@@ -97,7 +98,20 @@ def test_compare_fits_attn_on_map_cells_only(map_cache, tmp_path, one_torch_thre
     assert line.rstrip().endswith("| — | — |")  # no attn cell on pooled features
 
 
-def test_finetune_refuses_attn(tmp_path):
-    refused = run_cli("finetune", "--ckpt", "x.ckpt", "--data", "train=x.h5", "--layer", "enc_last", "--pool", "none",
-                      "--target", "log_g", "--head", "attn", "--out", tmp_path / "ft", check=False)
-    assert_cli_error(refused, "--head attn", "not the live map", "--pool none")
+def test_finetune_pools_the_live_map(tmp_path, one_torch_thread):
+    refused = run_cli("finetune", "--ckpt", CKPT, "--data", "train=x.h5", "--layer", "enc_last", "--pool",
+                      "global_mean", "--target", "log_g", "--head", "attn", "--out", tmp_path / "ft", check=False)
+    assert_cli_error(refused, "--head attn pools the live map", "--pool none")
+    path = learnable_pfs(tmp_path / "d.h5", n=96, p=512)
+    out = tmp_path / "run"
+    run_cli("finetune", "--ckpt", CKPT, "--data", f"train={path}:0:64", "--data", f"val={path}:64:80", "--data",
+            f"test={path}:80:96", "--layer", "enc_last", "--pool", "none", "--head", "attn", "--target", "log_g",
+            "--max-epochs", "2", "--batch-size", "16", "-q", "--out", out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "finetune" and metrics["head"] == "attn"
+    assert np.isfinite(metrics["splits"]["test"]["targets"]["log_g"]["r2"])
+    head = torch.load(out / "head.pt", weights_only=True)
+    assert head["head_options"]["channels"] * head["head_options"]["length"] == metrics["in_dim"]
+    assert head["hidden"] == 256  # the mlp's width, not the attention scores'
+    loaded = load_head(out)
+    assert isinstance(loaded.predictor.model, AttentionHead)
