@@ -115,3 +115,15 @@ def test_finetune_pools_the_live_map(tmp_path, one_torch_thread):
     assert head["hidden"] == 256  # the mlp's width, not the attention scores'
     loaded = load_head(out)
     assert isinstance(loaded.predictor.model, AttentionHead)
+
+
+def test_attn_init_head_refuses_a_scale_floor_it_cannot_fold():
+    from featcache.finetune.model import head_shape, rescale_first_layer
+
+    head = AttentionHead(3, 4, out_dim=1, hidden=32, dropout=0.2)
+    assert head_shape(head, 256, 0.1) == (32, 0.2)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    rescale_first_layer(head, np.ones(12), np.ones(12))  # nothing to fold: unchanged
+    assert all(torch.equal(v, head.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(FeatcacheError, match="--scale-floor 0"):
+        rescale_first_layer(head, np.ones(12), np.full(12, 2.0))
