@@ -9,6 +9,7 @@ import click
 from .common import command, echo_result
 from .options import (
     binning_options,
+    head_options,
     make_recipe,
     parse_alphas,
     parse_shard,
@@ -54,6 +55,7 @@ from .options import (
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options(sweep=True)
+@head_options
 @binning_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/compare"), show_default=True,
               help="Report directory (finished fits are kept in OUT/cells and reused).")
@@ -63,7 +65,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: list[float], weight_decay: list[float], patience: int, grad_clip: float, hidden: list[int],
             dropout: list[float],
-            alphas: str | None, device: str, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
+            alphas: str | None, device: str, knn_k: str | None, knn_weights: str,
+            attn_heads: int, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
     """Fit every (encoder, layer, pooling) x head cell on cached features and tabulate test R2 with its 95%
     bootstrap interval beside validation R2; the best cell by validation R2 is in bold.
 
@@ -78,6 +81,7 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
     """
     from featcache.common.progress import status
     from featcache.heads.binning import Binning
+    from featcache.heads.knn import parse_ks
     from featcache.reports.comparison import compare
 
     layers = tuple(layer for layer in layers if layer != "all")  # --layer all: every encoder layer (the default)
@@ -89,7 +93,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg),
                      train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
                      shard=parse_shard(shard), batched=batched,
-                     sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay})
+                     sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay},
+                     knn_ks=parse_ks(knn_k), knn_weights=knn_weights, attn_heads=attn_heads)
     echo_result(result.markdown.rstrip())
     if result.table is not None:
         status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

@@ -38,7 +38,9 @@ def resolve_unfreeze(freeze_encoder: bool, unfreeze: str | None) -> str:
 @data_option()
 @click.option("--layer", default=D["layer"], show_default=True, help="Encoder tap (enc_0..enc_N, enc_last).")
 @click.option("--pool", default=D["pool"], show_default=True, help="Pooling of the tap.")
-@click.option("--head", default=None, help="linear | mlp_1 | mlp_2 (default mlp_1, or the --init-head run's).")
+@click.option("--head", default=None,
+              help="linear | mlp_1 | mlp_2 | attn (with --pool none: pools the live map; default mlp_1, or the "
+                   "--init-head run's).")
 @click.option("--target", "targets", multiple=True, required=True, help="Label to predict (repeatable).")
 @click.option("--freeze-encoder", is_flag=True, help="Train the head only (the encoder stays as loaded).")
 @click.option("--unfreeze", default=None, metavar="all|last:K",
@@ -98,7 +100,7 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
     from featcache.heads.binning import Binning
 
     if alphas:
-        raise UserError("--alphas applies to ridge heads; finetune trains torch heads (linear, mlp_1, mlp_2)")
+        raise UserError("--alphas applies to ridge heads; finetune trains torch heads (linear, mlp_1, mlp_2, attn)")
     if out is None:
         out = Path("reports") / "runs" / f"e2e-{layer}-{pool}-{head or 'mlp_1'}-{'+'.join(targets)}"
     options = FinetuneOptions(

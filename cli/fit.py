@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import command, command_line, echo_result, resolved_options
-from .options import binning_options, make_recipe, parse_alphas, recipe_options, split_role_options
+from .options import binning_options, head_options, make_recipe, parse_alphas, recipe_options, split_role_options
 
 
 @command("fit", short_help="Fit a ridge or MLP head on cached features.")
@@ -17,9 +17,11 @@ from .options import binning_options, make_recipe, parse_alphas, recipe_options,
 @click.option("--feature", "features", multiple=True, metavar="LAYER/POOL",
               help="A feature to concatenate (repeatable).")
 @click.option("--target", "targets", multiple=True, required=True, help="Label to predict (repeatable).")
-@click.option("--head", default="ridge", show_default=True, help="ridge | linear | mlp_1 | mlp_2.")
+@click.option("--head", default="ridge", show_default=True,
+              help="ridge | knn | linear | mlp_1 | mlp_2 | mlp_1_gauss | attn.")
 @split_role_options()
 @recipe_options
+@head_options
 @binning_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory (default reports/runs/<layer>-<pool>-<head>-<target>).")
@@ -28,7 +30,8 @@ from .options import binning_options, make_recipe, parse_alphas, recipe_options,
 def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str | None, features: tuple[str, ...],
             targets: tuple[str, ...], head: str, train_split: str, val_split: str, test_split: str, seed: int,
             max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, grad_clip: float,
-            hidden: int, dropout: float, alphas: str | None, device: str, bins: tuple[str, ...], giant_logg: float,
+            hidden: int, dropout: float, alphas: str | None, device: str, knn_k: str | None,
+            knn_weights: str, attn_heads: int, bins: tuple[str, ...], giant_logg: float,
             out: Path | None, overwrite: bool) -> None:
     """Fit a head on cached features: alpha or epochs chosen on validation, test reported once.
 
@@ -43,6 +46,7 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
     from featcache.cache.reader import open_cache
     from featcache.heads.binning import Binning
     from featcache.heads.fit import FitSpec, fit_head, parse_features
+    from featcache.heads.knn import parse_ks
     from featcache.heads.runs import check_run_dir, clear_run_dir, save_run
 
     feature_list = parse_features(layer, pool, features)
@@ -54,7 +58,8 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
     spec = FitSpec(features=feature_list, targets=list(targets), head=head, hidden=hidden, dropout=dropout,
                    recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
                    alphas=parse_alphas(alphas), train_split=train_split, val_split=val_split or None,
-                   test_split=test_split or None, device=device)
+                   test_split=test_split or None, device=device, knn_ks=parse_ks(knn_k), knn_weights=knn_weights,
+                   attn_heads=attn_heads)
     cache = open_cache(cache_path)
     if spec.test_split in cache.splits:  # fit_head names a missing split
         binning.check_axes([*cache.label_names(spec.test_split), *spec.targets])

@@ -139,6 +139,20 @@ def recipe_options(func: Callable[..., Any] | None = None, *, sweep: bool = Fals
     )(func)
 
 
+def head_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of particular heads (fit and compare): the kNN grid and weighting, attention heads."""
+    from featcache.heads.recipe import DEFAULT_ATTN_HEADS, KNN_WEIGHTS
+
+    return stack(
+        click.option("--knn-k", "knn_k", default=None, metavar="K1,K2,...",
+                     help="knn: the k values validation R2 chooses from (default 1,2,4,...,256)."),
+        click.option("--knn-weights", type=click.Choice(KNN_WEIGHTS), default="uniform", show_default=True,
+                     help="knn: uniform (mean of the k targets) or distance (weights 1/d)."),
+        click.option("--attn-heads", type=click.IntRange(min=1), default=DEFAULT_ATTN_HEADS, show_default=True,
+                     help="attn: attention heads pooling the --pool none map."),
+    )(func)
+
+
 def make_recipe(seed: int, max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,
                 grad_clip: float) -> Any:
     from featcache.heads.recipe import TrainRecipe

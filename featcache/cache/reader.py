@@ -148,8 +148,11 @@ class FeatureCache:
 
     # -- data ---------------------------------------------------------------------------------------
     def feature_array(self, split: str, layer: str, pool: str):
-        """The lazy zarr array (R, D) of a feature (slicing reads only the chunks needed)."""
+        """The lazy zarr array (R, D) of a feature (slicing reads only the chunks needed). Pool 'maps' is the
+        raw (C, L') maps kept with --keep-maps, read flattened like --pool none (heads that pool the map)."""
         self._split(split)
+        if pool == MAPS_POOL:
+            return FlatMaps(self.maps(split, layer))
         path = feature_path(split, layer, pool)
         try:
             self._require_complete(split, path)
@@ -259,6 +262,23 @@ class FeatureCache:
 
     def __repr__(self) -> str:
         return f"FeatureCache('{self.path}', splits={self.splits}, fingerprint={self.fingerprint[:12]})"
+
+
+MAPS_POOL = "maps"
+
+
+class FlatMaps:
+    """A maps array (R, C, L') seen as (R, C*L') rows, channel-major (element c*L' + t) like --pool none."""
+
+    def __init__(self, array: Any):
+        rows, channels, length = array.shape
+        self.array, self.path, self.shape = array, array.path, (int(rows), int(channels) * int(length))
+        self.attrs = {**dict(array.attrs), "D": self.shape[1], "pooling": MAPS_POOL,
+                      "definition": "the raw (C, L') map kept with --keep-maps, flattened channel-major -> C*L'"}
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        values = np.asarray(self.array[rows])
+        return values.reshape(values.shape[0], -1)
 
 
 def open_cache(path: str | os.PathLike[str]) -> FeatureCache:

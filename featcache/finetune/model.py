@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..common.errors import FeatcacheError
+from ..heads.attention import AttentionHead
 from ..model.encoder import BlindspotModel1D
 from ..model.pooling import Pooling
 
@@ -90,6 +91,11 @@ def floored_scale(scale: np.ndarray, relative_floor: float, mean: np.ndarray | N
 def rescale_first_layer(head: nn.Module, old_scale: np.ndarray, new_scale: np.ndarray) -> None:
     """Multiply the first Linear layer's input columns by new/old, so that head((f - m) / new) equals the
     original head((f - m) / old) exactly in real arithmetic."""
+    if isinstance(head, AttentionHead):  # per-column scales do not fold into the position scores
+        if np.allclose(np.asarray(new_scale), np.asarray(old_scale)):
+            return
+        raise FeatcacheError("an attn --init-head cannot take the scale floor (per-column scales of the map do not "
+                             "fold into its attention scores): give --scale-floor 0 or start attn without --init-head")
     first = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
     if first is None:
         raise FeatcacheError("the head has no Linear layer to rescale")
@@ -108,6 +114,8 @@ def params_digest(module: nn.Module) -> str:
 
 def head_shape(head: nn.Module, hidden: int, dropout: float) -> tuple[int, float]:
     """hidden width and dropout of a loaded head (for head.pt), falling back to the options."""
+    if isinstance(head, AttentionHead):  # the mlp after the attention pooling
+        head = head.mlp
     hidden = next((m.out_features for m in head.modules() if isinstance(m, nn.Linear)), hidden)
     dropout = next((m.p for m in head.modules() if isinstance(m, nn.Dropout)), dropout)
     return int(hidden), float(dropout)

@@ -116,9 +116,15 @@ def validate_options(opts: FinetuneOptions) -> None:
     if opts.layer in PSEUDO_LAYERS:
         raise FeatcacheError(f"--layer {opts.layer}: an input pseudo-layer has no encoder to fine-tune; fit a head "
                              "on the cache instead (featcache fit)")
-    if opts.head is not None and not head_info(opts.head).trainable:
-        raise FeatcacheError(f"--head {opts.head}: finetune trains by gradient descent; choose one of "
-                             + ", ".join(h for h in list_heads() if head_info(h).trainable))
+    if opts.head is not None and not head_info(opts.head).finetune:
+        info = head_info(opts.head)
+        why = ("finetune trains by gradient descent" if not info.trainable else
+               "finetune trains with MSE, not the Gaussian NLL (fit it on cached features instead)")
+        raise FeatcacheError(f"--head {opts.head}: {why}; choose one of "
+                             + ", ".join(h for h in list_heads() if head_info(h).finetune))
+    if opts.head is not None and head_info(opts.head).needs_map and opts.pool != "none":
+        raise FeatcacheError(f"--head {opts.head} pools the live map over its positions: give --pool none (the "
+                             f"flattened tap), not --pool {opts.pool}")
     get_pooling(opts.pool)
 
 

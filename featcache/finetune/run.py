@@ -30,7 +30,7 @@ from ..common.overlap import check_disjoint
 from ..common.progress import status
 from ..common.settings import changes
 from ..heads.fit import FitResult
-from ..heads.registry import create_head
+from ..heads.registry import create_head, head_info, list_heads
 from ..heads.runs import LoadedHead, check_run_dir, clear_run_dir, load_head
 from ..heads.training import TrainResult
 from ..model.checkpoint import load_encoder, load_torch_file, state_dict_digest
@@ -121,6 +121,9 @@ def _initial_head(opts: FinetuneOptions, source_sha: str, dist: Dist) -> tuple[L
                              "(linear, mlp_1, mlp_2)")
     if init.head != head_name:
         raise FeatcacheError(f"{where}: the run's head is {init.head}, --head asks for {head_name}")
+    if not head_info(head_name).finetune:
+        raise FeatcacheError(f"{where}: a {head_name} head cannot be fine-tuned end to end; finetune trains "
+                             + ", ".join(h for h in list_heads() if head_info(h).finetune))
     if init.features != [(opts.layer, opts.pool)]:
         raise FeatcacheError(f"{where}: the head was fitted on {'+'.join(f'{a}/{b}' for a, b in init.features)}, "
                              f"not {opts.layer}/{opts.pool}")
@@ -146,6 +149,16 @@ def _mask(opts: FinetuneOptions, state: dict[str, Any] | None, first: tuple[Path
     if mask.shape != (n_pixels,):
         raise FeatcacheError(f"--resume: the checkpoint's mask has {mask.shape[0]} pixels, the data {n_pixels}")
     return mask
+
+
+def _map_options(opts: FinetuneOptions, encoder: Any, mask: np.ndarray, head_name: str) -> dict[str, Any]:
+    """A head that pools the live map (attn) gets the tap's shape (C, L') at this mask; others nothing."""
+    if not head_info(head_name).needs_map:
+        return {}
+    if opts.pool != "none":
+        raise FeatcacheError(f"--head {head_name} pools the live map over its positions: give --pool none")
+    channels = encoder.config.embed_dim * (2 if opts.direction == "both" else 1)
+    return {"channels": channels, "length": encoder.tap_length(opts.layer, int(mask.sum()))}
 
 
 def _feature_width(opts: FinetuneOptions, encoder: Any, mask: np.ndarray, init: LoadedHead | None) -> int:
@@ -238,7 +251,8 @@ def _note_untrained_batchnorm(encoder: nn.Module, unfrozen: list[int], opts: Fin
 
 
 def _build_model(opts: FinetuneOptions, encoder: Any, unfrozen: list[int], init: LoadedHead | None,
-                 head_name: str, in_dim: int, train_split: SplitData, device: torch.device
+                 head_name: str, in_dim: int, train_split: SplitData, device: torch.device,
+                 head_kwargs: dict[str, Any] | None = None
                  ) -> tuple[FinetuneModel, tuple[str, int, float], np.ndarray, np.ndarray]:
     """The model around a fresh head or the --init-head's; (model, head shape, y_mean, y_scale)."""
     if init is not None:
@@ -249,7 +263,7 @@ def _build_model(opts: FinetuneOptions, encoder: Any, unfrozen: list[int], init:
         hidden, dropout = head_shape(head, opts.hidden, opts.dropout)
     else:
         head = create_head(head_name, in_dim, len(opts.targets), hidden=opts.hidden, dropout=opts.dropout,
-                           seed=opts.recipe.seed)
+                           seed=opts.recipe.seed, **(head_kwargs or {}))
         hidden, dropout = opts.hidden, opts.dropout
         x_mean, x_scale = np.zeros(in_dim), np.ones(in_dim)
         y_mean, y_scale = train_split.y.mean(axis=0), train_split.y.std(axis=0)
@@ -284,7 +298,7 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
     # the model and its standardisation
     ctx = RunContext(opts, mask, dist, encoder.config.input_sigma)
     model, head, y_mean, y_scale = _build_model(opts, encoder, unfrozen, init, head_name, in_dim, train_split,
-                                                dist.device)
+                                                dist.device, _map_options(opts, encoder, mask, head_name))
     _note_untrained_batchnorm(encoder, unfrozen, opts, dist)
     _standardise(model, ctx, train_split, init, state)
     if state is not None:

@@ -18,6 +18,9 @@ from ..cache.reader import FeatureCache, open_cache
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
 from ..common.overlap import check_disjoint
+from .attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
+from .attention import map_shape
+from .knn import KNNHead
 from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from .registry import create_head, head_info
@@ -65,6 +68,9 @@ class FitSpec:
     device: str = "auto"
     n_boot: int = 1000
     selection: RowSelection | None = None  # a nested train subset or one fold (heads.selection)
+    knn_ks: list[int] | None = None  # knn: the k grid (None: 1, 2, 4, ..., 256)
+    knn_weights: str = "uniform"     # knn: uniform | distance
+    attn_heads: int = DEFAULT_ATTN_HEADS  # attn: attention heads over the positions
 
     def describe(self) -> dict[str, Any]:
         """The recipe as plain data (keys of a compare cell, config.yaml)."""
@@ -74,6 +80,12 @@ class FitSpec:
                "dropout": self.dropout if head_info(self.head).trainable else None, "recipe": recipe,
                "alphas": self.alphas, "splits": [self.train_split, self.val_split, self.test_split],
                "code_version": FIT_CODE_VERSION}
+        if self.head == "knn":  # only for knn: the keys of the other heads' cells stay what they were
+            out["knn"] = {"ks": self.knn_ks, "weights": self.knn_weights}
+        if head_info(self.head).uncertainty:  # the sigma scale chosen on validation (since its first release)
+            out["uncertainty"] = {"sigma_scale": "validation"}
+        if self.head == "attn":
+            out["attn"] = {"heads": self.attn_heads}
         rows = self.selection.describe() if self.selection is not None else None
         if rows:  # only then: the keys of whole-split fits stay what they were
             out["rows"] = rows
@@ -83,7 +95,7 @@ class FitSpec:
 @dataclass
 class FitResult:
     spec: FitSpec
-    predictor: RidgeHead | TrainResult
+    predictor: RidgeHead | KNNHead | TrainResult
     in_dim: int
     metrics: dict[str, Any]
     predictions: dict[str, dict[str, np.ndarray]]
@@ -98,7 +110,13 @@ class FitResult:
     def chosen(self) -> dict[str, Any]:
         if isinstance(self.predictor, RidgeHead):
             return {"alpha": self.predictor.alpha_}
-        return {"best_epoch": self.predictor.best_epoch, "epochs_run": len(self.predictor.history)}
+        if isinstance(self.predictor, KNNHead):
+            return {"k": self.predictor.k_}
+        chosen = {"best_epoch": self.predictor.best_epoch, "epochs_run": len(self.predictor.history)}
+        if self.predictor.gaussian:  # the validation-chosen sigma scale, per target
+            scale = self.predictor.model.sigma_scale.tolist()
+            chosen["sigma_scale"] = scale[0] if len(scale) == 1 else scale
+        return chosen
 
     def summary(self) -> str:
         """The one-line summary `featcache fit` prints."""
@@ -111,6 +129,8 @@ class FitResult:
                     ci = entry.get("r2_ci95")
                     ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
                     bits.append(f"{split} R2 {entry['r2']:.3f}{ci_text} (n={entry['n']})")
+                    if split == self.spec.test_split and "coverage_1sigma" in entry:
+                        bits.append(f"(1-sigma coverage {entry['coverage_1sigma']:.3f}, std(z) {entry['z_std']:.3f})")
             parts.append(" ".join(bits))
         chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.chosen.items())
         return "; ".join(parts) + f"; {chosen}; {self.seconds:.1f} s"
@@ -162,7 +182,8 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
                      spec.selection)
     if trained is None:
         predictor, history = _fit_predictor(spec, {r: d.x for r, d in data.items()},
-                                            {r: d.y for r, d in data.items()}, progress)
+                                            {r: d.y for r, d in data.items()}, progress,
+                                            _map_options(cache, spec, data["train"].x.shape[1]))
     else:
         predictor, history = trained, [dict(h) for h in trained.history]
     seconds = time.perf_counter() - started + (trained.seconds if trained is not None else 0.0)
@@ -173,25 +194,52 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
         if split is None:
             continue
         rows = data[role]
-        pred = np.asarray(predictor.predict(rows.x)).reshape(len(rows.x), -1)
+        if getattr(predictor, "gaussian", False):  # uncertainty heads: a sigma per row and target
+            mean, sigma = predictor.predict_dist(rows.x)
+            pred, sigma = (np.asarray(a).reshape(len(rows.x), -1) for a in (mean, sigma))
+        else:
+            pred, sigma = np.asarray(predictor.predict(rows.x)).reshape(len(rows.x), -1), None
         metrics["splits"][split] = split_metrics(split, role, rows.y, pred, spec.targets,
-                                                 n_spectra=_n_spectra(cache, split, rows), n_boot=spec.n_boot)
+                                                 n_spectra=_n_spectra(cache, split, rows), n_boot=spec.n_boot,
+                                                 sigma=sigma)
         if spec.selection is not None and spec.selection.describe():
             metrics["splits"][split]["rows"] = spec.selection.describe()
         if role != "train":
             mixed = len(set(rows.splits.tolist())) > 1  # a fold's validation rows come from train and val
             predictions[role] = {"split": rows.splits if mixed else np.array(split), "index": rows.index,
-                                 "true": rows.y, "pred": pred,
+                                 "true": rows.y, "pred": pred, **({} if sigma is None else {"sigma": sigma}),
                                  **{f"label_{name}": values for name, values in (rows.labels or {}).items()}}
     return FitResult(spec, predictor, data["train"].x.shape[1], metrics, predictions, history, seconds, str(cache.path),
                      cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]),
                      cache.provenance(spec.train_split, spec.features))
 
 
-def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], progress: bool
-                   ) -> tuple[RidgeHead | TrainResult, list[dict[str, Any]]]:
-    """Ridge from streamed statistics (alpha by validation R2), or a torch head trained on loaded rows."""
+def _map_options(cache: FeatureCache, spec: FitSpec, in_dim: int) -> dict[str, Any]:
+    """A head that pools the map itself (attn) gets its shape from the feature's attrs; others nothing."""
+    if not head_info(spec.head).needs_map:
+        return {}
+    if len(spec.features) != 1:
+        raise FeatcacheError(f"head {spec.head} pools one feature map: give one --layer with --pool none, not "
+                             f"{len(spec.features)} features")
+    layer, pool = spec.features[0]
+    channels, length = map_shape((layer, pool), cache.feature_info(spec.train_split, layer, pool), in_dim)
+    return {"channels": channels, "length": length, "heads": spec.attn_heads}
+
+
+def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], progress: bool,
+                   head_kwargs: dict[str, Any] | None = None
+                   ) -> tuple[RidgeHead | KNNHead | TrainResult, list[dict[str, Any]]]:
+    """Ridge from streamed statistics (alpha by validation R2), kNN (k by validation R2), or a torch head
+    trained on loaded rows."""
     in_dim, val_x, val_y = x["train"].shape[1], x.get("val"), y.get("val")
+    if spec.head == "knn":
+        knn = create_head("knn", in_dim, len(spec.targets), ks=spec.knn_ks, weights=spec.knn_weights)
+        knn.fit(x["train"], y["train"], val_x, val_y, target_names=spec.targets)
+        curve = knn.val_r2_per_k_
+        history = [] if curve is None else [
+            {"k": k, **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(spec.targets)}}
+            for i, k in enumerate(knn.ks_)]
+        return knn, history
     if spec.head == "ridge":
         head = create_head("ridge", in_dim, len(spec.targets), alphas=spec.alphas)
         train_stats = StreamingStats.from_arrays(x["train"], y["train"])
@@ -204,7 +252,7 @@ def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], p
                        for i, a in enumerate(ridge.alphas_)]
         return ridge, history
     model = create_head(spec.head, in_dim, len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
-                        seed=spec.recipe.seed)
+                        seed=spec.recipe.seed, **(head_kwargs or {}))
     trained = train_head(model, x["train"].load(), y["train"], val_x.load() if val_x is not None else None, val_y,
                          recipe=spec.recipe, device=resolve_device(spec.device), progress=progress,
                          target_names=spec.targets, desc=f"fit {spec.head}")

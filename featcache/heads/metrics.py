@@ -190,12 +190,69 @@ def percentile_interval(draws: np.ndarray, level: float) -> tuple[np.ndarray, np
 
 
 
+# Calibration of uncertainty heads: the share of residuals within 1 and 2 sigma (ideal 0.683 / 0.954 for a
+# Gaussian), the std of z = r / sigma (ideal 1) and the mean negative log-likelihood (in the target's units).
+CALIBRATION = ("coverage_1sigma", "coverage_2sigma", "z_std", "nll")
+IDEAL = {"coverage_1sigma": 0.682689, "coverage_2sigma": 0.954500, "z_std": 1.0}
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def gaussian_nll(y_true: Any, mean: Any, sigma: Any) -> np.ndarray:
+    """Per-row 0.5 log(2 pi sigma^2) + 0.5 ((y - mean) / sigma)^2, float64 (heads.gaussian trains on the same)."""
+    y, mu, sd = (np.asarray(a, dtype=np.float64) for a in (y_true, mean, sigma))
+    if np.any(~(sd > 0)):
+        raise FeatcacheError("sigma must be positive and finite for the Gaussian NLL")
+    z = (y - mu) / sd
+    return 0.5 * LOG_2PI + np.log(sd) + 0.5 * z * z
+
+
+def _calibration_columns(z: np.ndarray, nll: np.ndarray, axis: int) -> dict[str, np.ndarray]:
+    return {"coverage_1sigma": np.mean(np.abs(z) <= 1.0, axis=axis),
+            "coverage_2sigma": np.mean(np.abs(z) <= 2.0, axis=axis),
+            "z_std": np.std(z, axis=axis), "nll": np.mean(nll, axis=axis)}
+
+
+def calibration_metrics(y_true: Any, mean: Any, sigma: Any) -> dict[str, float]:
+    """Coverage within 1 and 2 sigma, std(z) and mean NLL of one target's rows."""
+    y, mu, sd = (np.asarray(a, dtype=np.float64).ravel() for a in (y_true, mean, sigma))
+    values = _calibration_columns((y - mu) / sd, gaussian_nll(y, mu, sd), axis=0)
+    return {k: float(v) for k, v in values.items()}
+
+
+def bootstrap_calibration(y_true: Any, mean: Any, sigma: Any, n_boot: int = 1000, seed: int = 0
+                          ) -> dict[str, np.ndarray]:
+    """The calibration metrics on the same resamples of the rows as bootstrap_metrics (seed 0: the same test
+    sets as the R2 interval), each (n_boot,)."""
+    y, mu, sd = (np.asarray(a, dtype=np.float64).ravel() for a in (y_true, mean, sigma))
+    z, nll = (y - mu) / sd, gaussian_nll(y, mu, sd)
+    out = {name: np.empty(n_boot) for name in CALIBRATION}
+    for start, stop, idx in resamples(len(y), n_boot, seed):
+        for name, values in _calibration_columns(z[idx], nll[idx], axis=1).items():
+            out[name][start:stop] = values
+    return out
+
+
+def coverage_curve(y_true: Any, mean: Any, sigma: Any, levels: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(expected, observed) coverage of central Gaussian intervals: the share of |z| within the interval of
+    each expected level (a calibrated head lies on the diagonal)."""
+    from statistics import NormalDist
+
+    levels = np.linspace(0.05, 0.95, 19) if levels is None else np.asarray(levels, dtype=np.float64)
+    y, mu, sd = (np.asarray(a, dtype=np.float64).ravel() for a in (y_true, mean, sigma))
+    z = np.abs((y - mu) / sd)
+    half = np.array([NormalDist().inv_cdf(0.5 + p / 2.0) for p in levels])
+    return levels, np.mean(z[:, None] <= half[None, :], axis=0)
+
+
 def split_metrics(split: str, role: str, y_true: np.ndarray, y_pred: np.ndarray, targets: list[str], *,
-                  n_spectra: int | None = None, n_boot: int = 1000) -> dict[str, Any]:
+                  n_spectra: int | None = None, n_boot: int = 1000, sigma: np.ndarray | None = None
+                  ) -> dict[str, Any]:
     """A split's entry of metrics.json: its role and size, and per target the regression metrics (with the
-    bootstrap interval of R2 on the test role, resampling its rows with seed 0)."""
+    bootstrap interval of R2 on the test role, resampling its rows with seed 0); with `sigma` (uncertainty
+    heads) also the calibration metrics, their intervals from the same resamples."""
     y_true = np.asarray(y_true).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred).reshape(len(y_pred), -1)
+    sigma = None if sigma is None else np.asarray(sigma).reshape(len(y_pred), -1)
     entry: dict[str, Any] = {"split": split, "role": role, "n": int(len(y_true)),
                              "n_spectra": int(len(y_true) if n_spectra is None else n_spectra), "targets": {}}
     for j, target in enumerate(targets):
@@ -205,5 +262,11 @@ def split_metrics(split: str, role: str, y_true: np.ndarray, y_pred: np.ndarray,
             for name, values in draws.items():
                 lo, hi = percentile_interval(values, 0.95)
                 m[f"{name}_ci95"] = [float(lo[0]), float(hi[0])]
+        if sigma is not None:
+            m.update(calibration_metrics(y_true[:, j], y_pred[:, j], sigma[:, j]))
+            if role == "test":
+                for name, values in bootstrap_calibration(y_true[:, j], y_pred[:, j], sigma[:, j], n_boot).items():
+                    lo, hi = percentile_interval(values[:, None], 0.95)
+                    m[f"{name}_ci95"] = [float(lo[0]), float(hi[0])]
         entry["targets"][target] = m
     return entry

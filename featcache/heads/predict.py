@@ -46,10 +46,17 @@ def predict_split(run_dir: str | Path, cache: FeatureCache | str | Path, split: 
     if x.shape[1] != loaded.in_dim:
         raise FeatcacheError(f"{cache.path}: features {'+'.join(f'{a}/{b}' for a, b in loaded.features)} are "
                              f"{x.shape[1]} wide in split '{split}', the head expects {loaded.in_dim}")
-    pred = np.asarray(loaded.predictor.predict(x)).reshape(len(x), -1)
+    sigma = None
+    if getattr(loaded.predictor, "gaussian", False):  # uncertainty heads: sigma_<target> beside pred_<target>
+        mean, sigma = loaded.predictor.predict_dist(x)
+        pred, sigma = np.asarray(mean).reshape(len(x), -1), np.asarray(sigma).reshape(len(x), -1)
+    else:
+        pred = np.asarray(loaded.predictor.predict(x)).reshape(len(x), -1)
     out: dict[str, np.ndarray] = {"index": cache.index(split, draw=0), "targets": np.array(loaded.targets)}
     for j, target in enumerate(loaded.targets):
         out[f"pred_{target}"] = pred[:, j]
+        if sigma is not None:
+            out[f"sigma_{target}"] = sigma[:, j]
         if target in cache.label_names(split):
             out[f"true_{target}"] = cache.labels(split, target, draw=0)
     return out

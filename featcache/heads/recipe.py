@@ -10,6 +10,8 @@ from ..common.errors import FeatcacheError
 
 DEFAULT_HIDDEN = 256
 DEFAULT_DROPOUT = 0.1
+KNN_WEIGHTS = ("uniform", "distance")  # knn's --knn-weights
+DEFAULT_ATTN_HEADS = 4                 # attn's --attn-heads
 
 
 @dataclass

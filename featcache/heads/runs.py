@@ -22,7 +22,8 @@ from ..common.files import atomic_write, save_torch, write_json, write_text
 from ..common.serialise import plain
 from .binning import Binning, binned_table
 from .fit import FitResult
-from .registry import create_head
+from .knn import KNNHead
+from .registry import create_head, head_options
 from .ridge import RidgeHead
 from .training import TrainResult
 
@@ -75,6 +76,7 @@ def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = No
     save_torch(out / "head.pt", {
         "format": HEAD_FORMAT, "head": spec.head, "hidden": spec.hidden, "dropout": spec.dropout,
         "in_dim": result.in_dim, "targets": list(spec.targets), "features": [list(f) for f in spec.features],
+        "head_options": head_options(spec.head, getattr(result.predictor, "model", None)),
         "state": result.predictor.to_state(), "cache_fingerprint": result.cache_fingerprint,
         "encoder_sha256": result.encoder_sha256, "provenance": plain(result.provenance)})
     if result.history:
@@ -120,7 +122,7 @@ class LoadedHead:
     """A fitted head read back from a run directory."""
 
     head: str
-    predictor: RidgeHead | TrainResult
+    predictor: RidgeHead | KNNHead | TrainResult
     features: list[tuple[str, str]]
     targets: list[str]
     in_dim: int
@@ -142,10 +144,12 @@ def load_head(run_dir: str | Path) -> LoadedHead:
         raise FeatcacheError(f"{path}: not a featcache head file (format {HEAD_FORMAT})")
     state = saved["state"]
     if saved["head"] == "ridge":
-        predictor: RidgeHead | TrainResult = RidgeHead.from_state(state)
+        predictor: RidgeHead | KNNHead | TrainResult = RidgeHead.from_state(state)
+    elif saved["head"] == "knn":
+        predictor = KNNHead.from_state(state)  # holds the standardised train rows it searches
     else:
         model = create_head(saved["head"], saved["in_dim"], len(saved["targets"]), hidden=saved["hidden"],
-                            dropout=saved["dropout"])
+                            dropout=saved["dropout"], **dict(saved.get("head_options") or {}))
         predictor = TrainResult.from_state(model, state)
     return LoadedHead(saved["head"], predictor, [tuple(f) for f in saved["features"]], list(saved["targets"]),
                       int(saved["in_dim"]), str(saved["encoder_sha256"]), str(saved["cache_fingerprint"]),

@@ -23,6 +23,7 @@ from ..common.device import torch_threads
 from ..common.errors import FeatcacheError
 from ..common.progress import progress as progress_bar
 from .early_stopping import EarlyStopping
+from .gaussian import is_gaussian, warmup_epochs
 from .recipe import TrainRecipe
 from .standardise import column_moments, is_constant, target_name
 
@@ -43,24 +44,52 @@ class TrainResult:
     seconds: float
     recipe: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def gaussian(self) -> bool:
+        """True for heads that predict a sigma per row (mlp_1_gauss)."""
+        return is_gaussian(self.model)
+
     def predict(self, X: Any, batch_size: int = 16_384, device: str | torch.device | None = None) -> np.ndarray:
-        """Predictions in the target's original units (float64), rows streamed in batches."""
+        """Predictions (the mean of an uncertainty head) in the target's original units (float64)."""
+        return self.predict_dist(X, batch_size, device)[0]
+
+    def predict_sigma(self, X: Any, batch_size: int = 16_384) -> np.ndarray:
+        """Per-row standard deviations in the target's units (uncertainty heads only)."""
+        sigma = self.predict_dist(X, batch_size)[1]
+        if sigma is None:
+            raise FeatcacheError("this head predicts no uncertainty (use an uncertainty head such as mlp_1_gauss)")
+        return sigma
+
+    def predict_dist(self, X: Any, batch_size: int = 16_384, device: str | torch.device | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mean, sigma) in the target's original units (float64; sigma None for point heads), rows streamed
+        in batches."""
         if device is None:
             device = next(self.model.parameters()).device
         mean = torch.as_tensor(self.x_mean, dtype=torch.float32, device=device)
         scale = torch.as_tensor(self.x_scale, dtype=torch.float32, device=device)
-        n = len(X)
+        n, gaussian = len(X), self.gaussian
         out = np.empty((n, self.y_mean.shape[0]), dtype=np.float64)
+        sigma = np.empty_like(out) if gaussian else None
         was_training = self.model.training
         self.model.eval()
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 xb = torch.as_tensor(np.asarray(X[start:stop], dtype=np.float32), device=device)
-                out[start:stop] = self.model((xb - mean) / scale).double().cpu().numpy()
+                raw = self.model((xb - mean) / scale)
+                if gaussian:
+                    mu, sd = self.model.split(raw)
+                    out[start:stop], sigma[start:stop] = mu.double().cpu().numpy(), sd.double().cpu().numpy()
+                else:
+                    out[start:stop] = raw.double().cpu().numpy()
         self.model.train(was_training)
         out = out * self.y_scale + self.y_mean
-        return out[:, 0] if self.y_1d else out
+        if sigma is not None:
+            sigma = sigma * self.y_scale
+        if self.y_1d:
+            return out[:, 0], None if sigma is None else sigma[:, 0]
+        return out, sigma
 
     def to_state(self) -> dict[str, Any]:
         """Plain tensors and numbers (torch.load(weights_only=True) can read it back)."""
@@ -139,20 +168,25 @@ def _standardised_tensor(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, dev
     return out.to(device)
 
 
-def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """(MSE on standardised targets, mean R2 across targets) in one pass and one host sync."""
+def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float, float]:
+    """(MSE on standardised targets, mean R2 across targets, mean Gaussian NLL or NaN for point heads) in one
+    pass and one host sync."""
     model.eval()
     with torch.inference_mode():
-        pred = torch.cat([model(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)])
+        out = torch.cat([model(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)])
+        pred = model.split(out)[0] if is_gaussian(model) else out
         err = (pred - y).double()
         yd = y.double()
         sse = (err * err).sum(dim=0)
         sst = ((yd - yd.mean(dim=0)) ** 2).sum(dim=0)
         loss = sse.sum() / err.numel()
         r2 = (1.0 - sse / sst).mean()
-        loss_f, r2_f = torch.stack([loss, r2]).tolist()
+        # uncertainty heads: the validation NLL after the closed-form sigma scale (heads.gaussian)
+        nll = (model.calibrated_nll(out, y)[0].double() if is_gaussian(model)
+               else torch.full((), float("nan"), dtype=torch.float64))
+        loss_f, r2_f, nll_f = torch.stack([loss, r2, nll]).tolist()
     model.train()
-    return loss_f, r2_f
+    return loss_f, r2_f, nll_f
 
 
 @dataclass
@@ -222,8 +256,16 @@ def train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any = None, 
     stopper.restore(model)
     model.eval()
     has_val = data.xv is not None
+    if has_val and is_gaussian(model):  # the sigma scale of the kept weights, from the validation rows
+        with torch.inference_mode():
+            out = torch.cat([model(data.xv[i:i + recipe.eval_batch_size])
+                             for i in range(0, data.xv.shape[0], recipe.eval_batch_size)])
+            model.sigma_scale.copy_(model.calibrated_nll(out, data.yv)[1])
+    best_val_r2 = stopper.best_score if has_val else None
+    if has_val and is_gaussian(model):  # chosen on validation NLL: report that epoch's validation R2
+        best_val_r2 = next((h["val_r2"] for h in history if h["epoch"] == stopper.best_epoch), None)
     return TrainResult(model=model, best_epoch=stopper.best_epoch,
-                       best_val_r2=stopper.best_score if has_val else None, history=history,
+                       best_val_r2=best_val_r2, history=history,
                        x_mean=data.x_mean, x_scale=data.x_scale, y_mean=data.y_mean, y_scale=data.y_scale,
                        y_1d=np.asarray(y_train).ndim == 1, seconds=time.perf_counter() - started,
                        recipe=recipe.to_dict())
@@ -240,14 +282,29 @@ def _train_loop(model: nn.Module, data: _Standardised, recipe: TrainRecipe, devi
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=recipe.plateau_factor,
                                                        patience=recipe.plateau_patience)
     loss_fn, stopper, history = nn.MSELoss(), EarlyStopping(recipe.patience), []
+    # uncertainty heads (heads.gaussian): MSE on the mean for the warm-up epochs, then sigma warm-started
+    # and the Gaussian NLL; the NLL epochs are chosen by validation NLL (warm-up epochs are never kept)
+    gaussian = is_gaussian(model)
+    warm = warmup_epochs(recipe.max_epochs) if gaussian else 0
     for epoch in range(1, recipe.max_epochs + 1):
         t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
+        nll_phase = gaussian and epoch > warm
+        if nll_phase and epoch == warm + 1:
+            _warm_start_sigma(model, data, recipe.eval_batch_size)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=recipe.plateau_factor,
+                                                               patience=recipe.plateau_patience)
         # one pass over the shuffled train rows; the loss is summed on the device (no per-step host sync)
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
-            loss = loss_fn(model(data.xs[idx]), data.ys[idx])
+            out = model(data.xs[idx])
+            if nll_phase:
+                loss = model.nll(out, data.ys[idx])
+            elif gaussian:
+                loss = loss_fn(model.split(out)[0], data.ys[idx])
+            else:
+                loss = loss_fn(out, data.ys[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.grad_clip:
@@ -256,15 +313,31 @@ def _train_loop(model: nn.Module, data: _Standardised, recipe: TrainRecipe, devi
             loss_sum += loss.detach() * idx.shape[0]
         # validation scores, then the plateau schedule on the validation loss (train loss without one)
         train_loss = loss_sum.item() / n
-        val_loss, val_r2 = (_evaluate(model, data.xv, data.yv, recipe.eval_batch_size) if data.xv is not None
-                            else (float("nan"), float("nan")))
-        sched.step(val_loss if data.xv is not None else train_loss)
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_r2": val_r2,
-                        "lr": lr, "seconds": time.perf_counter() - t0})
+        val_loss, val_r2, val_nll = (_evaluate(model, data.xv, data.yv, recipe.eval_batch_size)
+                                     if data.xv is not None else (float("nan"),) * 3)
+        sched.step((val_nll if nll_phase else val_loss) if data.xv is not None else train_loss)
+        entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_r2": val_r2}
+        if gaussian:
+            entry["val_nll"] = val_nll
+        history.append({**entry, "lr": lr, "seconds": time.perf_counter() - t0})
         if bar is not None:
             bar.set_postfix(loss=f"{train_loss:.4f}", val_r2=f"{val_r2:.4f}", refresh=False)
             bar.update(1)
-        # early stopping on validation R2, keeping the best weights
-        if stopper.step(epoch, val_r2 if data.xv is not None else None, model):
+        # early stopping on validation R2 (uncertainty heads: on validation NLL after the warm-up), keeping the
+        # best weights
+        score = None if data.xv is None else (-val_nll if nll_phase else None if gaussian else val_r2)
+        if stopper.step(epoch, score, model):
             break
     return history, stopper
+
+
+def _warm_start_sigma(model: nn.Module, data: _Standardised, batch_size: int) -> None:
+    """Sigma of an uncertainty head starts at the train residual RMS of the warmed-up mean (per target)."""
+    model.eval()
+    with torch.inference_mode():
+        sse = torch.zeros(data.ys.shape[1], dtype=torch.float64, device=data.xs.device)
+        for i in range(0, data.xs.shape[0], batch_size):
+            mean = model.split(model(data.xs[i:i + batch_size]))[0]
+            sse += ((mean - data.ys[i:i + batch_size]).double() ** 2).sum(dim=0)
+    model.train()
+    model.warm_start_sigma((sse / data.xs.shape[0]).sqrt().float())

@@ -122,6 +122,8 @@ def _record(result: Any, spec: FitSpec, info: dict[str, Any]) -> tuple[dict[str,
         arrays[f"{role}_true"] = np.asarray(pred["true"])[:, 0]
         arrays[f"{role}_pred"] = np.asarray(pred["pred"])[:, 0]
         arrays[f"{role}_index"] = np.asarray(pred["index"])
+        if "sigma" in pred:  # uncertainty heads
+            arrays[f"{role}_sigma"] = np.asarray(pred["sigma"])[:, 0]
     return record, arrays
 
 

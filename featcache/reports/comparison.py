@@ -30,12 +30,14 @@ from ..common.progress import progress, status
 from ..common.serialise import plain
 from ..heads.binning import Binning
 from ..heads.fit import FitSpec, check_roles
+from ..heads.attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
+from ..heads.knn import check_weights
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..heads.registry import head_info
 from ..heads.selection import RowSelection
 from ..model.taps import PSEUDO_LAYERS
 from .cells import CellStore, Fit, Task, cell_key, run_fits
-from .render import render_markdown, source_info, write_plots
+from .render import cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
 from .populations import compared_members, section
 from .sources import Source, open_sources
@@ -178,6 +180,8 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
             width = int(src.cache.feature_info(train_split, layer, pool).get("D") or
                         src.cache.feature_array(train_split, layer, pool).shape[1])
             for head in request.heads:
+                if head_info(head).needs_map and pool != "none":
+                    continue  # attn pools the map itself: only the --pool none cells (the table shows —)
                 trainable = head_info(head).trainable
                 for (variant, selection), setting in itertools.product(variants, swept if trainable else [()]):
                     head_spec, head_recipe = sweep.apply(spec, request.recipe, setting)
@@ -232,15 +236,19 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
 
 
 def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit]
-           ) -> tuple[Any, dict[str, dict[str, Any]], list[tuple[np.ndarray, np.ndarray]]]:
-    """The table (cells, then --run rows), with each target's best row by validation R2 marked."""
+           ) -> tuple[Any, dict[str, dict[str, Any]], list[tuple[np.ndarray, np.ndarray]], dict[int, Any]]:
+    """The table (cells, then --run rows), with each target's best row by validation R2 marked; also, per row
+    of an uncertainty head, (truth, mean, sigma) of its test rows (the first seed's: the calibration plot)."""
     import pandas as pd
 
-    rows, predictions = [], []
+    rows, predictions, sigmas = [], [], {}
     folds = fold_stats(cells, done)
     for group in (g for g in cells if g[0].variant is None):
-        row, truth, pred = cell_row(group, [done[t.key] for t in group], request.n_boot)
+        fits = [done[t.key] for t in group]
+        row, truth, pred = cell_row(group, fits, request.n_boot)
         row.update(folds.get(identity(group[0]), {}))
+        if "test_sigma" in fits[0][1]:
+            sigmas[len(rows)] = (truth, fits[0][1]["test_pred"], fits[0][1]["test_sigma"])
         if request.sweep:
             row["setting"] = sweep.describe(group[0].setting)
         rows.append(row)
@@ -249,6 +257,9 @@ def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit
         for target in request.targets:
             if target in run_targets(run):
                 row, truth, pred = run_row(run, target, request.n_boot)
+                if "test_sigma" in run.arrays:
+                    j = run_targets(run).index(target)
+                    sigmas[len(rows)] = (truth, pred, np.asarray(run.arrays["test_sigma"]).reshape(len(truth), -1)[:, j])
                 rows.append(row)
                 predictions.append((truth, pred))
     table = pd.DataFrame(rows)
@@ -260,7 +271,19 @@ def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit
             index = int(sub["val_r2"].idxmax())  # first of equals, in table order
             table.loc[index, "best"] = True
             best[target] = plain(table.loc[index].to_dict(), finite_only=True)
-    return table, best, predictions
+    return table, best, predictions, sigmas
+
+
+def _calibration_cells(table: Any, targets: list[str], sigmas: dict[int, Any]
+                       ) -> dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per target, the uncertainty cell with the lowest validation NLL (test never chooses) and its arrays."""
+    out = {}
+    for target in targets:
+        candidates = [i for i in sigmas if table.loc[i, "target"] == target and np.isfinite(table.loc[i, "val_nll"])]
+        if candidates:
+            i = min(candidates, key=lambda k: float(table.loc[k, "val_nll"]))
+            out[target] = (f"{cell_label(table.loc[i])} (lowest validation NLL)", *sigmas[i])
+    return out
 
 
 def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], sources: list[Source],
@@ -295,7 +318,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
             folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None,
-            sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool = True) -> CompareResult:
+            sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool = True, knn_ks: Sequence[int] | None = None,
+            knn_weights: str = "uniform", attn_heads: int = DEFAULT_ATTN_HEADS) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
@@ -344,7 +368,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot, sizes, folds,
                              subset_seed, swept)
     spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
-                test_split=test_split, device=device)
+                test_split=test_split, device=device, knn_ks=list(knn_ks) if knn_ks else None,
+                knn_weights=check_weights(knn_weights), attn_heads=attn_heads)
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
     if shard is not None:
         share = shard_tasks(cells, *shard)
@@ -355,14 +380,15 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
         return CompareResult(None, {}, note, out, fitted, reused, [])
     done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit, batched)
     cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
-    table, best, predictions = _table(request, cells, done)
+    table, best, predictions, sigmas = _table(request, cells, done)
     settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
                 "baselines": baselines, "device": device, "binning": binning.describe(), "train_sizes": sizes,
                 "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas,
-                "sweep": swept}
+                "sweep": swept, "knn_ks": list(knn_ks) if knn_ks else None, "knn_weights": knn_weights,
+                "attn_heads": attn_heads}
     efficiency = label_efficiency(cells, done, n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
-                          (fitted, reused), sweep_rows)
+                          (fitted, reused), sweep_rows, _calibration_cells(table, targets, sigmas))
 
 
 def check_shard(i: int, n: int) -> tuple[int, int]:
@@ -406,7 +432,8 @@ def _check_study(sources: list[Source], train_split: str, val_split: str, train_
 def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str, Any]],
                    predictions: list[tuple[np.ndarray, np.ndarray]], efficiency: list[dict[str, Any]], out: Path,
                    settings: dict[str, Any], binning: Binning, plots: bool, counts: tuple[int, int],
-                   sweep_rows: list[dict[str, Any]]) -> CompareResult:
+                   sweep_rows: list[dict[str, Any]], calibration: dict[str, Any] | None = None
+                   ) -> CompareResult:
     """compare.md/.csv/.json, label_efficiency.csv, the plots and report.md."""
     import pandas as pd
 
@@ -447,5 +474,5 @@ def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str
     write_json(files[2], summary, indent=1, finite_only=True)
     if plots:
         extra = draw_study(study, out)
-        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops, extra)
+        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops, extra, calibration)
     return CompareResult(table, best, markdown, out, fitted, reused, files)

@@ -113,6 +113,50 @@ def best_cell(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title: str = "
     return path
 
 
+def calibration(y_true: np.ndarray, mean: np.ndarray, sigma: np.ndarray, path: Path, title: str = "",
+                target: str = "") -> Path:
+    """An uncertainty head's calibration: observed vs expected coverage of its central Gaussian intervals
+    (a calibrated head follows the diagonal), and |residual| vs predicted sigma with the RMS residual in
+    equal-count sigma bins (a calibrated head follows the 1:1 line)."""
+    from ..heads.metrics import coverage_curve
+
+    y_true, mean, sigma = (np.asarray(a, dtype=float).ravel() for a in (y_true, mean, sigma))
+    expected, observed = coverage_curve(y_true, mean, sigma)
+    resid = np.abs(mean - y_true)
+    fig = _figure(9.0, 4.0)
+    left, right = fig.subplots(1, 2)
+    left.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="ideal")
+    left.plot(expected, observed, marker="o", ms=3, color="C0", label="test spectra")
+    left.set_xlabel("expected coverage (central Gaussian interval)")
+    left.set_ylabel("observed coverage")
+    left.set_xlim(0, 1)
+    left.set_ylim(0, 1)
+    left.legend(fontsize=8)
+    z = (mean - y_true) / sigma
+    left.set_title(f"within 1 sigma {np.mean(np.abs(z) <= 1):.3f} (ideal 0.683), std(z) {np.std(z):.3f}",
+                   fontsize=9)
+    right.scatter(sigma, resid, s=3, alpha=0.4, color="C0", lw=0)
+    bins = min(10, max(1, len(sigma) // 50))
+    edges = np.quantile(sigma, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, sigma, side="right") - 1, 0, bins - 1)
+    centres = [float(np.median(sigma[which == b])) for b in range(bins) if np.any(which == b)]
+    rms = [float(np.sqrt(np.mean(resid[which == b] ** 2))) for b in range(bins) if np.any(which == b)]
+    right.plot(centres, rms, marker="s", color="C1", label="RMS residual per sigma bin")
+    top = float(max(sigma.max(), max(rms) if rms else 0.0))
+    right.plot([0, top], [0, top], color="grey", lw=1, ls="--", label="1:1")
+    from ..heads.binning import unit
+
+    dex = unit(target)
+    right.set_xlabel(f"predicted sigma{' (' + dex + ')' if dex else ''}")
+    right.set_ylabel(f"|predicted - true|{' (' + dex + ')' if dex else ''}")
+    right.legend(fontsize=8)
+    right.set_title("residual vs predicted sigma", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+    return path
+
+
 def binned_curves(curves: list[Any], axis: str, axis_unit: str, target: str, target_unit: str, path: Path,
                   title: str = "") -> Path:
     """sigma_MAD (left) and bias (right) of the residuals per bin of `axis`, one line per curve with its 95%

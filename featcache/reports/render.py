@@ -69,6 +69,37 @@ def markdown_table(table: Any, target: str, heads: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _interval_text(row: Mapping[str, Any], name: str) -> str:
+    lo, hi = row[f"test_{name}_lo"], row[f"test_{name}_hi"]
+    spread = row[f"test_{name}_std"]
+    text = _fmt(row[f"test_{name}"])
+    if row["seeds"] > 1 and math.isfinite(spread):
+        text += f" ± {_fmt(spread)}"
+    if math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{_fmt(lo)}, {_fmt(hi)}]"
+    return text
+
+
+def calibration_table(table: Any, target: str) -> list[str]:
+    """The uncertainty heads' calibration on test (coverage within 1 and 2 sigma, std(z), mean NLL, each with
+    its 95% interval) beside validation NLL; empty when the table has no uncertainty head."""
+    if "test_coverage_1sigma" not in table:
+        return []
+    sub = table[(table["target"] == target) & table["test_coverage_1sigma"].notna()]
+    if not len(sub):
+        return []
+    lines = ["Calibration of the uncertainty heads on test (ideal: 0.683 within 1 sigma, 0.954 within 2 sigma, "
+             "std(z) 1 for z = residual / sigma; NLL per spectrum in the target's units, lower is better):", "",
+             "| head | encoder | layer | pooling | within 1 sigma [95% CI] | within 2 sigma [95% CI] | "
+             "std(z) [95% CI] | test NLL [95% CI] | val NLL |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for _, row in sub.iterrows():
+        lines.append(f"| {row['head']} | {row['encoder']} | {row['layer']} | {row['pool'] or '—'} | "
+                     + " | ".join(_interval_text(row, n) for n in ("coverage_1sigma", "coverage_2sigma", "z_std",
+                                                                   "nll"))
+                     + f" | {_fmt(row['val_nll'])} |")
+    return [*lines, ""]
+
+
 def render_markdown(table: Any, targets: list[str], context: dict[str, Any]) -> str:
     """compare.md: a section per target with its table, the best cell, per-encoder bests, data and caches."""
     sources: list[Source] = context["sources"]
@@ -94,6 +125,7 @@ def render_markdown(table: Any, targets: list[str], context: dict[str, Any]) -> 
         if len(per_encoder) > 1:
             lines.append("Test R2 of each encoder's best cell by validation R2: " + "; ".join(per_encoder) + ".")
         lines.append("")
+        lines += calibration_table(table, target)
     trainable = [h for h in heads if _is_trainable(h) and (table["head"] == h).any()]
     lines.append(f"Test R2: {int(CI_LEVEL * 100)}% percentile bootstrap interval, {n_boot} resamples of the "
                  f"'{test_split}' spectra (draw 0, seed {BOOT_SEED}); validation R2 on '{val_split}' (draw 0) "
@@ -168,10 +200,12 @@ def safe_name(text: str) -> str:
 
 def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str, dict[str, Any]],
                  best_pred: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, markdown: str,
-                 populations: dict[str, Any] | None = None, study: list[tuple[str, str, Path]] | None = None
+                 populations: dict[str, Any] | None = None, study: list[tuple[str, str, Path]] | None = None,
+                 calibration: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] | None = None
                  ) -> list[Path]:
-    """Heatmaps per head and target, the best cell's predicted/residual vs true, the per-population curves
-    and Kiel diagram, the probing study's figures (drawn by study.draw_study), and report.md."""
+    """Heatmaps per head and target, the best cell's predicted/residual vs true, the calibration of the best
+    uncertainty cell (by validation NLL), the per-population curves and Kiel diagram, the probing study's
+    figures (drawn by study.draw_study), and report.md."""
     from . import plots
     from .populations import draw
 
@@ -191,6 +225,12 @@ def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str
             path = out / f"best_{safe_name(target)}.png"
             plots.best_cell(truth, pred, path, title=f"{target}: {cell_label(best[target])}", target=target)
             images.setdefault(target, []).append(("best cell: predicted and residual vs true", path))
+        if calibration and target in calibration:
+            label, truth, mean, sigma = calibration[target]
+            path = out / f"calibration_{safe_name(target)}.png"
+            plots.calibration(truth, mean, sigma, path, title=f"{target}: {label}", target=target)
+            images.setdefault(target, []).append(("calibration: observed vs expected coverage, residual vs sigma",
+                                                  path))
         if populations and target in populations:
             pop = populations[target]
             images.setdefault(target, []).extend(draw(pop["results"], pop["members"], target, out,

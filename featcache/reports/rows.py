@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..common.errors import FeatcacheError
-from ..heads.metrics import bootstrap_r2, percentile_interval, regression_metrics
+from ..heads.metrics import CALIBRATION, bootstrap_r2, percentile_interval, regression_metrics
 from .cells import Fit, Task
 
 N_BOOT = 1000
@@ -66,10 +66,13 @@ def cell_row(tasks: list[Task], fits: list[tuple[dict[str, Any], dict[str, np.nd
         row[f"{role}_r2_std"] = _std([r["metrics"][role]["r2"] for r in records])
         if role == "test":
             row["test_r2_lo"], row["test_r2_hi"] = lo, hi
+    _calibration_columns(row, [r["metrics"] for r in records])
     row["train_r2"] = _mean([r["metrics"]["train"]["r2"] for r in records])
     alphas = [r["chosen"].get("alpha") for r in records if r["chosen"].get("alpha") is not None]
     epochs = [r["chosen"].get("best_epoch") for r in records if r["chosen"].get("best_epoch") is not None]
+    ks = [r["chosen"].get("k") for r in records if r["chosen"].get("k") is not None]
     row["chosen_alpha"] = float(alphas[0]) if alphas else float("nan")
+    row["chosen_k"] = float(ks[0]) if ks else float("nan")
     row["chosen_epoch"] = _mean([float(e) for e in epochs]) if epochs else float("nan")
     row["chosen_epochs"] = ";".join(str(int(e)) for e in epochs)
     row["fit_seconds"] = float(sum(r["fit_seconds"] for r in records))
@@ -78,6 +81,18 @@ def cell_row(tasks: list[Task], fits: list[tuple[dict[str, Any], dict[str, np.nd
     row["source"] = str(first.source.path)
     row["keys"] = ";".join(t.key for t in tasks)
     return row, truth, preds.mean(axis=1)
+
+
+def _calibration_columns(row: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+    """Uncertainty heads: test and validation coverage, std(z) and NLL (mean over seeds; NaN for point heads),
+    with the test interval of a single fit (several seeds: the +- of the seeds instead)."""
+    for role in ("test", "val"):
+        for name in CALIBRATION:
+            row[f"{role}_{name}"] = _mean([m[role].get(name, math.nan) for m in metrics])
+    for name in CALIBRATION:
+        ci = metrics[0]["test"].get(f"{name}_ci95") if len(metrics) == 1 else None
+        row[f"test_{name}_lo"], row[f"test_{name}_hi"] = ci if ci else (math.nan, math.nan)
+        row[f"test_{name}_std"] = _std([m["test"].get(name, math.nan) for m in metrics])
 
 
 @dataclass
@@ -148,10 +163,13 @@ def run_row(run: RunRows, target: str, n_boot: int) -> tuple[dict[str, Any], np.
         row[f"val_{metric}"] = float(val.get(metric, float("nan")))
     row["test_r2_std"] = row["val_r2_std"] = float("nan")
     row["test_r2_lo"], row["test_r2_hi"] = lo, hi
+    test_entry = (run_split(run, "test").get("targets") or {}).get(target) or {}
+    _calibration_columns(row, [{"test": test_entry, "val": val}])
     train = (run_split(run, "train").get("targets") or {}).get(target) or {}
     row["train_r2"] = float(train.get("r2", float("nan")))
     chosen = run.metrics.get("chosen") or {}
     row["chosen_alpha"] = float(chosen.get("alpha", float("nan")))
+    row["chosen_k"] = float(chosen.get("k", float("nan")))
     row["chosen_epoch"] = float(chosen.get("best_epoch", float("nan")))
     row["chosen_epochs"] = str(chosen.get("best_epoch", ""))
     row["fit_seconds"] = float(run.metrics.get("fit_seconds") or run.metrics.get("seconds") or float("nan"))

@@ -141,7 +141,7 @@ def test_ridge_errors():
 # ---------------------------------------------------------------- registry
 
 def test_registry():
-    assert list_heads() == ["ridge", "linear", "mlp_1", "mlp_2"]
+    assert list_heads()[:5] == ["ridge", "knn", "linear", "mlp_1", "mlp_2"]
     mlp = create_head("mlp_1", 384, 1)
     assert count_parameters(mlp) == 98_817
     assert [type(m).__name__ for m in mlp] == ["Linear", "GELU", "Dropout", "Linear"]
@@ -150,7 +150,7 @@ def test_registry():
     assert count_parameters(create_head("linear", 384, 2)) == 770
     assert isinstance(create_head("ridge", 384, 1, alphas=[1.0]), RidgeHead)
     assert not is_trainable("ridge") and is_trainable("mlp_2")
-    with pytest.raises(FeatcacheError, match="unknown head 'mlp3'; choose from: ridge, linear, mlp_1, mlp_2"):
+    with pytest.raises(FeatcacheError, match="unknown head .mlp3.; choose from: ridge, knn, linear, mlp_1, mlp_2"):
         create_head("mlp3", 8, 1)
     with pytest.raises(FeatcacheError, match="--dropout"):
         create_head("mlp_1", 8, 1, dropout=1.5)

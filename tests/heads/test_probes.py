@@ -120,7 +120,7 @@ def test_a_probe_in_a_pipeline_on_to_xarray(labelled_caches):
 
 @pytest.mark.parametrize("probe, fragment", [
     (MLPProbe(head="ridge"), "head 'ridge' is closed-form"),
-    (MLPProbe(head="mlp_9"), "unknown head 'mlp_9'; choose from: ridge, linear, mlp_1, mlp_2"),
+    (MLPProbe(head="mlp_9"), "unknown head 'mlp_9'; choose from: ridge, knn, linear, mlp_1, mlp_2"),
     (MLPProbe(lr=-1.0), "--lr must be positive"),
     (MLPProbe(validation_fraction=1.5), "validation_fraction must be a number in (0, 1), got 1.5"),
     (RidgeProbe(alphas=[-1.0, 1.0]), "alphas must be positive"),
