@@ -10,7 +10,7 @@ from .common import command, command_line, echo_result, resolved_options
 from .options import binning_options, head_options, make_recipe, parse_alphas, recipe_options, split_role_options
 
 
-@command("fit", short_help="Fit a ridge or MLP head on cached features.")
+@command("fit", short_help="Fit a head (ridge, knn, MLPs, attn, ...) on cached features.")
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path), required=True, help="Feature cache (.zarr).")
 @click.option("--layer", default=None, help="Layer of the feature (with --pool).")
 @click.option("--pool", default=None, help="Pooling of the feature (with --layer).")

@@ -10,7 +10,7 @@ from .common import command, echo_result
 from .options import binning_options
 
 
-@command("report", short_help="Re-draw runs and comparisons: scatter in dex per S/N and population.")
+@command("report", short_help="Re-draw runs and comparisons from their files, fitting nothing.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @binning_options
 def command(paths: tuple[Path, ...], bins: tuple[str, ...], giant_logg: float) -> None:
