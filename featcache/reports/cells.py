@@ -158,7 +158,8 @@ def batch_groups(todo: list[Task], max_bytes: int, max_heads: int = MAX_BATCH_HE
     for task in todo:
         if task.head in BATCHABLE:
             n_train = task.source.cache.n_rows(task.spec.train_split)
-            by_key.setdefault((str(task.source.path), fit_key(task.spec, n_train)), []).append(task)
+            # one hidden width per pass: a swept 128 beside a 512 would be padded to 512
+            by_key.setdefault((str(task.source.path), task.spec.hidden, fit_key(task.spec, n_train)), []).append(task)
     groups = []
     for tasks in by_key.values():
         tasks.sort(key=lambda t: (t.layer, t.pool, t.key))  # seeds and settings of one feature side by side
