@@ -239,7 +239,7 @@ def study_sections(table: Any, efficiency: list[dict[str, Any]], sources: Sequen
                       "is chosen on its own held-out fold and scored on the one test split.", ""]
             lines += stability_table(table, target) + [""]
         depth = depth_rows(table, sources, target)
-        if len({r["depth"] for r in depth}) > 1:
+        if len({r["depth"] for r in depth}) > 2:  # a curve: three blocks or more (two taps are the table's)
             data["depth"] = depth
             lines += ["### Depth", "", "Test R2 of the pooling chosen by validation R2 at each depth "
                       "(enc_pre_latent = enc_{N-1}, enc_last = enc_N).", "", *depth_table(depth), ""]

@@ -12,7 +12,7 @@ from sklearn.metrics import r2_score
 
 import featcache
 from featcache.heads.selection import RowSelection, fold_of, nested_subset, role_rows
-from featcache.reports.study import checkpoint_rows, depth_rows, depth_table
+from featcache.reports.study import checkpoint_rows, depth_rows, depth_table, study_sections
 
 from ..helpers import assert_cli_error, run_cli
 
@@ -167,5 +167,10 @@ def test_depth_picks_the_pooling_on_validation_and_reports_its_test():
     assert [(p["checkpoint"], p["layer"]) for p in points] == [("a", "enc_last"), ("b", "enc_last")]
     # a random-init copy has the architecture's tag but is no checkpoint of the pretraining
     assert checkpoint_rows(two, [_source("a", 5), _source("b", 5, random_init_seed=0)], "log_g") == []
+    # two depths are the table's two taps, not a depth curve; a third block makes one
+    assert "depth" not in study_sections(table, [], [_source("a", 5)], ["log_g"], 0, []).get("log_g", {}).get("data", {})
+    three = pd.concat([table, table.iloc[[2]].assign(layer="enc_3")]).reset_index(drop=True)
+    curve = study_sections(three, [], [_source("a", 5)], ["log_g"], 0, [])["log_g"]
+    assert [r["depth"] for r in curve["data"]["depth"]] == [1, 3, 5] and "### Depth" in curve["lines"]
     lines = depth_table(rows)
     assert lines[2] == "| 1 | 0.100 [0.000, 0.200] (q) |" and lines[3].startswith("| 5 | 0.400 [0.300, 0.500] (p)")
