@@ -411,13 +411,10 @@ BATCHABLE = ("linear", "mlp_1", "mlp_2")  # the registry's plain MLPs (stackable
 def fit_key(spec: Any, n_train: int) -> tuple[Any, ...]:
     """Which FitSpecs of one cache can train in one pass: same targets, rows, splits and device, and a
     batch_key-compatible recipe (features, seeds, widths, dropout, lr and weight decay may differ)."""
-    from .registry import head_info
-
-    head_info(spec.head)
-    blocks = BATCHABLE.index(spec.head) if spec.head in BATCHABLE else None
+    blocks = BATCHABLE.index(spec.head)
     rows = spec.selection.describe() if spec.selection is not None else None
     return (blocks, tuple(spec.targets), repr(rows), spec.train_split, spec.val_split, spec.test_split, spec.device,
-            batch_key(spec.recipe, blocks or 0, n_train, len(spec.targets), spec.val_split is not None))
+            batch_key(spec.recipe, blocks, n_train, len(spec.targets), spec.val_split is not None))
 
 
 def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False) -> list[Any]:
@@ -451,8 +448,8 @@ def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False) -> li
         job = HeadJob(model, X, y, Xv, yv, spec.recipe, spec.targets, data_key=rows_key)
         groups.setdefault(fit_key(spec, X.shape[0]), []).append((i, job))
     trained: dict[int, TrainResult] = {}
-    for key, members in groups.items():
-        device = resolve_device(key[6])
+    for members in groups.values():
+        device = resolve_device(specs[members[0][0]].device)  # one device per group (part of fit_key)
         results = train_heads([job for _, job in members], device=device, progress=progress,
                               desc=f"fit {len(members)} heads")
         trained.update({i: result for (i, _), result in zip(members, results, strict=True)})
