@@ -12,6 +12,7 @@ from .options import (
     head_options,
     make_recipe,
     parse_alphas,
+    parse_max_memory,
     parse_shard,
     parse_sizes,
     recipe_options,
@@ -67,7 +68,7 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
             lr: list[float], weight_decay: list[float], patience: int, grad_clip: float, hidden: list[int],
             dropout: list[float],
             alphas: str | None, device: str, knn_k: str | None, knn_weights: str,
-            attn_heads: int, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
+            attn_heads: int, max_memory: str | None, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
     """Fit every (encoder, layer, pooling) x head cell on cached features and tabulate test R2 with its 95%
     bootstrap interval beside validation R2; the best cell by validation R2 is in bold.
 
@@ -95,7 +96,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
                      shard=parse_shard(shard), batched=batched,
                      sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay},
-                     knn_ks=parse_ks(knn_k), knn_weights=knn_weights, attn_heads=attn_heads)
+                     knn_ks=parse_ks(knn_k), knn_weights=knn_weights, attn_heads=attn_heads,
+                     max_memory=parse_max_memory(max_memory))
     echo_result(result.markdown.rstrip())
     if result.table is not None:
         status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

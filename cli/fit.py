@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from .common import command, command_line, echo_result, resolved_options
-from .options import binning_options, head_options, make_recipe, parse_alphas, recipe_options, split_role_options
+from .options import (
+    binning_options,
+    head_options,
+    make_recipe,
+    parse_alphas,
+    parse_max_memory,
+    recipe_options,
+    split_role_options,
+)
 
 
 @command("fit", short_help="Fit a head (ridge, knn, MLPs, attn, ...) on cached features.")
@@ -31,7 +39,7 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
             targets: tuple[str, ...], head: str, train_split: str, val_split: str, test_split: str, seed: int,
             max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, grad_clip: float,
             hidden: int, dropout: float, alphas: str | None, device: str, knn_k: str | None,
-            knn_weights: str, attn_heads: int, bins: tuple[str, ...], giant_logg: float,
+            knn_weights: str, attn_heads: int, max_memory: str | None, bins: tuple[str, ...], giant_logg: float,
             out: Path | None, overwrite: bool) -> None:
     """Fit a head on cached features: alpha or epochs chosen on validation, test reported once.
 
@@ -59,7 +67,7 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
                    recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
                    alphas=parse_alphas(alphas), train_split=train_split, val_split=val_split or None,
                    test_split=test_split or None, device=device, knn_ks=parse_ks(knn_k), knn_weights=knn_weights,
-                   attn_heads=attn_heads)
+                   attn_heads=attn_heads, max_memory=parse_max_memory(max_memory))
     cache = open_cache(cache_path)
     if spec.test_split in cache.splits:  # fit_head names a missing split
         binning.check_axes([*cache.label_names(spec.test_split), *spec.targets])

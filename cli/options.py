@@ -150,7 +150,18 @@ def head_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="knn: uniform (mean of the k targets) or distance (weights 1/d)."),
         click.option("--attn-heads", type=click.IntRange(min=1), default=DEFAULT_ATTN_HEADS, show_default=True,
                      help="attn: attention heads pooling the --pool none map."),
+        click.option("--max-memory", "max_memory", default=None, metavar="SIZE",
+                     help="Torch heads: when a fit's train + validation features (loaded and standardised) "
+                          "would exceed SIZE (e.g. 1GB, 512MB, 25%), the train rows stream from the cache in "
+                          "shuffled chunk windows instead (default: half the RAM available)."),
     )(func)
+
+
+def parse_max_memory(value: str | None) -> int | None:
+    """--max-memory SIZE in bytes (checked now, so a bad value fails before any work); None: the default."""
+    from featcache.heads.streaming import parse_memory
+
+    return None if value is None else parse_memory(value)
 
 
 def make_recipe(seed: int, max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,

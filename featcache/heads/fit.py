@@ -26,6 +26,7 @@ from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from .registry import create_head, head_info
 from .ridge import RidgeHead, StreamingStats
 from .selection import RoleRows, RowSelection, role_rows
+from .streaming import format_bytes
 from .training import TrainResult, train_head
 
 # Part of every fit's identity (compare's cell keys): bump when a change alters the numbers a fit produces.
@@ -71,6 +72,10 @@ class FitSpec:
     knn_ks: list[int] | None = None  # knn: the k grid (None: 1, 2, 4, ..., 256)
     knn_weights: str = "uniform"     # knn: uniform | distance
     attn_heads: int = DEFAULT_ATTN_HEADS  # attn: attention heads over the positions
+    # torch heads: above this many bytes (or '1GB', '25%'; None: half the available RAM) the train rows stream
+    # from the cache (heads.streaming) instead of being loaded; not part of the fit's identity (the sampler
+    # changes the batch order, not the recipe) but recorded in metrics.json
+    max_memory: int | str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The recipe as plain data (keys of a compare cell, config.yaml)."""
@@ -133,6 +138,10 @@ class FitResult:
                         bits.append(f"(1-sigma coverage {entry['coverage_1sigma']:.3f}, std(z) {entry['z_std']:.3f})")
             parts.append(" ".join(bits))
         chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.chosen.items())
+        rows = getattr(self.predictor, "rows", {})
+        if rows.get("sampler") == "block-shuffle":
+            chosen += (f"; streamed from the cache in {rows['window_rows']}-row windows (features over the "
+                       f"{format_bytes(rows['max_memory_bytes'])} memory budget)")
         return "; ".join(parts) + f"; {chosen}; {self.seconds:.1f} s"
 
 
@@ -253,7 +262,7 @@ def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], p
         return ridge, history
     model = create_head(spec.head, in_dim, len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
                         seed=spec.recipe.seed, **(head_kwargs or {}))
-    trained = train_head(model, x["train"].load(), y["train"], val_x.load() if val_x is not None else None, val_y,
-                         recipe=spec.recipe, device=resolve_device(spec.device), progress=progress,
-                         target_names=spec.targets, desc=f"fit {spec.head}")
+    trained = train_head(model, x["train"], y["train"], val_x, val_y, recipe=spec.recipe,
+                         device=resolve_device(spec.device), progress=progress, target_names=spec.targets,
+                         desc=f"fit {spec.head}", max_memory=spec.max_memory)
     return trained, [dict(h) for h in trained.history]

@@ -67,7 +67,9 @@ def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = No
                "feature_provenance": result.provenance,
                "targets": spec.targets, **result.metrics, "chosen": result.chosen, "fit_seconds": result.seconds,
                "cache": result.cache_path, "cache_fingerprint": result.cache_fingerprint,
-               "encoder_sha256": result.encoder_sha256, "recipe": spec.describe()["recipe"], "command": command,
+               "encoder_sha256": result.encoder_sha256, "recipe": spec.describe()["recipe"],
+               **({"train_rows": dict(result.predictor.rows)} if hasattr(result.predictor, "rows") else {}),
+               "command": command,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
     write_json(out / "metrics.json", metrics)
     arrays = {f"{role}_{key}": value for role, pred in result.predictions.items() for key, value in pred.items()}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+from ..common.errors import FeatcacheError
 
 # A column whose std is below this fraction of |mean| (or exactly 0) is treated as constant. Cached features
 # are float32 (relative precision 6e-8): a spread under 1e-5 of the level is rounding, not signal, and dividing
@@ -23,16 +26,27 @@ def target_name(names: Sequence[str] | None, j: int) -> str:
     return str(names[j]) if names is not None and j < len(names) else str(j)
 
 
-def column_moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 mean and population std per column, in chunks (no full float64 copy), shifted for accuracy."""
+def column_moments(X: Any, chunk: int = MOMENT_CHUNK, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """float64 mean and population std per column, `chunk` rows at a time (no full float64 copy; X may be a
+    lazy row-sliceable matrix), shifted by the first chunk's mean for accuracy. With `split` named, rows
+    holding NaN or inf are refused (the streamed path's check, done in the same pass)."""
     n = X.shape[0]
-    shift = X[: min(n, MOMENT_CHUNK)].mean(axis=0, dtype=np.float64)
+    if n == 0:
+        raise FeatcacheError(f"the {split or 'train'} split has no rows")
+    shift = np.asarray(X[: min(n, chunk)]).mean(axis=0, dtype=np.float64)
     s1 = np.zeros(X.shape[1])
     s2 = np.zeros(X.shape[1])
-    for start in range(0, n, MOMENT_CHUNK):
-        block = X[start:start + MOMENT_CHUNK].astype(np.float64) - shift
+    bad = 0
+    for start in range(0, n, chunk):
+        block = np.asarray(X[start:start + chunk]).astype(np.float64)
+        if split is not None:
+            bad += int(np.count_nonzero(~np.isfinite(block).all(axis=1)))
+        block -= shift
         s1 += block.sum(axis=0)
         s2 += np.einsum("ij,ij->j", block, block)
+    if bad:
+        raise FeatcacheError(f"features contain NaN or inf values ({bad} of {n} {split} rows); "
+                             "check the cache (or the spectra it was built from)")
     mean = shift + s1 / n
     var = np.clip(s2 / n - (s1 / n) ** 2, 0.0, None)
     return mean, np.sqrt(var)

@@ -11,7 +11,7 @@ device and read once per epoch.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from .early_stopping import EarlyStopping
 from .gaussian import is_gaussian, warmup_epochs
 from .recipe import TrainRecipe
 from .standardise import column_moments, is_constant, target_name
+from .streaming import StreamedRows, in_memory_bytes, parse_memory, streamed_rows
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainResult:
     y_1d: bool
     seconds: float
     recipe: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, Any] = field(default_factory=lambda: {"sampler": "in-memory"})  # how train rows were fed
 
     @property
     def gaussian(self) -> bool:
@@ -101,7 +103,7 @@ class TrainResult:
             "history": [dict(h) for h in self.history],
             "x_mean": torch.as_tensor(self.x_mean), "x_scale": torch.as_tensor(self.x_scale),
             "y_mean": torch.as_tensor(self.y_mean), "y_scale": torch.as_tensor(self.y_scale),
-            "y_1d": self.y_1d, "seconds": self.seconds, "recipe": dict(self.recipe),
+            "y_1d": self.y_1d, "seconds": self.seconds, "recipe": dict(self.recipe), "rows": dict(self.rows),
         }
 
     @classmethod
@@ -113,7 +115,8 @@ class TrainResult:
                    history=list(state["history"]), x_mean=state["x_mean"].double().numpy(),
                    x_scale=state["x_scale"].double().numpy(), y_mean=state["y_mean"].double().numpy(),
                    y_scale=state["y_scale"].double().numpy(), y_1d=bool(state["y_1d"]),
-                   seconds=float(state["seconds"]), recipe=dict(state["recipe"]))
+                   seconds=float(state["seconds"]), recipe=dict(state["recipe"]),
+                   rows=dict(state.get("rows") or {"sampler": "in-memory"}))
 
 
 def make_optimizer(params: Any, lr: float, weight_decay: float,
@@ -168,12 +171,13 @@ def _standardised_tensor(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, dev
     return out.to(device)
 
 
-def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float, float]:
-    """(MSE on standardised targets, mean R2 across targets, mean Gaussian NLL or NaN for point heads) in one
-    pass and one host sync."""
+def _evaluate(model: nn.Module, blocks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float, float]:
+    """(MSE on standardised targets, mean R2 across targets, mean Gaussian NLL or NaN for point heads) over
+    the validation blocks, in one host sync."""
     model.eval()
     with torch.inference_mode():
-        out = torch.cat([model(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)])
+        outs, ys = zip(*[(model(xb), yb) for xb, yb in blocks], strict=True)
+        out, y = torch.cat(outs), torch.cat(ys)
         pred = model.split(out)[0] if is_gaussian(model) else out
         err = (pred - y).double()
         yd = y.double()
@@ -201,6 +205,33 @@ class _Standardised:
     x_scale: np.ndarray
     y_mean: np.ndarray
     y_scale: np.ndarray
+
+    @property
+    def n_train(self) -> int:
+        return int(self.xs.shape[0])
+
+    @property
+    def has_val(self) -> bool:
+        return self.xv is not None
+
+    def describe(self) -> dict[str, Any]:
+        return {"sampler": "in-memory"}
+
+    def train_batches(self, gen: torch.Generator, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch: a permutation of all train rows, gathered batch by batch."""
+        perm = torch.randperm(self.n_train, generator=gen).to(self.xs.device)
+        for i in range(0, self.n_train, batch_size):
+            idx = perm[i:i + batch_size]
+            yield self.xs[idx], self.ys[idx]
+
+    def train_blocks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, self.n_train, batch_size):
+            yield self.xs[i:i + batch_size], self.ys[i:i + batch_size]
+
+    def val_blocks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        assert self.xv is not None and self.yv is not None
+        for i in range(0, self.xv.shape[0], batch_size):
+            yield self.xv[i:i + batch_size], self.yv[i:i + batch_size]
 
 
 def _standardise(X_train: Any, y_train: Any, X_val: Any, y_val: Any, device: torch.device,
@@ -231,20 +262,26 @@ def _standardise(X_train: Any, y_train: Any, X_val: Any, y_val: Any, device: tor
 def train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any = None, y_val: Any = None,
                recipe: TrainRecipe | None = None, device: str | torch.device = "cpu", progress: bool = True,
                target_names: Sequence[str] | None = None, desc: str = "fit",
-               num_threads: int | None = None) -> TrainResult:
+               num_threads: int | None = None, max_memory: int | str | None = None,
+               stream: bool | None = None) -> TrainResult:
     """Train `model` (standardised features in, standardised targets out) and return its best weights.
 
     Without validation rows the scheduler and early stopping follow the train loss and the last epoch is
     kept. Deterministic given recipe.seed: shuffling uses its own torch.Generator and dropout runs under a
     seeded, forked global RNG (the caller's RNG state is left as it was). num_threads sets torch's CPU
     threads for this call only (a small head on a busy machine is often fastest on one thread).
+
+    X_train / X_val may be lazy row-sliceable matrices (the cache's FeatureMatrix): when loading them (and
+    their standardised copy) would exceed max_memory (bytes or '1GB' / '25%'; None: half the available RAM),
+    the train rows stream from the cache through the block-shuffle sampler of heads.streaming instead
+    (stream=True streams whatever the size, False never does).
     """
     started = time.perf_counter()
     recipe = recipe or TrainRecipe()
     recipe.validate()
     device = torch.device(device)
     with torch_threads(num_threads):
-        data = _standardise(X_train, y_train, X_val, y_val, device, target_names)
+        data = _training_rows(X_train, y_train, X_val, y_val, device, target_names, max_memory, stream)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(recipe.seed)
             bar = progress_bar(total=recipe.max_epochs, desc=desc, unit="epoch") if progress else None
@@ -255,12 +292,11 @@ def train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any = None, 
                     bar.close()
     stopper.restore(model)
     model.eval()
-    has_val = data.xv is not None
+    has_val = data.has_val
     if has_val and is_gaussian(model):  # the sigma scale of the kept weights, from the validation rows
         with torch.inference_mode():
-            out = torch.cat([model(data.xv[i:i + recipe.eval_batch_size])
-                             for i in range(0, data.xv.shape[0], recipe.eval_batch_size)])
-            model.sigma_scale.copy_(model.calibrated_nll(out, data.yv)[1])
+            outs, ys = zip(*[(model(xb), yb) for xb, yb in data.val_blocks(recipe.eval_batch_size)], strict=True)
+            model.sigma_scale.copy_(model.calibrated_nll(torch.cat(outs), torch.cat(ys))[1])
     best_val_r2 = stopper.best_score if has_val else None
     if has_val and is_gaussian(model):  # chosen on validation NLL: report that epoch's validation R2
         best_val_r2 = next((h["val_r2"] for h in history if h["epoch"] == stopper.best_epoch), None)
@@ -268,13 +304,14 @@ def train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any = None, 
                        best_val_r2=best_val_r2, history=history,
                        x_mean=data.x_mean, x_scale=data.x_scale, y_mean=data.y_mean, y_scale=data.y_scale,
                        y_1d=np.asarray(y_train).ndim == 1, seconds=time.perf_counter() - started,
-                       recipe=recipe.to_dict())
+                       recipe=recipe.to_dict(), rows=data.describe())
 
 
-def _train_loop(model: nn.Module, data: _Standardised, recipe: TrainRecipe, device: torch.device,
+def _train_loop(model: nn.Module, data: _Standardised | StreamedRows, recipe: TrainRecipe, device: torch.device,
                 bar: Any) -> tuple[list[dict[str, float]], EarlyStopping]:
-    """The epoch loop (nanoGPT-style: one flat loop, a comment per phase); leaves the last weights in model."""
-    n, bs = data.xs.shape[0], int(recipe.batch_size)
+    """The epoch loop (nanoGPT-style: one flat loop, a comment per phase); leaves the last weights in model.
+    `data` holds the rows in memory or streams them (heads.streaming); the loop is the same."""
+    n, bs = data.n_train, int(recipe.batch_size)
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -294,28 +331,26 @@ def _train_loop(model: nn.Module, data: _Standardised, recipe: TrainRecipe, devi
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=recipe.plateau_factor,
                                                                patience=recipe.plateau_patience)
         # one pass over the shuffled train rows; the loss is summed on the device (no per-step host sync)
-        perm = torch.randperm(n, generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs]
-            out = model(data.xs[idx])
+        for xb, yb in data.train_batches(gen, bs):
+            out = model(xb)
             if nll_phase:
-                loss = model.nll(out, data.ys[idx])
+                loss = model.nll(out, yb)
             elif gaussian:
-                loss = loss_fn(model.split(out)[0], data.ys[idx])
+                loss = loss_fn(model.split(out)[0], yb)
             else:
-                loss = loss_fn(out, data.ys[idx])
+                loss = loss_fn(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.grad_clip:
                 clip_grad_norm([p.grad for p in params if p.grad is not None], recipe.grad_clip)
             opt.step()
-            loss_sum += loss.detach() * idx.shape[0]
+            loss_sum += loss.detach() * yb.shape[0]
         # validation scores, then the plateau schedule on the validation loss (train loss without one)
         train_loss = loss_sum.item() / n
-        val_loss, val_r2, val_nll = (_evaluate(model, data.xv, data.yv, recipe.eval_batch_size)
-                                     if data.xv is not None else (float("nan"),) * 3)
-        sched.step((val_nll if nll_phase else val_loss) if data.xv is not None else train_loss)
+        val_loss, val_r2, val_nll = (_evaluate(model, data.val_blocks(recipe.eval_batch_size))
+                                     if data.has_val else (float("nan"),) * 3)
+        sched.step((val_nll if nll_phase else val_loss) if data.has_val else train_loss)
         entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_r2": val_r2}
         if gaussian:
             entry["val_nll"] = val_nll
@@ -325,19 +360,37 @@ def _train_loop(model: nn.Module, data: _Standardised, recipe: TrainRecipe, devi
             bar.update(1)
         # early stopping on validation R2 (uncertainty heads: on validation NLL after the warm-up), keeping the
         # best weights
-        score = None if data.xv is None else (-val_nll if nll_phase else None if gaussian else val_r2)
+        score = None if not data.has_val else (-val_nll if nll_phase else None if gaussian else val_r2)
         if stopper.step(epoch, score, model):
             break
     return history, stopper
 
 
-def _warm_start_sigma(model: nn.Module, data: _Standardised, batch_size: int) -> None:
+def _warm_start_sigma(model: nn.Module, data: _Standardised | StreamedRows, batch_size: int) -> None:
     """Sigma of an uncertainty head starts at the train residual RMS of the warmed-up mean (per target)."""
     model.eval()
     with torch.inference_mode():
-        sse = torch.zeros(data.ys.shape[1], dtype=torch.float64, device=data.xs.device)
-        for i in range(0, data.xs.shape[0], batch_size):
-            mean = model.split(model(data.xs[i:i + batch_size]))[0]
-            sse += ((mean - data.ys[i:i + batch_size]).double() ** 2).sum(dim=0)
+        sse: torch.Tensor | int = 0
+        for xb, yb in data.train_blocks(batch_size):
+            mean = model.split(model(xb))[0]
+            sse = sse + ((mean - yb).double() ** 2).sum(dim=0)
     model.train()
-    model.warm_start_sigma((sse / data.xs.shape[0]).sqrt().float())
+    model.warm_start_sigma((sse / data.n_train).sqrt().float())
+
+
+def _training_rows(X_train: Any, y_train: Any, X_val: Any, y_val: Any, device: torch.device,
+                   target_names: Sequence[str] | None, max_memory: int | str | None, stream: bool | None
+                   ) -> _Standardised | StreamedRows:
+    """Rows in memory, or streamed from the cache when a lazy matrix's rows would exceed the budget."""
+    lazy = hasattr(X_train, "load")  # a lazy matrix (the cache's FeatureMatrix)
+    if stream and not lazy:
+        raise FeatcacheError("stream=True needs a lazy row-sliceable matrix (the cache's FeatureMatrix) as X_train")
+    if lazy and stream is not False:
+        budget = parse_memory(max_memory)
+        n_val = len(X_val) if X_val is not None else 0
+        if stream or in_memory_bytes(len(X_train), n_val, int(X_train.shape[1])) > budget:
+            return streamed_rows(X_train, y_train, X_val, y_val, device, budget, target_names)
+    if lazy:
+        X_train = X_train.load()
+        X_val = X_val.load() if hasattr(X_val, "load") else X_val
+    return _standardise(X_train, y_train, X_val, y_val, device, target_names)

@@ -111,6 +111,8 @@ def _record(result: Any, spec: FitSpec, info: dict[str, Any]) -> tuple[dict[str,
     record: dict[str, Any] = {
         "format": CELL_FORMAT, **info, "spec": spec.describe(), "in_dim": result.in_dim, "chosen": result.chosen,
         "fit_seconds": result.seconds, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": {}, "n": {}}
+    if hasattr(result.predictor, "rows"):  # torch heads: in memory or streamed (heads.streaming)
+        record["train_rows"] = dict(result.predictor.rows)
     target = info["target"]
     for role, split in (("train", spec.train_split), ("val", spec.val_split), ("test", spec.test_split)):
         entry = result.metrics["splits"][split]
@@ -151,12 +153,16 @@ def _fit_in_worker(cache_path: str, spec: FitSpec, info: dict[str, Any]) -> tupl
 
 def batch_groups(todo: list[Task], max_bytes: int, max_heads: int = MAX_BATCH_HEADS) -> list[list[Task]]:
     """The MLP fits that train in one pass (heads.batched): per cache and batch-compatible spec, cut so that
-    the distinct features a group holds in memory stay under max_bytes (train + val rows, float32)."""
+    the distinct features a group holds in memory stay under max_bytes (train + val rows, float32). A fit
+    whose features exceed its memory budget (FitSpec.max_memory) is left out: it streams alone."""
     from ..heads.batched import BATCHABLE, fit_key
+    from ..heads.streaming import parse_memory
 
+    budgets: dict[Any, int] = {}
     by_key: dict[tuple[Any, ...], list[Task]] = {}
     for task in todo:
-        if task.head in BATCHABLE:
+        budget = budgets.setdefault(task.spec.max_memory, parse_memory(task.spec.max_memory))
+        if task.head in BATCHABLE and 2 * _feature_bytes(task) <= budget:  # else: alone, streamed
             n_train = task.source.cache.n_rows(task.spec.train_split)
             # one hidden width per pass: a swept 128 beside a 512 would be padded to 512
             by_key.setdefault((str(task.source.path), task.spec.hidden, fit_key(task.spec, n_train)), []).append(task)

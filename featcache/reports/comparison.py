@@ -35,6 +35,7 @@ from ..heads.knn import check_weights
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..heads.registry import head_info
 from ..heads.selection import RowSelection
+from ..heads.streaming import parse_memory
 from ..model.taps import PSEUDO_LAYERS
 from .cells import CellStore, Fit, Task, cell_key, run_fits
 from .render import cell_label, render_markdown, source_info, write_plots
@@ -319,7 +320,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
             folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None,
             sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool | None = None, knn_ks: Sequence[int] | None = None,
-            knn_weights: str = "uniform", attn_heads: int = DEFAULT_ATTN_HEADS) -> CompareResult:
+            knn_weights: str = "uniform", attn_heads: int = DEFAULT_ATTN_HEADS,
+            max_memory: int | str | None = None) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
@@ -344,7 +346,10 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     stacked heads (heads.batched; each fit's numbers are its own, up to float32 summation order) in this
     process, jobs then serve the fits that cannot be batched. None (the default) batches when jobs == 1: on a
     2-core CPU one batched pass beat the same fits one after another (1.18x), but two worker processes of one
-    thread each beat both (the README has the figures)."""
+    thread each beat both (the README has the figures).
+
+    max_memory (bytes, '1GB', '25%'; None: half the available RAM): an MLP cell whose features would exceed
+    it is trained alone, its train rows streamed from the cache (heads.streaming), never batched."""
     out = Path(out)
     _check_out(out)
     batched = jobs == 1 if batched is None else bool(batched)
@@ -372,7 +377,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
                              subset_seed, swept)
     spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
                 test_split=test_split, device=device, knn_ks=list(knn_ks) if knn_ks else None,
-                knn_weights=check_weights(knn_weights), attn_heads=attn_heads)
+                knn_weights=check_weights(knn_weights), attn_heads=attn_heads,
+                max_memory=None if max_memory is None else parse_memory(max_memory))
     cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
     if shard is not None:
         share = shard_tasks(cells, *shard)
