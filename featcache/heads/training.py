@@ -28,6 +28,8 @@ from .recipe import TrainRecipe
 from .standardise import column_moments, is_constant, target_name
 from .streaming import StreamedRows, in_memory_bytes, parse_memory, streamed_rows
 
+PREDICT_BLOCK_BYTES = 64 * 2**20
+
 
 @dataclass
 class TrainResult:
@@ -71,6 +73,8 @@ class TrainResult:
         mean = torch.as_tensor(self.x_mean, dtype=torch.float32, device=device)
         scale = torch.as_tensor(self.x_scale, dtype=torch.float32, device=device)
         n, gaussian = len(X), self.gaussian
+        # wide rows (a --pool none map): at most PREDICT_BLOCK_BYTES of float32 features per batch
+        batch_size = max(1, min(batch_size, PREDICT_BLOCK_BYTES // (4 * max(1, int(np.shape(X)[1])))))
         out = np.empty((n, self.y_mean.shape[0]), dtype=np.float64)
         sigma = np.empty_like(out) if gaussian else None
         was_training = self.model.training
