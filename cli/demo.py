@@ -19,7 +19,7 @@ from .common import command, echo_result
                    "reused).")
 @click.option("--encoder", type=click.Path(path_type=Path), default=None,
               help="Encoder checkpoint (default: the demo encoder embedded in the package, "
-                   "featcache/data/encoders/demo-l9e16k9s1bn1d1.ckpt).")
+                   "featcache/data/encoders/demo-l9e32k9s1bn1d1.ckpt).")
 @click.option("--head", "heads", multiple=True, default=("ridge", "mlp_1"), show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def command(size: str, out: Path | None, data_dir: Path | None, encoder: Path | None, heads: tuple[str, ...],

@@ -12,7 +12,7 @@ def test_quick_demo_fills_every_cell(tmp_path):
     result = run_cli("demo", "--size", "quick", "--out", out, "--data-dir", tmp_path / "data", "-q")
     rows = [line for line in result.output.splitlines() if line.startswith("| demo encoder") or
             line.startswith("| raw input")]
-    assert len(rows) == 7  # 2 layers x 3 poolings + the raw-flux baseline
+    assert len(rows) == 10  # 3 layers (enc_3, enc_pre_latent, enc_last) x 3 poolings + the raw-flux baseline
     for row in rows:
         cells = [c.strip().strip("*") for c in row.strip("|").split("|")][4:]
         assert len(cells) == 4  # ridge test [CI], ridge val, mlp_1 test [CI], mlp_1 val
@@ -20,4 +20,4 @@ def test_quick_demo_fills_every_cell(tmp_path):
             assert re.fullmatch(r"-?\d\.\d{3}( \[-?\d\.\d{3}, -?\d\.\d{3}\])?", cell), cell
     assert "**" in result.output and (out / "report.md").exists() and (out / "heatmap_ridge_log_g.png").exists()
     again = run_cli("demo", "--size", "quick", "--out", out, "--data-dir", tmp_path / "data", "-q")
-    assert "0 cells fitted, 14 reused" in again.output
+    assert "0 cells fitted, 20 reused" in again.output

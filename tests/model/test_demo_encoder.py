@@ -1,6 +1,6 @@
 """The demo encoder embedded in the package (featcache/data/encoders/): loads with featcache, has the real
-checkpoint's depth, and really denoises fresh synthetic spectra (reconstruction S/N at least 5x the noisy
-input's)."""
+checkpoint's depth, and really denoises fresh synthetic spectra (reconstruction S/N at least 7x the noisy
+input's; measured 2.98 -> 26.5, 8.9x)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from featcache.model.checkpoint import load_encoder
 from featcache.pretrain import checkpoint_mask, evaluate
 
 ENCODERS = embedded("encoders")
-DEMO = ENCODERS / "demo-l9e16k9s1bn1d1.ckpt"
+DEMO = ENCODERS / "demo-l9e32k9s1bn1d1.ckpt"
 N_TEST = 160  # spectra generated here, with a seed that neither training nor the README's test used
 TEST_SEED = 4242
 
@@ -59,5 +59,5 @@ def test_demo_denoises_fresh_synthetic_spectra(demo, tmp_path: Path):
     result = evaluate(demo, path, None, checkpoint_mask(DEMO), seed=TEST_SEED,
                       noise_level=float(config["noise"]["noise_level"]), batch_size=32)
     assert np.isfinite(result.snr_denoised).all()
-    assert result.gain >= 5.0, (f"reconstruction S/N {result.median_noisy:.2f} -> {result.median_denoised:.2f} "
+    assert result.gain >= 7.0, (f"reconstruction S/N {result.median_noisy:.2f} -> {result.median_denoised:.2f} "
                                 f"is only {result.gain:.2f}x")
