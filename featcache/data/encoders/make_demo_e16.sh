@@ -17,19 +17,4 @@ nice -n 5 $BIN/featcache pretrain --data train=data/synth/demo-train.h5 --data v
     --batch-size 16 --lr 3e-3 --max-epochs 2 --seed 0 --threads 1
 
 # 3. reconstruction S/N on the 1k test spectra: fresh noise (seed 0) and the file's own noisy array
-$BIN/python - "$OUT" <<'EOF'
-import sys
-
-import torch
-
-from featcache.model.checkpoint import load_encoder
-from featcache.pretrain.files import checkpoint_mask
-from featcache.pretrain.snr import evaluate
-
-torch.set_num_threads(1)
-ckpt = sys.argv[1]
-encoder, mask = load_encoder(ckpt), checkpoint_mask(ckpt)
-for noise in ("generated", "stored"):
-    r = evaluate(encoder, "data/synth/demo-test.h5", None, mask, seed=0, noise=noise, batch_size=32)
-    print(f"test ({noise} noise): S/N {r.median_noisy:.2f} -> {r.median_denoised:.2f} ({r.gain:.2f}x)")
-EOF
+$BIN/python benchmarks/encoder_snr.py "$OUT" data/synth/demo-test.h5
