@@ -14,13 +14,7 @@ OUT=${OUT:-reports/synth-logg-e32}
 ENC=${ENC:-featcache/data/encoders/demo-l9e32k9s1bn1d1.ckpt}
 mkdir -p "$DATA" "$CACHE" "$OUT"
 
-synth() { [ -f "$1" ] || "$FC" synth "$1" --n "$2" --seed "$3" "${@:4}"; }
-synth "$DATA/train-n100000-s201.h5" 100000 201 --noise-free --workers 2
-synth "$DATA/val-n1000-s202.h5" 1000 202 --noise-free
-synth "$DATA/test-n1000-s203.h5" 1000 203 --noise-free
-
-COMMON=(--data "train=$DATA/train-n100000-s201.h5" --data "val=$DATA/val-n1000-s202.h5"
-        --data "test=$DATA/test-n1000-s203.h5" --mask quantile:0.85 --noise-level 1.0 --noise-seed 42)
+source benchmarks/grid_data.sh
 /usr/bin/time -v "$FC" extract --ckpt "$ENC" "${COMMON[@]}" --layer enc_3 --layer enc_pre_latent --layer enc_last \
   --pool seg_mean_K8 --out "$CACHE/synth-demo-e32.zarr" 2> >(tee "$OUT/extract.time" >&2)
 "$FC" extract --ckpt "$ENC" "${COMMON[@]}" --layer input_flux --pool none --out "$CACHE/synth-demo-e32.zarr"

@@ -18,14 +18,7 @@ FT_TRAIN=${FT_TRAIN:-10000}  # fine-tuning runs the encoder every epoch: a 10k s
 FT_EPOCHS=${FT_EPOCHS:-8}
 mkdir -p "$DATA" "$CACHE" "$OUT/runs"
 
-synth() { [ -f "$1" ] || "$FC" synth "$1" --n "$2" --seed "$3" "${@:4}"; }
-synth "$DATA/train-n100000-s201.h5" 100000 201 --noise-free --workers 2
-synth "$DATA/val-n1000-s202.h5" 1000 202 --noise-free
-synth "$DATA/test-n1000-s203.h5" 1000 203 --noise-free
-
-SPLITS=(--data "train=$DATA/train-n100000-s201.h5" --data "val=$DATA/val-n1000-s202.h5"
-        --data "test=$DATA/test-n1000-s203.h5")
-COMMON=("${SPLITS[@]}" --mask quantile:0.85 --noise-level 1.0 --noise-seed 42)
+source benchmarks/grid_data.sh
 # every block for the depth curves: enc_0 .. enc_7, then enc_8 and enc_9 under their alias names
 DEPTH=(--layer enc_0 --layer enc_1 --layer enc_2 --layer enc_3 --layer enc_4 --layer enc_5 --layer enc_6 --layer enc_7)
 GRID=("${DEPTH[@]}" --layer enc_pre_latent --layer enc_last --pool global_mean,mean_max,seg_mean_K8)
