@@ -187,6 +187,11 @@ def test_fit_streams_a_cache_over_the_budget(flux_cache, tmp_path):
     val = metrics["splits"]["val"]["targets"]["log_g"]["r2"]
     assert val == pytest.approx(in_memory.metrics["splits"]["val"]["targets"]["log_g"]["r2"], abs=0.1)
     assert metrics["splits"]["train"]["targets"]["log_g"]["n"] == 400
+    # the streamed head predicts like any other: predict on its test split gives the fit's own predictions
+    run_cli("predict", "--head", out, "--cache", flux_cache, "--split", "test", "--out", tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as predicted, np.load(out / "predictions.npz") as fitted:
+        key = next(k for k in predicted.files if "log_g" in k and "sigma" not in k)
+        np.testing.assert_allclose(predicted[key].ravel(), fitted["test_pred"].ravel(), rtol=1e-6)
 
 
 def test_compare_streams_instead_of_batching(flux_cache, tmp_path):
