@@ -61,3 +61,19 @@ def test_demo_denoises_fresh_synthetic_spectra(demo, tmp_path: Path):
     assert np.isfinite(result.snr_denoised).all()
     assert result.gain >= 7.0, (f"reconstruction S/N {result.median_noisy:.2f} -> {result.median_denoised:.2f} "
                                 f"is only {result.gain:.2f}x")
+
+
+def test_demo_keeps_the_original_codes_names():
+    """The original research code loads the committed encoder: its state_dict keys are those the original code
+    wrote in the fixture checkpoint (same names and nesting; only the block count and widths differ)."""
+    import re
+
+    import torch
+
+    from ..helpers import CKPT
+
+    def key_patterns(path):
+        return {re.sub(r"\.\d+\.", ".N.", k) for k in torch.load(path, map_location="cpu",
+                                                                   weights_only=False)["state_dict"]}
+
+    assert key_patterns(DEMO) == key_patterns(CKPT)
