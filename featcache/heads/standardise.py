@@ -45,8 +45,43 @@ def column_moments(X: Any, chunk: int = MOMENT_CHUNK, split: str | None = None) 
         s1 += block.sum(axis=0)
         s2 += np.einsum("ij,ij->j", block, block)
     if bad:
-        raise FeatcacheError(f"features contain NaN or inf values ({bad} of {n} {split} rows); "
-                             "check the cache (or the spectra it was built from)")
+        raise nonfinite_rows_error(bad, n, str(split))
     mean = shift + s1 / n
     var = np.clip(s2 / n - (s1 / n) ** 2, 0.0, None)
     return mean, np.sqrt(var)
+
+
+def nonfinite_rows_error(bad: int, n: int, split: str) -> FeatcacheError:
+    """The one wording for feature rows holding NaN or inf (in-memory check and streamed pass)."""
+    return FeatcacheError(f"features contain NaN or inf values ({bad} of {n} {split} rows); "
+                          "check the cache (or the spectra it was built from)")
+
+
+def checked_targets(y: Any, split: str, names: Sequence[str] | None) -> np.ndarray:
+    """Targets as a float64 (n, T) array; NaN or inf values are refused, naming the target and split."""
+    y = np.asarray(y, dtype=np.float64)
+    y = y[:, None] if y.ndim == 1 else y
+    for j in range(y.shape[1] if y.ndim == 2 else 0):
+        bad = int(np.count_nonzero(~np.isfinite(y[:, j])))
+        if bad:
+            raise FeatcacheError(f"target '{target_name(names, j)}' has {bad} NaN or inf values on the "
+                                 f"{split} split; drop or fill those rows")
+    return y
+
+
+def target_moments(y_train: np.ndarray, names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Train mean and population std per target; a constant target is refused (nothing to fit)."""
+    y_mean, y_scale = y_train.mean(axis=0), y_train.std(axis=0)
+    for j in np.flatnonzero(is_constant(y_scale, y_mean)):
+        raise FeatcacheError(f"target '{target_name(names, j)}' is constant on the train split "
+                             f"(every value is {y_mean[j]:.6g}); nothing to fit")
+    return y_mean, y_scale
+
+
+def check_val_targets(y_val: np.ndarray, n_targets: int, names: Sequence[str] | None) -> None:
+    """Validation targets match train's count and vary (validation R2 needs a spread)."""
+    if y_val.shape[1] != n_targets:
+        raise FeatcacheError(f"validation has {y_val.shape[1]} targets; train has {n_targets}")
+    for j in np.flatnonzero(is_constant(y_val.std(axis=0), y_val.mean(axis=0))):
+        raise FeatcacheError(f"target '{target_name(names, j)}' is constant on the validation "
+                             "split; validation R2 is undefined")

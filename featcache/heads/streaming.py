@@ -26,7 +26,7 @@ import torch
 
 from ..common.background import background
 from ..common.errors import FeatcacheError
-from .standardise import column_moments, is_constant, target_name
+from .standardise import check_val_targets, checked_targets, column_moments, is_constant, target_moments
 
 DEFAULT_FRACTION = 0.5   # the default budget: this share of the RAM available when the fit starts
 # windows' worth of memory alive at once: the one training, the one queued, the one being read and its shuffled
@@ -146,6 +146,7 @@ class StreamedRows:
     X_val: Any = None
     y_val: np.ndarray | None = None  # standardised
     budget: int = 0
+    hold_val: bool = False           # load the validation rows once (they fit a share of the budget)
 
     @property
     def n_train(self) -> int:
@@ -170,7 +171,7 @@ class StreamedRows:
         self._mean32 = self.x_mean.astype(np.float32)
         self._scale32 = self.x_scale.astype(np.float32)
         self._val_standardised = False
-        if self.X_val is not None and val_held(self.X_val, self.budget):
+        if self.X_val is not None and self.hold_val:
             self.X_val = self._standardise(np.asarray(self.X_val[0:len(self.X_val)]))
             self._val_standardised = True
 
@@ -220,44 +221,26 @@ class StreamedRows:
 def streamed_rows(X_train: Any, y_train: Any, X_val: Any, y_val: Any, device: torch.device, budget: int,
                   target_names: Sequence[str] | None) -> StreamedRows:
     """Check and standardise as the in-memory path does (train moments), without loading the train rows."""
-    ytr = np.asarray(y_train, dtype=np.float64)
-    ytr = ytr[:, None] if ytr.ndim == 1 else ytr
+    ytr = checked_targets(y_train, "train", target_names)
     if len(X_train) != ytr.shape[0]:
         raise FeatcacheError(f"train: features and targets do not match: {len(X_train)} and {ytr.shape[0]} rows")
     width = int(X_train.shape[1])
     chunk = chunk_rows(X_train)
     # validation rows held in memory (when they fit a share of the budget) leave the rest to the windows
-    held = 4 * len(X_val) * width if X_val is not None and val_held(X_val, budget) else 0
-    window = window_rows(budget - held, width, chunk)
+    hold_val = X_val is not None and val_held(X_val, budget)
+    window = window_rows(budget - (4 * len(X_val) * width if hold_val else 0), width, chunk)
     step = max(1, window // 2)  # the moments' float64 copy of a block is twice its float32 size
     x_mean, x_std = column_moments(X_train, step, split="train")
     x_scale = np.where(is_constant(x_std, x_mean), 1.0, x_std)
-    y_mean, y_scale = ytr.mean(axis=0), ytr.std(axis=0)
-    for j in np.flatnonzero(is_constant(y_scale, y_mean)):
-        raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the train split "
-                             f"(every value is {y_mean[j]:.6g}); nothing to fit")
-    _check_targets(ytr, "train", target_names)
+    y_mean, y_scale = target_moments(ytr, target_names)
     yvs = None
     if X_val is not None:
-        yv = np.asarray(y_val, dtype=np.float64)
-        yv = yv[:, None] if yv.ndim == 1 else yv
+        yv = checked_targets(y_val, "validation", target_names)
         if int(X_val.shape[1]) != width:
             raise FeatcacheError(f"validation features have {X_val.shape[1]} columns; train has {width}")
-        if yv.shape[1] != ytr.shape[1]:
-            raise FeatcacheError(f"validation has {yv.shape[1]} targets; train has {ytr.shape[1]}")
-        _check_targets(yv, "validation", target_names)
+        check_val_targets(yv, ytr.shape[1], target_names)
         column_moments(X_val, step, split="validation")  # the NaN check; the moments are train's
-        for j in np.flatnonzero(is_constant(yv.std(axis=0), yv.mean(axis=0))):
-            raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the validation "
-                                 "split; validation R2 is undefined")
         yvs = ((yv - y_mean) / y_scale).astype(np.float32)
     return StreamedRows(X_train, ((ytr - y_mean) / y_scale).astype(np.float32), x_mean, x_scale, y_mean, y_scale,
-                        window, chunk, device, X_val, yvs, budget)
+                        window, chunk, device, X_val, yvs, budget, hold_val)
 
-
-def _check_targets(y: np.ndarray, split: str, names: Sequence[str] | None) -> None:
-    for j in range(y.shape[1]):
-        bad = int(np.count_nonzero(~np.isfinite(y[:, j])))
-        if bad:
-            raise FeatcacheError(f"target '{target_name(names, j)}' has {bad} NaN or inf values on the "
-                                 f"{split} split; drop or fill those rows")

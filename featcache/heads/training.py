@@ -25,7 +25,14 @@ from ..common.progress import progress as progress_bar
 from .early_stopping import EarlyStopping
 from .gaussian import is_gaussian, warmup_epochs
 from .recipe import TrainRecipe
-from .standardise import column_moments, is_constant, target_name
+from .standardise import (
+    check_val_targets,
+    checked_targets,
+    column_moments,
+    is_constant,
+    nonfinite_rows_error,
+    target_moments,
+)
 from .streaming import StreamedRows, in_memory_bytes, parse_memory, streamed_rows
 
 PREDICT_BLOCK_BYTES = 64 * 2**20
@@ -159,14 +166,8 @@ def _check_split(X: Any, y: Any, split: str, n_features: int | None,
         raise FeatcacheError(f"{split} features have {X.shape[1]} columns; train has {n_features}")
     bad_rows = int(np.count_nonzero(~np.isfinite(X).all(axis=1)))
     if bad_rows:
-        raise FeatcacheError(f"features contain NaN or inf values ({bad_rows} of {X.shape[0]} {split} rows); "
-                             "check the cache (or the spectra it was built from)")
-    for j in range(y.shape[1]):
-        bad = int(np.count_nonzero(~np.isfinite(y[:, j])))
-        if bad:
-            raise FeatcacheError(f"target '{target_name(target_names, j)}' has {bad} NaN or inf values on the "
-                                 f"{split} split; drop or fill those rows")
-    return X, y
+        raise nonfinite_rows_error(bad_rows, X.shape[0], split)
+    return X, checked_targets(y, split, target_names)
 
 
 def _standardised_tensor(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -244,20 +245,13 @@ def _standardise(X_train: Any, y_train: Any, X_val: Any, y_val: Any, device: tor
     Xtr, ytr = _check_split(X_train, y_train, "train", None, target_names)
     x_mean, x_std = column_moments(Xtr)
     x_scale = np.where(is_constant(x_std, x_mean), 1.0, x_std)  # constant columns: scale 1
-    y_mean, y_scale = ytr.mean(axis=0), ytr.std(axis=0)
-    for j in np.flatnonzero(is_constant(y_scale, y_mean)):
-        raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the train split "
-                             f"(every value is {y_mean[j]:.6g}); nothing to fit")
+    y_mean, y_scale = target_moments(ytr, target_names)
     xs = _standardised_tensor(Xtr, x_mean, x_scale, device)
     ys = torch.from_numpy(((ytr - y_mean) / y_scale).astype(np.float32)).to(device)
     xv = yvs = None
     if X_val is not None:
         Xv, yv = _check_split(X_val, y_val, "validation", Xtr.shape[1], target_names)
-        if yv.shape[1] != ytr.shape[1]:
-            raise FeatcacheError(f"validation has {yv.shape[1]} targets; train has {ytr.shape[1]}")
-        for j in np.flatnonzero(is_constant(yv.std(axis=0), yv.mean(axis=0))):
-            raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the validation "
-                                 "split; validation R2 is undefined")
+        check_val_targets(yv, ytr.shape[1], target_names)
         xv = _standardised_tensor(Xv, x_mean, x_scale, device)
         yvs = torch.from_numpy(((yv - y_mean) / y_scale).astype(np.float32)).to(device)
     return _Standardised(xs, ys, xv, yvs, x_mean, x_scale, y_mean, y_scale)
