@@ -13,7 +13,6 @@ from typing import Any
 
 from ..common.settings import MISSING, Change, changes
 
-
 # what a head fitted on cached features depends on, besides the rows themselves: predict compares these
 PROVENANCE_PARTS = ("encoder", "mask", "noise", "direction", "compute_dtype", "store_dtype")
 FEATURE_ATTRS = ("D", "C", "L", "pooling", "definition", "direction")

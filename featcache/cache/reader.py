@@ -309,9 +309,9 @@ class FeatureMatrix:
         else:
             self.offset, n = draw * cache.n_spectra(split), cache.n_spectra(split)
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
-        if self.rows is not None:
-            if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= n or np.any(np.diff(self.rows) <= 0)):
-                raise ValueError("FeatureMatrix rows must be sorted, distinct positions within the selection")
+        if self.rows is not None and len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= n
+                                                         or np.any(np.diff(self.rows) <= 0)):
+            raise ValueError("FeatureMatrix rows must be sorted, distinct positions within the selection")
         self.n = n if self.rows is None else len(self.rows)
         self.widths = [int(a.shape[1]) for a in self.arrays]
 

@@ -14,33 +14,32 @@ Why this shape:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import itertools
-
 import numpy as np
 
-from . import sweep
 from ..common.errors import FeatcacheError, choices_message
 from ..common.files import atomic_write, write_json, write_text
 from ..common.progress import progress, status
 from ..common.serialise import plain
+from ..heads.attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
 from ..heads.binning import Binning
 from ..heads.fit import FitSpec, check_roles
-from ..heads.attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
 from ..heads.knn import check_weights
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..heads.registry import head_info
 from ..heads.selection import RowSelection
 from ..heads.streaming import parse_memory
 from ..model.taps import PSEUDO_LAYERS
+from . import sweep
 from .cells import CellStore, Fit, Task, cell_key, run_fits
+from .populations import compared_members, section
 from .render import cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
-from .populations import compared_members, section
 from .sources import Source, open_sources
 from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
 
@@ -260,7 +259,8 @@ def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit
                 row, truth, pred = run_row(run, target, request.n_boot)
                 if "test_sigma" in run.arrays:
                     j = run_targets(run).index(target)
-                    sigmas[len(rows)] = (truth, pred, np.asarray(run.arrays["test_sigma"]).reshape(len(truth), -1)[:, j])
+                    sigma = np.asarray(run.arrays["test_sigma"]).reshape(len(truth), -1)[:, j]
+                    sigmas[len(rows)] = (truth, pred, sigma)
                 rows.append(row)
                 predictions.append((truth, pred))
     table = pd.DataFrame(rows)
@@ -319,7 +319,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
             folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None,
-            sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool | None = None, knn_ks: Sequence[int] | None = None,
+            sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool | None = None,
+            knn_ks: Sequence[int] | None = None,
             knn_weights: str = "uniform", attn_heads: int = DEFAULT_ATTN_HEADS,
             max_memory: int | str | None = None) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..common.errors import FeatcacheError
 from ..heads.metrics import CALIBRATION, bootstrap_r2, percentile_interval, regression_metrics
-from .cells import Fit, Task
+from .cells import Task
 
 N_BOOT = 1000
 BOOT_SEED = 0

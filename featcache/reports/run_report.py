@@ -17,8 +17,8 @@ import numpy as np
 from ..common.errors import FeatcacheError
 from ..common.files import write_text
 from ..heads.binning import Binning, unit
-from ..heads.runs import role_labels, write_binned
 from ..heads.recipe import TrainRecipe
+from ..heads.runs import role_labels, write_binned
 from .plots import best_cell
 from .populations import Member, draw, section
 

@@ -48,7 +48,8 @@ def test_open_datatree_names_every_dimension(labelled_caches):
         np.testing.assert_array_equal(rows.coords["index"].values, cache.index(split))
         np.testing.assert_array_equal(rows.coords["draw"].values, cache.draws(split))
         labels = tree[f"{split}/labels"]
-        assert set(labels.coords) == set(cache.label_names(split)) == {"T_eff", "log_g", "snr"}  # snr: the per-spectrum S/N the report bins by
+        # snr: the per-spectrum S/N the report bins by
+        assert set(labels.coords) == set(cache.label_names(split)) == {"T_eff", "log_g", "snr"}
         assert labels.coords["log_g"].dims == ("row",) and not labels.data_vars
         np.testing.assert_array_equal(labels.coords["log_g"].values, cache.labels(split, "log_g"))
     assert tree["train"].sizes["row"] == 400 and tree["val"].sizes["row"] == 50  # train has two noise draws

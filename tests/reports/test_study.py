@@ -168,7 +168,8 @@ def test_depth_picks_the_pooling_on_validation_and_reports_its_test():
     # a random-init copy has the architecture's tag but is no checkpoint of the pretraining
     assert checkpoint_rows(two, [_source("a", 5), _source("b", 5, random_init_seed=0)], "log_g") == []
     # two depths are the table's two taps, not a depth curve; a third block makes one
-    assert "depth" not in study_sections(table, [], [_source("a", 5)], ["log_g"], 0, []).get("log_g", {}).get("data", {})
+    sections = study_sections(table, [], [_source("a", 5)], ["log_g"], 0, [])
+    assert "depth" not in sections.get("log_g", {}).get("data", {})
     three = pd.concat([table, table.iloc[[2]].assign(layer="enc_3")]).reset_index(drop=True)
     curve = study_sections(three, [], [_source("a", 5)], ["log_g"], 0, [])["log_g"]
     assert [r["depth"] for r in curve["data"]["depth"]] == [1, 3, 5] and "### Depth" in curve["lines"]
