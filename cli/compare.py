@@ -50,10 +50,10 @@ from .options import (
 @click.option("--shard", default=None, metavar="I/N",
               help="Fit only share I of N (0 <= I < N) of the fits into OUT/cells (one task of a job array) and write "
                    "no table; a compare without --shard then assembles it without refitting.")
-@click.option("--batched/--no-batched", default=None,
+@click.option("--batched/--no-batched", default=True, show_default=True,
               help="Train the MLP fits that share their rows (seeds, --hidden/--lr settings, features of one cache) "
-                   "in one pass of stacked heads; --jobs then serves the rest. Default: batched with --jobs 1, "
-                   "one fit per worker process with --jobs N > 1.")
+                   "in one pass of stacked heads (with --jobs N, passes of about equal cost, one per process); "
+                   "--no-batched fits one head at a time.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options(sweep=True)
@@ -63,7 +63,7 @@ from .options import (
               help="Report directory (finished fits are kept in OUT/cells and reused).")
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
             pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool,
-            train_sizes: str, folds: int, subset_seed: int, shard: str | None, batched: bool | None, plots: bool,
+            train_sizes: str, folds: int, subset_seed: int, shard: str | None, batched: bool, plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: list[float], weight_decay: list[float], patience: int, grad_clip: float, hidden: list[int],
             dropout: list[float],

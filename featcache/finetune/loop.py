@@ -23,6 +23,7 @@ from .._version import __version__
 from ..common.errors import FeatcacheError
 from ..common.files import save_torch
 from ..common.progress import progress, status
+from ..heads.dropout import MaskStream, mask_streams
 from ..heads.early_stopping import EarlyStopping
 from ..heads.training import clip_grad_norm, make_optimizer
 from .data import RANK_SEED_STRIDE, RunContext, SplitData, steps_per_epoch, train_batches
@@ -53,17 +54,21 @@ class Progress:
     rng: list[dict[str, torch.Tensor]] | None = None
 
 
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
+def _rng_state(device: torch.device, masks: MaskStream | None) -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    if masks is not None:
+        state["dropout"] = masks.state()
     return state
 
 
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device, masks: MaskStream | None) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+    if masks is not None and "dropout" in state:  # a last.pt of an earlier featcache has none: reseeded
+        masks.set_state(state["dropout"])
 
 
 def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -93,9 +98,9 @@ def _restore(state: dict[str, Any], model: nn.Module, opt: Any, sched: Any, stop
 
 
 def _checkpoint(ctx: RunContext, model: nn.Module, opt: Any, sched: Any, stopper: EarlyStopping, at: Progress,
-                extra: dict[str, Any], started: float) -> None:
-    """Every rank's RNG to rank 0, which writes OUT/last.pt atomically."""
-    rng_all = ctx.dist.gather(_rng_state(ctx.device))
+                extra: dict[str, Any], started: float, masks: MaskStream | None = None) -> None:
+    """Every rank's RNG (and dropout stream) to rank 0, which writes OUT/last.pt atomically."""
+    rng_all = ctx.dist.gather(_rng_state(ctx.device, masks))
     if not ctx.dist.main:
         return
     payload = {"format": CHECKPOINT_FORMAT, "kind": "finetune", "version": __version__, "epoch": at.epochs_done,
@@ -151,9 +156,11 @@ class Loop:
         self.stopper = EarlyStopping(recipe.patience)
         self.at = _restore(state, model, self.opt, self.sched, self.stopper, ctx) if state is not None else Progress()
         self.started = time.perf_counter()
+        self.masks: MaskStream | None = None  # the head's dropout stream while the loop runs
 
     def save(self) -> None:
-        _checkpoint(self.ctx, self.model, self.opt, self.sched, self.stopper, self.at, self.extra, self.started)
+        _checkpoint(self.ctx, self.model, self.opt, self.sched, self.stopper, self.at, self.extra, self.started,
+                    self.masks)
 
 
 def train(model: FinetuneModel, ctx: RunContext, train_split: SplitData, val: SplitData | None,
@@ -165,11 +172,15 @@ def train(model: FinetuneModel, ctx: RunContext, train_split: SplitData, val: Sp
     at, first_step = loop.at, loop.at.global_step
     stopped = "already-done" if at.early_stopped or at.epochs_done >= recipe.max_epochs else "max-epochs"
     y_std = ((train_split.y - y_mean) / y_scale).astype(np.float32)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    seed = recipe.seed + RANK_SEED_STRIDE * dist.rank + 7919 * at.epochs_done
+    # the head's dropout draws from the stream train_head gives it (heads.dropout): a frozen encoder's fixed-noise
+    # run then trains exactly as `fit` on the cache does
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            mask_streams(model, seed, device) as loop.masks:
         if at.rng is not None:
-            _set_rng_state(at.rng[dist.rank], device)
+            _set_rng_state(at.rng[dist.rank], device, loop.masks)
         else:
-            torch.manual_seed(recipe.seed + RANK_SEED_STRIDE * dist.rank + 7919 * at.epochs_done)
+            torch.manual_seed(seed)
         stopped = _epochs(loop, train_split, val, y_std, y_mean, y_scale, stopped)
     if ctx.opts.check_sync and dist.world > 1 and dist.main:
         debug_line(f"featcache finetune: --check-sync: weights identical on all {dist.world} ranks after each "

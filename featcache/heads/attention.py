@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..common.errors import FeatcacheError
+from .dropout import Dropout
 from .recipe import DEFAULT_ATTN_HEADS
 
 DEFAULT_HEADS = DEFAULT_ATTN_HEADS
@@ -54,7 +55,7 @@ class AttentionHead(nn.Module):
                  heads: int = DEFAULT_HEADS, position: bool = True):
         super().__init__()
         self.pool = AttentionPool(channels, length, heads, position)
-        self.mlp = nn.Sequential(nn.Linear(heads * channels, hidden), nn.GELU(), nn.Dropout(dropout),
+        self.mlp = nn.Sequential(nn.Linear(heads * channels, hidden), nn.GELU(), Dropout(dropout),
                                  nn.Linear(hidden, out_dim))
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,8 @@ matrix products. Each head's result is what `train_head` gives it alone, up to f
 
 Why it is exact: every head keeps its own of everything that makes its numbers. Its initialisation is the
 registry's (`create_head(seed=...)`, copied in); its shuffle is its own `torch.Generator(seed)`; its dropout
-masks come from a generator seeded as `train_head` seeds the global RNG, drawn in the same order and shape
-(CPU dropout is `bernoulli_(1 - p)` then `/ (1 - p)`); it has its own AdamW moments, step count and learning
+masks come from its own `heads.dropout.MaskStream(seed)`, drawn in the order and shapes `train_head` draws
+them; it has its own AdamW moments, step count and learning
 rate, its own ReduceLROnPlateau (torch's, on a one-number stand-in optimiser), its own gradient-norm clip, its
 own early stopping with its best weights. Heads of other widths are zero-padded: a padded input column or
 hidden unit has zero weight, gets zero gradient and stays zero under AdamW and weight decay, so it changes
@@ -30,6 +30,7 @@ from torch import nn
 from ..common.device import torch_threads
 from ..common.errors import FeatcacheError
 from ..common.progress import progress as progress_bar
+from .dropout import Dropout, MaskStream
 from .recipe import TrainRecipe
 from .training import TrainResult, _standardise
 
@@ -58,9 +59,10 @@ def linear_layers(model: nn.Module) -> tuple[list[nn.Linear], float]:
     linears = [m for m in model if isinstance(m, nn.Linear)]
     dropouts = [m.p for m in model if isinstance(m, nn.Dropout)]
     kinds = [type(m) for m in model]
-    expected = [nn.Linear, nn.GELU, nn.Dropout] * (len(linears) - 1) + [nn.Linear]
-    if kinds != expected:
-        raise FeatcacheError("batched training takes Linear [-> GELU -> Dropout]* -> Linear heads")
+    expected = [nn.Linear, nn.GELU, Dropout] * (len(linears) - 1) + [nn.Linear]
+    if kinds != expected:  # heads.dropout.Dropout: the masks train_head would draw
+        raise FeatcacheError("batched training takes the registry's Linear [-> GELU -> Dropout]* -> Linear heads "
+                             "(create_head)")
     return linears, (dropouts[0] if dropouts else 0.0)
 
 
@@ -303,10 +305,7 @@ def _train_loop(models: list[nn.Sequential], data: list[Any], recipes: list[Trai
               for m in models]
     dropouts = [linear_layers(m)[1] for m in models]
     shuffles = [torch.Generator(device="cpu").manual_seed(r.seed) for r in recipes]
-    # train_head's global RNG as each head's own (on a GPU the masks are the same in law, not bitwise)
-    dropout_rngs = [torch.Generator(device=device).manual_seed(r.seed) for r in recipes]
-    keep_scale = torch.tensor([torch.ones(1).div_(1 - p).item() if p > 0 else 1.0 for p in dropouts],
-                              device=device).view(-1, 1, 1)
+    dropout_rngs = [MaskStream(r.seed, device) for r in recipes]  # the stream train_head attaches to the head
     plateaus = [_Plateau(r) for r in recipes]
     stack = _Stack(models, device)
     active = list(range(n_heads))  # heads still training, in stack order
@@ -315,7 +314,7 @@ def _train_loop(models: list[nn.Sequential], data: list[Any], recipes: list[Trai
     histories: list[list[dict[str, float]]] = [[] for _ in models]
     best: list[list[Any]] = [[0, -math.inf, None] for _ in models]
     bad = [0] * n_heads
-    head_wd, head_clip, head_scale = wd, clip, keep_scale
+    head_wd, head_clip = wd, clip
     bar = progress_bar(total=max_epochs, desc=desc, unit="epoch") if progress else None
     try:
         for epoch in range(1, max_epochs + 1):
@@ -330,7 +329,7 @@ def _train_loop(models: list[nn.Sequential], data: list[Any], recipes: list[Trai
                 idx = [p[i:i + bs] for p in perms]
                 runs = stack.gather(xs, idx)
                 y = torch.stack([ys[k].index_select(0, j) for k, j in enumerate(idx)])
-                masks = _dropout_masks(stack, active, widths, dropouts, dropout_rngs, head_scale, y.shape[1], device)
+                masks = _dropout_masks(stack, active, widths, dropouts, dropout_rngs, y.shape[1], device)
                 per_head = ((stack.forward(runs, masks) - y) ** 2).mean(dim=(1, 2))
                 per_head.sum().backward()
                 stack.clip_and_step(lrs, head_wd, head_clip)
@@ -370,7 +369,7 @@ def _train_loop(models: list[nn.Sequential], data: list[Any], recipes: list[Trai
                     break
                 stack.keep(keep)
                 active = [active[k] for k in keep]
-                head_wd, head_clip, head_scale = [wd[h] for h in active], clip[active], keep_scale[active]
+                head_wd, head_clip = [wd[h] for h in active], clip[active]
     finally:
         if bar is not None:
             bar.close()
@@ -381,11 +380,9 @@ def _train_loop(models: list[nn.Sequential], data: list[Any], recipes: list[Trai
 
 
 def _dropout_masks(stack: _Stack, active: list[int], widths: list[list[int]], dropouts: list[float],
-                   rngs: list[torch.Generator], scales: torch.Tensor, rows: int, device: torch.device
-                   ) -> list[torch.Tensor] | None:
-    """Per hidden layer, the (H, B, width_pad) dropout masks times each head's 1 / (1 - p): every head's drawn
-    from its own generator in train_head's order and shape (CPU dropout is bernoulli_(1 - p), then the mask
-    divided by 1 - p; `scales` holds that quotient as the same float32 division gives it)."""
+                   streams: list[MaskStream], rows: int, device: torch.device) -> list[torch.Tensor] | None:
+    """Per hidden layer, the (H, B, width_pad) dropout masks (0 or 1 / (1 - p)): each head's drawn from its
+    own stream in train_head's order and shape; a padded unit's mask is 0 (its weights are zero anyway)."""
     if all(dropouts[h] == 0 for h in active):
         return None
     masks = []
@@ -396,11 +393,11 @@ def _dropout_masks(stack: _Stack, active: list[int], widths: list[list[int]], dr
             if p == 0:
                 continue
             if widths[h][i] == stack.pad[i]:
-                mask[k].bernoulli_(1 - p, generator=rngs[h])  # contiguous: drawn in place
+                streams[h].draw_into(mask[k], p)  # contiguous: drawn in place
             else:
-                mask[k, :, :widths[h][i]] = torch.empty(rows, widths[h][i], device=device).bernoulli_(
-                    1 - p, generator=rngs[h])
-        masks.append(mask.mul_(scales))
+                mask[k, :, :widths[h][i]] = streams[h].draw((rows, widths[h][i]), p)
+                mask[k, :, widths[h][i]:] = 0.0
+        masks.append(mask)
     return masks
 
 

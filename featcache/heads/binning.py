@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..common.errors import FeatcacheError
-from .metrics import OUTLIER_SIGMAS, percentile_interval, resamples, sigma_mad
+from .metrics import MAD_TO_SIGMA, OUTLIER_SIGMAS, percentile_interval, resamples, sigma_mad
 
 UNITS = {"log_g": "dex", "M_H": "dex", "a_M": "dex", "C_M": "dex", "T_eff": "K", "snr": "", "mag": "mag"}
 GIANT_LOGG = 3.5  # giants: log_g below this (dex); dwarfs at or above
@@ -183,21 +183,45 @@ def bootstrap_bins(residuals: dict[str, np.ndarray], bins: np.ndarray, n_bins: i
                    seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """sigma_MAD and bias of each named residual vector in every bin, on each of the n_boot resamples of the
     rows (heads.metrics.resamples: the same resampled rows for every name, so differences are paired):
-    {name: {'sigma_mad': (n_boot, n_bins), 'bias': (n_boot, n_bins)}}; NaN where a resample leaves a bin empty."""
-    residuals = {k: np.asarray(v, dtype=np.float64) for k, v in residuals.items()}
-    out = {k: {"sigma_mad": np.full((n_boot, n_bins), np.nan), "bias": np.full((n_boot, n_bins), np.nan)}
-           for k in residuals}
-    for start, _, idx in resamples(len(bins), n_boot, seed):
-        for j, rows in enumerate(idx):
-            picked = bins[rows]
-            for k in range(n_bins):
-                chosen = rows[picked == k]
-                if not chosen.size:
-                    continue
-                for name, r in residuals.items():
-                    out[name]["sigma_mad"][start + j, k] = sigma_mad(r[chosen])
-                    out[name]["bias"][start + j, k] = r[chosen].mean()
-    return out
+    {name: {'sigma_mad': (n_boot, n_bins), 'bias': (n_boot, n_bins)}}; NaN where a resample leaves a bin empty.
+
+    Vectorised over resamples and names: per bin, each resample's rows of that bin are gathered into one
+    NaN-padded matrix and the medians read off its sorted rows (the same values np.median gives)."""
+    names = list(residuals)
+    stacked = np.stack([np.asarray(residuals[k], dtype=np.float64) for k in names])  # (names, n)
+    sigma = np.full((len(names), n_boot, n_bins), np.nan)
+    bias = np.full((len(names), n_boot, n_bins), np.nan)
+    for start, stop, idx in resamples(len(bins), n_boot, seed):
+        picked = bins[idx]
+        for k in range(n_bins):
+            inside = picked == k
+            counts = inside.sum(axis=1)
+            width = int(counts.max(initial=0))
+            if not width:
+                continue
+            # each resample's rows of bin k first, in their drawn order, then padding
+            order = np.argsort(~inside, axis=1, kind="stable")[:, :width]
+            values = stacked[:, np.take_along_axis(idx, order, axis=1)]          # (names, resamples, width)
+            values[:, np.arange(width)[None, :] >= counts[:, None]] = np.nan
+            filled = counts > 0
+            sigma[:, start:stop, k] = np.where(filled, _padded_sigma_mad(values, counts), np.nan)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                bias[:, start:stop, k] = np.nansum(values, axis=2) / np.where(filled, counts, np.nan)
+    return {name: {"sigma_mad": sigma[i], "bias": bias[i]} for i, name in enumerate(names)}
+
+
+def _padded_median(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Median over the last axis of the first counts[j] values of row j (NaN padding sorts last)."""
+    ordered = np.sort(values, axis=-1)
+    rows = np.arange(len(counts))
+    lo, hi = np.maximum(counts - 1, 0) // 2, counts // 2
+    return 0.5 * (ordered[..., rows, lo] + ordered[..., rows, np.minimum(hi, values.shape[-1] - 1)])
+
+
+def _padded_sigma_mad(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """metrics.sigma_mad of each padded row (see _padded_median)."""
+    centre = _padded_median(values, counts)
+    return MAD_TO_SIGMA * _padded_median(np.abs(values - centre[..., None]), counts)
 
 
 @dataclass

@@ -30,7 +30,8 @@ from .streaming import format_bytes
 from .training import TrainResult, train_head
 
 # Part of every fit's identity (compare's cell keys): bump when a change alters the numbers a fit produces.
-FIT_CODE_VERSION = 2  # 2: near-constant float32 feature columns are treated as constant
+FIT_CODE_VERSION = 3  # 2: near-constant float32 feature columns are treated as constant; 3: dropout masks
+# from heads.dropout.MaskStream (PCG64), no longer torch's global RNG
 
 
 def parse_features(layer: str | None, pool: str | None, features: list[str] | tuple[str, ...]

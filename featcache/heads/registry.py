@@ -17,6 +17,7 @@ from torch import nn
 from ..common.errors import FeatcacheError, choices_message
 from .attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
 from .attention import AttentionHead
+from .dropout import Dropout
 from .gaussian import GaussianMLP
 from .knn import KNNHead
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN
@@ -79,7 +80,7 @@ def _mlp(in_dim: int, out_dim: int, hidden: int, dropout: float, blocks: int) ->
     layers: list[nn.Module] = []
     width = in_dim
     for _ in range(blocks):
-        layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(width, hidden), nn.GELU(), Dropout(dropout)]
         width = hidden
     layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)
@@ -115,7 +116,7 @@ def _mlp_2(in_dim: int, out_dim: int, hidden: int, dropout: float) -> nn.Sequent
 @register_head("mlp_1_gauss", "mlp_1 giving a mean and a sigma per target, Gaussian NLL after an MSE warm-up",
                uncertainty=True, finetune=False)
 def _mlp_1_gauss(in_dim: int, out_dim: int, hidden: int, dropout: float) -> GaussianMLP:
-    return GaussianMLP(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 2 * out_dim),
+    return GaussianMLP(nn.Linear(in_dim, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, 2 * out_dim),
                        n_targets=out_dim)
 
 

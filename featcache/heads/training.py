@@ -22,6 +22,7 @@ from torch import nn
 from ..common.device import torch_threads
 from ..common.errors import FeatcacheError
 from ..common.progress import progress as progress_bar
+from .dropout import mask_streams
 from .early_stopping import EarlyStopping
 from .gaussian import is_gaussian, warmup_epochs
 from .recipe import TrainRecipe
@@ -265,8 +266,9 @@ def train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any = None, 
     """Train `model` (standardised features in, standardised targets out) and return its best weights.
 
     Without validation rows the scheduler and early stopping follow the train loss and the last epoch is
-    kept. Deterministic given recipe.seed: shuffling uses its own torch.Generator and dropout runs under a
-    seeded, forked global RNG (the caller's RNG state is left as it was). num_threads sets torch's CPU
+    kept. Deterministic given recipe.seed: shuffling uses its own torch.Generator, the registry's Dropout
+    modules draw from a MaskStream(recipe.seed) (heads.dropout), and anything else random runs under a seeded,
+    forked global RNG (the caller's RNG state is left as it was). num_threads sets torch's CPU
     threads for this call only (a small head on a busy machine is often fastest on one thread).
 
     X_train / X_val may be lazy row-sliceable matrices (the cache's FeatureMatrix): when loading them (and
@@ -280,7 +282,8 @@ def train_head(model: nn.Module, X_train: Any, y_train: Any, X_val: Any = None, 
     device = torch.device(device)
     with torch_threads(num_threads):
         data = _training_rows(X_train, y_train, X_val, y_val, device, target_names, max_memory, stream)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                mask_streams(model, recipe.seed, device):
             torch.manual_seed(recipe.seed)
             bar = progress_bar(total=recipe.max_epochs, desc=desc, unit="epoch") if progress else None
             try:

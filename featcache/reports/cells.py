@@ -55,8 +55,22 @@ class Task:
 
 def cell_key(fingerprint: str, spec: FitSpec) -> str:
     """sha256 of what determines a fit's numbers (not its label: renaming an encoder refits nothing)."""
-    payload = {"format": CELL_FORMAT, "cache_fingerprint": fingerprint, "spec": spec.describe()}
+    return _key(fingerprint, spec.describe())
+
+
+def _key(fingerprint: str, described: dict[str, Any]) -> str:
+    payload = {"format": CELL_FORMAT, "cache_fingerprint": fingerprint, "spec": described}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def earlier_keys(fingerprint: str, spec: FitSpec) -> list[str]:
+    """The keys the same fit had under earlier fit code versions (heads.fit.FIT_CODE_VERSION), newest first:
+    `featcache report` draws a finished comparison from the cells an earlier featcache made (compare refits)."""
+    from ..heads import fit as fit_module
+
+    described = spec.describe()
+    return [_key(fingerprint, {**described, "code_version": version})
+            for version in range(fit_module.FIT_CODE_VERSION - 1, 0, -1)]
 
 
 class CellStore:
@@ -140,7 +154,16 @@ def _worker_init(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    try:  # NumPy's BLAS (ridge's Gram) to the same share of the cores
+        from threadpoolctl import threadpool_limits
+
+        _WORKER_LIMITS.append(threadpool_limits(threads))
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        pass
     os.environ["FEATCACHE_QUIET"] = "1"
+
+
+_WORKER_LIMITS: list[Any] = []  # kept for the worker's life
 
 
 def _fit_in_worker(cache_path: str, spec: FitSpec, info: dict[str, Any]) -> tuple[dict[str, Any],
@@ -199,55 +222,136 @@ def _fit_batch(tasks: list[Task]) -> list[tuple[dict[str, Any], dict[str, np.nda
     return [_record(r, t.spec, _task_info(t)) for r, t in zip(results, tasks, strict=True)]
 
 
+def _batch_in_worker(cache_path: str, specs: list[FitSpec], infos: list[dict[str, Any]]
+                     ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """A batched pass in a --jobs worker process."""
+    from ..heads.batched import fit_heads
+
+    if cache_path not in _WORKER_CACHES:
+        _WORKER_CACHES[cache_path] = open_cache(cache_path)
+    results = fit_heads(_WORKER_CACHES[cache_path], specs)
+    return [_record(r, spec, info) for r, spec, info in zip(results, specs, infos, strict=True)]
+
+
+# -- planning: units of work and their cost -----------------------------------------------------------------
+# Costs in FLOP-equivalents at one core's measured float32 rate (~70 GFLOP/s), from the reference grid's fits
+# (benchmarks/grid_compare.sh): a torch head's per-step cost beyond its arithmetic (autograd, AdamW, clip;
+# about 0.5 ms), which a batched pass pays once per step for all its heads, and the elementwise work per hidden
+# unit and row (GELU forward and backward, the dropout mask drawn and applied, the bias; about 7 ns)
+STEP_OVERHEAD_FLOP = 3.5e7
+UNIT_FLOP = 500.0
+
+
+def estimated_flop(task: Task, batched: bool = False) -> float:
+    """A fit's rough cost in FLOP (for ordering and balancing work, not for reporting): ridge's Gram and
+    eigendecomposition, kNN's distances, a torch head's matrix products, masks and per-step overhead at its
+    epoch budget (early stopping cuts that, which no estimate knows)."""
+    cache, spec = task.source.cache, task.spec
+    n = cache.n_rows(spec.train_split)
+    n_eval = sum(cache.n_rows(s) for s in (spec.val_split, spec.test_split) if s)
+    d = max(1, int(task.width))
+    if task.head == "ridge":
+        return n * d * d + 10.0 * d ** 3 + 2.0 * n_eval * d
+    if not head_info(task.head).trainable:  # kNN: distances of every scored row to every train row
+        return 2.0 * n * (n + n_eval) * d
+    recipe, hidden = spec.recipe, int(spec.hidden or 256)
+    blocks = 2 if task.head == "mlp_2" else 1
+    # the first layer: forward and weight gradient (no gradient for the input); then the hidden layers
+    per_row = 4.0 * d * hidden + 6.0 * hidden * (hidden * (blocks - 1) + 1) + UNIT_FLOP * hidden * blocks
+    steps = -(-n // int(recipe.batch_size))
+    overhead = 0.0 if batched else STEP_OVERHEAD_FLOP
+    return recipe.max_epochs * (n * per_row + steps * overhead + 2.0 * n_eval * d * hidden)
+
+
+def unit_flop(unit: list[Task]) -> float:
+    """A unit of work's cost: one fit, or a batched pass (its heads' work plus one per-step overhead)."""
+    if len(unit) == 1:
+        return estimated_flop(unit[0])
+    spec = unit[0].spec
+    steps = -(-unit[0].source.cache.n_rows(spec.train_split) // int(spec.recipe.batch_size))
+    return sum(estimated_flop(t, batched=True) for t in unit) + spec.recipe.max_epochs * steps * STEP_OVERHEAD_FLOP
+
+
+def balance(group: list[Task], parts: int) -> list[list[Task]]:
+    """Cut a batched pass into `parts` passes of about equal cost (costliest fit to the cheapest part)."""
+    bins: list[list[Task]] = [[] for _ in range(max(1, parts))]
+    loads = [0.0] * len(bins)
+    for task in sorted(group, key=lambda t: -estimated_flop(t, batched=True)):
+        k = loads.index(min(loads))
+        bins[k].append(task)
+        loads[k] += estimated_flop(task, batched=True)
+    return [sorted(b, key=lambda t: (t.layer, t.pool, t.key)) for b in bins if b]
+
+
+def plan_units(todo: list[Task], jobs: int, batched: bool, max_bytes: int = DEFAULT_BATCH_BYTES
+               ) -> list[list[Task]]:
+    """The fits as units of work: batched passes (heads.batched) and single fits. With jobs > 1 a pass that
+    would cost more than a worker's fair share (the total over jobs) is cut into about equal passes, so the
+    workers finish together; the units come costliest first (longest-processing-time order)."""
+    groups = batch_groups(todo, max_bytes) if batched else []
+    in_groups = {t.key for g in groups for t in g}
+    units: list[list[Task]] = [[t] for t in todo if t.key not in in_groups]
+    if jobs > 1 and groups:
+        share = (sum(unit_flop(g) for g in groups) + sum(unit_flop(u) for u in units)) / jobs
+        cut: list[list[Task]] = []
+        for g in groups:
+            parts = min(jobs, len(g), max(1, int(np.ceil(unit_flop(g) / share - 1e-9))))
+            cut.extend(balance(g, parts) if parts > 1 else [g])
+        groups = cut
+    units += groups
+    return sorted(units, key=lambda u: -unit_flop(u))
+
+
 def run_fits(todo: list[Task], jobs: int, save: Any, bar: Any, batched: bool = False,
              max_bytes: int = DEFAULT_BATCH_BYTES) -> None:
-    """Make the fits: closed-form heads here (fast, all threads); with batched, the MLP fits that can share a
-    pass trained together here (heads.batched: one pass of stacked heads beats one fit after another);
-    the other trainable ones in `jobs` worker processes with cpus // jobs torch threads each (small heads
-    scale better across processes than across threads)."""
+    """Make the fits. With jobs == 1, here, one after another: the closed-form fits first (a partial run has
+    their table), then the batched passes (heads.batched), then the other trainable fits. With jobs > 1 every
+    unit of work (a fit, or a batched pass) goes to `jobs` worker processes with cpus // jobs torch and BLAS
+    threads each, the costliest first: on a small CPU the heads are compute-bound, and whole processes on
+    their own cores beat threads sharing one head's small matrix products."""
 
     def done(task: Task, result: tuple[dict[str, Any], dict[str, np.ndarray]]) -> None:
         save(task, *result)
         if bar is not None:
             bar.update(1)
 
-    batches = batch_groups(todo, max_bytes) if batched else []
-    in_batches = {t.key for g in batches for t in g}
-    todo = [t for t in todo if t.key not in in_batches]
-
-    parallel = [t for t in todo if head_info(t.head).trainable] if jobs > 1 else []
-    if len(parallel) < 2:
-        parallel = []
-    parallel.sort(key=lambda t: -t.width)  # widest (slowest) first: the pool then finishes sooner
-    in_workers = {t.key for t in parallel}
-    for task in todo:  # closed-form fits first (todo is sorted so): a partial run has their table
-        if task.key in in_workers:
-            continue
-        if bar is not None:
-            bar.set_postfix_str(f"{task.encoder} {task.layer}/{task.pool} {task.head} {task.target}", refresh=False)
-        done(task, _fit_once(task))
-    for group in batches:
-        if bar is not None:
-            bar.set_postfix_str(f"{group[0].encoder}: {len(group)} {group[0].head} fits in one pass", refresh=False)
-        for task, result in zip(group, _fit_batch(group), strict=True):
-            done(task, result)
-    if not parallel:
+    units = plan_units(todo, jobs, batched, max_bytes)
+    if jobs <= 1 or len(units) < 2:
+        for unit in sorted(units, key=lambda u: (head_info(u[0].head).trainable, len(u) == 1)):
+            if bar is not None:
+                what = (f"{unit[0].encoder}: {len(unit)} {unit[0].head} fits in one pass" if len(unit) > 1 else
+                        f"{unit[0].encoder} {unit[0].layer}/{unit[0].pool} {unit[0].head} {unit[0].target}")
+                bar.set_postfix_str(what, refresh=False)
+            results = _fit_batch(unit) if len(unit) > 1 else [_fit_once(unit[0])]
+            for task, result in zip(unit, results, strict=True):
+                done(task, result)
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, available_cpus() // jobs)
-    status(f"compare: {len(parallel)} trainable fits in {jobs} processes x {threads} torch threads")
+    passes = sum(len(u) > 1 for u in units)
+    status(f"compare: {len(todo)} fits as {len(units)} units ({passes} batched passes) in {jobs} processes x "
+           f"{threads} threads")
     # spawn, not fork: a forked child of a process that already ran OpenMP/oneDNN code can hang
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = {pool.submit(_fit_in_worker, str(t.source.path), t.spec, _task_info(t)): t for t in parallel}
+        futures = {}
+        for unit in units:
+            if len(unit) > 1:
+                future = pool.submit(_batch_in_worker, str(unit[0].source.path), [t.spec for t in unit],
+                                     [_task_info(t) for t in unit])
+            else:
+                future = pool.submit(_fit_in_worker, str(unit[0].source.path), unit[0].spec, _task_info(unit[0]))
+            futures[future] = unit
         try:
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    done(futures[future], future.result())
+                    unit, results = futures[future], future.result()
+                    for task, result in zip(unit, results if len(unit) > 1 else [results], strict=True):
+                        done(task, result)
         except BaseException:
             for future in futures:
                 future.cancel()

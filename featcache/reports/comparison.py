@@ -36,7 +36,7 @@ from ..heads.selection import RowSelection
 from ..heads.streaming import parse_memory
 from ..model.taps import PSEUDO_LAYERS
 from . import sweep
-from .cells import CellStore, Fit, Task, cell_key, run_fits
+from .cells import CellStore, Fit, Task, cell_key, earlier_keys, run_fits
 from .populations import compared_members, section
 from .render import cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
@@ -204,16 +204,25 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
     done: dict[str, Fit] = {}
     todo: list[Task] = []
     queued: set[str] = set()
+    older = 0
     for task in (t for group in cells for t in group):
         if task.key in done or task.key in queued:
             continue  # the same fit twice (e.g. one cache under two names) is made once
         loaded = store.load(task.key)
+        if loaded is None and not fit:  # drawing only: a cell an earlier featcache made will do
+            for key in earlier_keys(task.source.cache.fingerprint, task.spec):
+                if (loaded := store.load(key)) is not None:
+                    older += 1
+                    break
         if loaded is None:
             todo.append(task)
             queued.add(task.key)
         else:
             done[task.key] = loaded
     reused = len(done)
+    if older and not todo:
+        status(f"report: {older} of the {reused} cells were made by an earlier featcache (an earlier fit code "
+               "version); they are drawn as they are, and featcache compare would refit them")
     if todo and not fit:
         raise FeatcacheError(f"{store.dir}: {len(todo)} of the comparison's fits are not there (the first: "
                              f"{todo[0].head} on {todo[0].encoder} {todo[0].layer}/{todo[0].pool}); featcache report "
@@ -319,16 +328,17 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
             jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
             folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None,
-            sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool | None = None,
+            sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool = True,
             knn_ks: Sequence[int] | None = None,
             knn_weights: str = "uniform", attn_heads: int = DEFAULT_ATTN_HEADS,
             max_memory: int | str | None = None) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
-    jobs > 1 trains the MLP cells in that many worker processes (each with cpus // jobs torch threads);
-    an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread count changes the order of
-    float32 sums, and training amplifies such differences a little); ridge cells are identical. fit=False
+    jobs > 1 makes the fits in that many worker processes (each with cpus // jobs torch and BLAS threads),
+    the costliest units first; an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread
+    count changes the order of float32 sums, and training amplifies such differences a little); ridge cells
+    agree to about 1e-12 (the BLAS thread count orders their float64 sums). fit=False
     only draws: every cell must be in OUT/cells already (featcache report). binning: the per-population
     section's bin edges and giant / dwarf split (quantile edges and log_g 3.5 by default).
 
@@ -343,17 +353,17 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     sweep_values={"hidden": [128, 256, 512], "lr": [1e-3, 3e-4]} fits every trainable cell once per setting
     (hidden, dropout, lr, weight_decay) and keeps per cell the one with the best validation R2 (sweep.py).
 
-    batched trains the MLP fits that share their rows (seeds, settings, features of one cache) in one pass of
-    stacked heads (heads.batched; each fit's numbers are its own, up to float32 summation order) in this
-    process, jobs then serve the fits that cannot be batched. None (the default) batches when jobs == 1: on a
-    2-core CPU one batched pass beat the same fits one after another (1.18x), but two worker processes of one
-    thread each beat both (the README has the figures).
+    batched (the default) trains the MLP fits that share their rows (seeds, settings, features of one cache)
+    in one pass of stacked heads (heads.batched; each fit's numbers are its own, up to float32 summation
+    order); with jobs > 1 a pass is cut into passes of about equal cost, one per worker (cells.plan_units).
+    On the reference grid's 32 fits, 2 CPU cores: batched with jobs 2 is the fastest setting (the README has
+    the figures).
 
     max_memory (bytes, '1GB', '25%'; None: half the available RAM): an MLP cell whose features would exceed
     it is trained alone, its train rows streamed from the cache (heads.streaming), never batched."""
     out = Path(out)
     _check_out(out)
-    batched = jobs == 1 if batched is None else bool(batched)
+    batched = bool(batched)
     if shard is not None:
         check_shard(*shard)
     targets = list(dict.fromkeys(targets))

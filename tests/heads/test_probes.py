@@ -33,6 +33,8 @@ EXPECTED_FAILED_CHECKS = {
                                            "relative, the check's tolerance is 1e-7 absolute)",
     },
 }
+# failures that hang on the last float32 bit of particular weights: listed, but a pass is no regression
+MAY_PASS = {"check_methods_subset_invariance"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,7 +61,8 @@ def test_scikit_learn_estimator_checks(probe):
     failed = {r["check_name"] for r in results if r["status"] == "failed"}
     xfailed = {r["check_name"] for r in results if r["status"] == "xfail"}
     assert not failed, failed
-    assert xfailed == set(expected)  # each documented failure still happens (else its entry should go)
+    # each documented failure still happens (else its entry should go), but for the last-bit ones
+    assert set(expected) - MAY_PASS <= xfailed <= set(expected)
     assert sum(r["status"] == "passed" for r in results) >= 45
 
 

@@ -6,21 +6,20 @@ import json
 import re
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
 import featcache.reports.cells as cells_module
+from featcache.cache import open_cache
 from featcache.common.errors import FeatcacheError
+from featcache.heads.metrics import bootstrap_r2_ci
+from featcache.heads.recipe import TrainRecipe
 from featcache.reports.comparison import compare
 from featcache.reports.rows import seed_mean_r2_ci
 from featcache.reports.sources import open_sources, parse_cache_args
-from featcache.heads.fit import fit_head
-from featcache.heads.metrics import bootstrap_r2_ci
-from featcache.heads.recipe import TrainRecipe
 
-from ..helpers import CKPT, assert_cli_error, run_cli, write_pfs
+from ..helpers import assert_cli_error, run_cli
 
 FAST = ["--max-epochs", "3", "-q"]
 
@@ -162,24 +161,57 @@ def test_bad_compare_requests(caches, tmp_path, args, fragments):
     assert not (tmp_path / "r" / "cells").exists()
 
 
-def test_jobs_fill_the_same_cells_as_one_process(caches, tmp_path):
-    """--jobs 2 trains the MLP cells in worker processes: same cells, same fits (up to float32 summation
-    order), ridge cells bitwise equal, and a re-run with either setting refits nothing."""
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "one-by-one"])
+def test_jobs_fill_the_same_cells_as_one_process(caches, tmp_path, batched):
+    """--jobs 2 sends every fit or batched pass to worker processes: same cells, same fits (up to float32
+    summation order), ridge cells equal, and a re-run with either setting refits nothing."""
     kwargs = dict(heads=["ridge", "mlp_1"], layers=["enc_last"], pools=["global_mean", "seg_mean_K4"],
                   baselines=False, recipe=TrainRecipe(max_epochs=3), plots=False, show_progress=False)
-    serial = compare(caches, ["log_g"], out=tmp_path / "serial", **kwargs)
-    parallel = compare(caches, ["log_g"], out=tmp_path / "parallel", jobs=2, **kwargs)
+    serial = compare(caches, ["log_g"], out=tmp_path / "serial", batched=False, **kwargs)
+    parallel = compare(caches, ["log_g"], out=tmp_path / "parallel", jobs=2, batched=batched, **kwargs)
     assert parallel.fitted == serial.fitted == 8
     a, b = serial.table, parallel.table
     assert a["keys"].tolist() == b["keys"].tolist()
     ridge = a["head"] == "ridge"
-    assert a.loc[ridge, "test_r2"].tolist() == b.loc[ridge, "test_r2"].tolist()
+    np.testing.assert_allclose(b.loc[ridge, "test_r2"], a.loc[ridge, "test_r2"], rtol=1e-12)
     np.testing.assert_allclose(b.loc[~ridge, "test_r2"], a.loc[~ridge, "test_r2"], atol=1e-4)
     assert b["chosen_epochs"].tolist() == a["chosen_epochs"].tolist()
     again = compare(caches, ["log_g"], out=tmp_path / "parallel", jobs=2, **kwargs)
     assert again.fitted == 0 and again.reused == 8
     with pytest.raises(FeatcacheError, match="--jobs"):
         compare(caches, ["log_g"], out=tmp_path / "x", jobs=0, **kwargs)
+
+
+def test_plan_units_balances_batched_passes_over_the_workers(caches):
+    """Every fit lands in exactly one unit; with --jobs 2 a pass costlier than a worker's share is cut into
+    passes of about equal cost; the units come costliest first; jobs 1 keeps one pass per batch group."""
+    from featcache.heads.fit import FitSpec
+    from featcache.reports.cells import Task, plan_units, unit_flop
+    from featcache.reports.sources import Source
+
+    cache = open_cache(caches["pretrained"])
+    source = Source("pretrained", Path(caches["pretrained"]), cache)
+    todo = []
+    for layer, pool in (("enc_last", "global_mean"), ("enc_last", "seg_mean_K4"), ("input_flux", "seg_mean_K4"),
+                        ("input_flux", "global_mean")):
+        width = cache.features("train", layer, pool).shape[1]
+        for head, seeds in (("ridge", [None]), ("mlp_1", [0, 1, 2])):
+            for seed in seeds:
+                spec = FitSpec([(layer, pool)], ["log_g"], head=head, recipe=TrainRecipe(seed=seed or 0))
+                todo.append(Task(source, "pretrained", "encoder", layer, pool, width, head, "log_g", seed, spec,
+                                 f"{layer}/{pool}/{head}/{seed}"))
+    one = plan_units(todo, jobs=1, batched=True)
+    two = plan_units(todo, jobs=2, batched=True)
+    for units in (one, two):
+        assert sorted(t.key for u in units for t in u) == sorted(t.key for t in todo)
+        assert [unit_flop(u) for u in units] == sorted((unit_flop(u) for u in units), reverse=True)
+    passes = [u for u in one if len(u) > 1]
+    assert len(passes) == 1 and len(passes[0]) == 12  # all 12 mlp_1 fits of the cache share one pass
+    cut = [u for u in two if u[0].head == "mlp_1"]
+    assert len(cut) == 2 and sum(map(len, cut)) == 12
+    costs = [unit_flop(u) for u in cut]
+    assert max(costs) / min(costs) < 1.5  # about equal halves
+    assert all(len(u) == 1 for u in plan_units(todo, jobs=2, batched=False))
 
 
 def test_shards_split_the_fits_and_a_plain_compare_assembles_them(caches, tmp_path):

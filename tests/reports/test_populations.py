@@ -77,3 +77,26 @@ def test_report_redraws_runs_and_comparisons_without_fitting(comparison, labelle
     report = (run / "report.md").read_text()
     assert "sigma_MAD" in report and "dex" in report and "report_best_log_g.png" in report
     assert (comparison / "report.md").exists()
+
+
+def test_report_draws_cells_an_earlier_fit_code_version_made(comparison, labelled_caches, tmp_path, monkeypatch):
+    """After an upgrade that changes the fits' numbers (FIT_CODE_VERSION), `featcache report` still draws a
+    finished comparison from its cells and says they are older; compare refits them."""
+    import shutil
+
+    import featcache.heads.fit as fit_module
+
+    copy = tmp_path / "cmp"
+    shutil.copytree(comparison, copy)
+    before = (copy / "compare.md").read_text()
+    import featcache.common.progress as progress_module
+
+    monkeypatch.setattr(fit_module, "FIT_CODE_VERSION", fit_module.FIT_CODE_VERSION + 1)
+    monkeypatch.setattr(progress_module, "_quiet", False)  # an earlier -q in this process silenced status lines
+    result = run_cli("report", copy)
+    assert "made by an earlier featcache" in result.output
+    assert (copy / "compare.md").read_text() == before
+    run_cli("compare", "--cache", f"pretrained={labelled_caches['pretrained']}", "--target", "log_g", "--head",
+            "ridge", "--layer", "enc_last", "--layer", "input_flux", "-q", "--out", copy)
+    summary = json.loads((copy / "compare.json").read_text())
+    assert summary["reused"] == 0 and summary["fitted"] > 0
