@@ -151,9 +151,10 @@ def head_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--attn-heads", type=click.IntRange(min=1), default=DEFAULT_ATTN_HEADS, show_default=True,
                      help="attn: attention heads pooling the --pool none map."),
         click.option("--max-memory", "max_memory", default=None, metavar="SIZE",
-                     help="Torch heads: when a fit's train + validation features (loaded and standardised) "
-                          "would exceed SIZE (e.g. 1GB, 512MB, 25%), the train rows stream from the cache in "
-                          "shuffled chunk windows instead (default: half the RAM available)."),
+                     help="Torch heads and knn: when a fit's features (loaded and standardised) would exceed "
+                          "SIZE (e.g. 1GB, 512MB, 25%), the train rows stay in the cache: torch heads stream them "
+                          "in shuffled chunk windows, knn searches them block by block (default: half the RAM "
+                          "available)."),
     )(func)
 
 

@@ -303,6 +303,7 @@ class FeatureMatrix:
                  rows: np.ndarray | None = None):
         self.arrays = [cache.feature_array(split, layer, pool) for layer, pool in features]
         self.path = cache.path
+        self.fingerprint, self.split, self.features, self.draw = cache.fingerprint, split, list(features), draw
         n_rows = cache.n_rows(split)
         if draw is None:
             self.offset, n = 0, n_rows

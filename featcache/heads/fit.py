@@ -143,6 +143,9 @@ class FitResult:
         if rows.get("sampler") == "block-shuffle":
             chosen += (f"; streamed from the cache in {rows['window_rows']}-row windows (features over the "
                        f"{format_bytes(rows['max_memory_bytes'])} memory budget)")
+        elif rows.get("sampler") == "streamed-search":
+            chosen += (f"; train rows searched in the cache in {rows['block_rows']}-row blocks (over the memory "
+                       "budget; head.pt refers to the cache's rows)")
         return "; ".join(parts) + f"; {chosen}; {self.seconds:.1f} s"
 
 
@@ -244,7 +247,7 @@ def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], p
     in_dim, val_x, val_y = x["train"].shape[1], x.get("val"), y.get("val")
     if spec.head == "knn":
         knn = create_head("knn", in_dim, len(spec.targets), ks=spec.knn_ks, weights=spec.knn_weights)
-        knn.fit(x["train"], y["train"], val_x, val_y, target_names=spec.targets)
+        knn.fit(x["train"], y["train"], val_x, val_y, target_names=spec.targets, max_memory=spec.max_memory)
         curve = knn.val_r2_per_k_
         history = [] if curve is None else [
             {"k": k, **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(spec.targets)}}

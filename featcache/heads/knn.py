@@ -13,10 +13,18 @@ of the grid; every smaller k is a prefix of that sorted list, so the whole grid 
 
 Weights: 'uniform' (the mean of the k targets) or 'distance' (weights 1/d; rows at distance 0 take all the
 weight, as in scikit-learn). Multi-target: one k shared by all targets, chosen by the mean validation R2.
+
+Larger than memory: when the train rows of a cache (a lazy FeatureMatrix), loaded and standardised, would
+exceed `max_memory`, they are never loaded. The standardisation is one streamed pass (the same float64
+moments), every search reads the train rows block by block from the cache and merges each block's nearest
+rows into a running top-k (the same distances, so the same neighbours), and head.pt refers to the cache's
+rows (path, fingerprint, split, features, draw, subset) instead of holding them: `featcache predict` reopens
+that cache and refuses one whose fingerprint changed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +34,10 @@ import torch
 from ..common.errors import FeatcacheError
 from .recipe import KNN_WEIGHTS
 from .standardise import column_moments, is_constant, target_name
+from .streaming import parse_memory
+
+IN_MEMORY_BYTES_PER_VALUE = 24  # the rows loaded (float32), a float64 copy standardising them, z in float32 and
+# float64: what the in-memory search holds per train value, and what a streamed block holds per value
 
 DEFAULT_KS: tuple[int, ...] = tuple(2 ** i for i in range(9))  # 1, 2, 4, ..., 256
 WEIGHTS = KNN_WEIGHTS
@@ -66,8 +78,18 @@ class KNNHead:
         self.train_z_: torch.Tensor | None = None      # (n, D) float32, standardised
         self.train_sq_: torch.Tensor | None = None     # (n,) float64 squared norms
         self.train_y_: torch.Tensor | None = None      # (n, T) float64
+        self.train_source_: Any = None                 # streamed: the cache's lazy train rows (FeatureMatrix)
+        self.block_rows_: int | None = None            # streamed: train rows read and searched at once
         self._z64: torch.Tensor | None = None
         self._y_1d = True
+
+    @property
+    def rows(self) -> dict[str, Any]:
+        """How the search reads the train rows (metrics.json's train_rows)."""
+        if self.train_source_ is None:
+            return {"sampler": "in-memory"}
+        return {"sampler": "streamed-search", "block_rows": self.block_rows_,
+                "max_memory_bytes": self.block_rows_ * self.train_source_.shape[1] * IN_MEMORY_BYTES_PER_VALUE}
 
     # -- fitting ------------------------------------------------------------------------------------
     def grid(self, n_train: int) -> list[int]:
@@ -80,25 +102,41 @@ class KNNHead:
         return kept
 
     def fit(self, X_train: Any, y_train: Any, X_val: Any = None, y_val: Any = None,
-            target_names: Sequence[str] | None = None) -> KNNHead:
-        """Standardise on train, keep the train rows, and choose k by validation R2."""
-        X = np.asarray(X_train.load() if hasattr(X_train, "load") else X_train)
+            target_names: Sequence[str] | None = None, max_memory: int | str | None = None,
+            stream: bool | None = None) -> KNNHead:
+        """Standardise on train, keep the train rows (or, for a cache's rows over max_memory, a reference to
+        them: stream=True streams whatever the size), and choose k by validation R2."""
         y = np.asarray(y_train, dtype=np.float64)
         self._y_1d = y.ndim == 1
         y = y[:, None] if y.ndim == 1 else y
-        if X.ndim != 2 or len(X) != len(y) or len(X) == 0:
-            raise FeatcacheError(f"knn: features and targets do not match: shapes {X.shape} and {y.shape}")
-        if not np.isfinite(X).all():
-            raise FeatcacheError("features contain NaN or inf values on the train split; check the cache")
+        streamable = hasattr(X_train, "load") and hasattr(X_train, "fingerprint")  # the cache's FeatureMatrix
+        if stream and not streamable:
+            raise FeatcacheError("knn: stream=True needs the cache's lazy train rows (a FeatureMatrix)")
+        budget = parse_memory(max_memory)
+        streamed = streamable and stream is not False and (
+            bool(stream) or X_train.shape[0] * X_train.shape[1] * IN_MEMORY_BYTES_PER_VALUE > budget)
+        X = None if streamed else np.asarray(X_train.load() if hasattr(X_train, "load") else X_train)
+        shape = X_train.shape if streamed else X.shape
+        if len(shape) != 2 or shape[0] != len(y) or shape[0] == 0:
+            raise FeatcacheError(f"knn: features and targets do not match: shapes {tuple(shape)} and {y.shape}")
         for j in np.flatnonzero(~np.isfinite(y).all(axis=0)):
             raise FeatcacheError(f"target '{target_name(target_names, j)}' has NaN or inf values on the train "
                                  "split; drop or fill those rows")
-        mean, std = column_moments(X)
+        if streamed:  # one streamed pass of moments, which also refuses NaN/inf rows
+            mean, std = column_moments(X_train, split="train")
+            self.train_source_ = X_train
+            self.block_rows_ = max(64, budget // (shape[1] * IN_MEMORY_BYTES_PER_VALUE))
+            self.train_z_ = self.train_sq_ = None
+        else:
+            if not np.isfinite(X).all():
+                raise FeatcacheError("features contain NaN or inf values on the train split; check the cache")
+            mean, std = column_moments(X)
         self.x_mean_, self.x_scale_ = mean, np.where(is_constant(std, mean), 1.0, std)
-        self.train_z_ = torch.from_numpy(self.standardise(X))
-        self.train_sq_ = (self.train_z_.double() ** 2).sum(dim=1)
+        if not streamed:
+            self.train_z_ = torch.from_numpy(self.standardise(X))
+            self.train_sq_ = (self.train_z_.double() ** 2).sum(dim=1)
         self.train_y_ = torch.from_numpy(y)
-        ks = self.grid(len(X))
+        ks = self.grid(shape[0])
         if X_val is None:
             if len(ks) > 1:
                 raise FeatcacheError("choosing k needs a validation split (k is never chosen on test); give "
@@ -109,8 +147,8 @@ class KNNHead:
 
         Xv = np.asarray(X_val.load() if hasattr(X_val, "load") else X_val)
         yv = np.asarray(y_val, dtype=np.float64).reshape(len(Xv), -1)
-        if Xv.ndim != 2 or Xv.shape[1] != X.shape[1]:
-            raise FeatcacheError(f"knn: validation features have shape {Xv.shape}; train has {X.shape[1]} columns")
+        if Xv.ndim != 2 or Xv.shape[1] != shape[1]:
+            raise FeatcacheError(f"knn: validation features have shape {Xv.shape}; train has {shape[1]} columns")
         preds = self._predict_ks(Xv, ks)                                  # (K, m, T)
         curve = np.stack([np.atleast_1d(r2(yv, p)) for p in preds])       # (K, T)
         best = int(np.argmax(np.nan_to_num(curve.mean(axis=1), nan=-np.inf)))  # smallest k on ties
@@ -127,7 +165,9 @@ class KNNHead:
 
         A block of query rows against every train row at once (one matrix product into a preallocated
         block of distances, then one top-k), so no partial top-k lists are merged: measured 2x faster than
-        train-blocked search with merges at 100k x 384."""
+        train-blocked search with merges at 100k x 384. Streamed heads search block by block instead."""
+        if self.train_source_ is not None:
+            return self._neighbours_streamed(Z, k)
         train = self._train64()
         n, m = train.shape[0], Z.shape[0]
         take = min(k, n)
@@ -142,6 +182,29 @@ class KNNHead:
             out_d[q0:q0 + step] = torch.gather(d, 1, order).clamp_(min=0.0)
             out_i[q0:q0 + step] = torch.gather(i, 1, order)
         return out_d, out_i
+
+    def _neighbours_streamed(self, Z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """neighbours() over train rows read from the cache block by block: each block's distances (the same
+        formula, so the same numbers) and top-k, merged into a running top-k per query row."""
+        source, step = self.train_source_, int(self.block_rows_)
+        n, m = len(source), Z.shape[0]
+        take = min(k, n)
+        best_d = torch.full((m, take), math.inf, dtype=torch.float64)
+        best_i = torch.full((m, take), -1, dtype=torch.int64)
+        q_step = max(1, min(m, BLOCK_ELEMENTS // step))
+        for t0 in range(0, n, step):
+            train = torch.from_numpy(self.standardise(source[t0:t0 + step])).double()
+            train_sq = (train ** 2).sum(dim=1)
+            for q0 in range(0, m, q_step):
+                q = Z[q0:q0 + q_step].double()
+                d2 = ((q * q).sum(dim=1, keepdim=True) + train_sq[None, :]).addmm_(q, train.T, alpha=-2.0)
+                d, i = torch.topk(d2, min(take, train.shape[0]), dim=1, largest=False, sorted=False)
+                cand_d = torch.cat([best_d[q0:q0 + q_step], d], dim=1)
+                cand_i = torch.cat([best_i[q0:q0 + q_step], i + t0], dim=1)
+                d, pick = torch.topk(cand_d, take, dim=1, largest=False, sorted=False)
+                best_d[q0:q0 + q_step], best_i[q0:q0 + q_step] = d, torch.gather(cand_i, 1, pick)
+        order = torch.argsort(best_d, dim=1, stable=True)
+        return torch.gather(best_d, 1, order).clamp_(min=0.0), torch.gather(best_i, 1, order)
 
     def _train64(self) -> torch.Tensor:
         """The standardised train rows in float64 (kept after the first search; head.pt stores float32)."""
@@ -189,10 +252,17 @@ class KNNHead:
     def to_state(self) -> dict[str, Any]:
         """Plain tensors and numbers (torch.load(weights_only=True)); includes the standardised train rows."""
         self._check_fitted()
+        source = self.train_source_
         return {"kind": "knn", "k": self.k_, "ks": list(self.ks_ or []), "requested_ks": self.ks,
                 "weights": self.weights, "val_r2_per_k": None if self.val_r2_per_k_ is None
                 else torch.as_tensor(self.val_r2_per_k_), "x_mean": torch.as_tensor(self.x_mean_),
-                "x_scale": torch.as_tensor(self.x_scale_), "train_z": self.train_z_.clone(),
+                "x_scale": torch.as_tensor(self.x_scale_),
+                "train_z": None if source is not None else self.train_z_.clone(),
+                "train_source": None if source is None else {
+                    "cache": str(source.path), "fingerprint": source.fingerprint, "split": source.split,
+                    "features": [list(f) for f in source.features], "draw": source.draw,
+                    "rows": None if source.rows is None else torch.as_tensor(source.rows),
+                    "block_rows": int(self.block_rows_)},
                 "train_y": self.train_y_.clone(), "y_1d": self._y_1d}
 
     @classmethod
@@ -204,8 +274,30 @@ class KNNHead:
         head.val_r2_per_k_ = None if state["val_r2_per_k"] is None else state["val_r2_per_k"].double().numpy()
         head.x_mean_ = state["x_mean"].double().numpy()
         head.x_scale_ = state["x_scale"].double().numpy()
-        head.train_z_ = state["train_z"].float()
-        head.train_sq_ = (head.train_z_.double() ** 2).sum(dim=1)
+        if state.get("train_source") is not None:
+            head.train_source_, head.block_rows_ = _reopen(state["train_source"])
+        else:
+            head.train_z_ = state["train_z"].float()
+            head.train_sq_ = (head.train_z_.double() ** 2).sum(dim=1)
         head.train_y_ = state["train_y"].double()
         head._y_1d = bool(state["y_1d"])
         return head
+
+
+def _reopen(source: dict[str, Any]) -> tuple[Any, int]:
+    """A streamed head's train rows, from the cache it was fitted on (which must be unchanged)."""
+    from ..cache.reader import FeatureMatrix, open_cache
+
+    path = source["cache"]
+    try:
+        cache = open_cache(path)
+    except FeatcacheError:
+        raise FeatcacheError(f"this knn head searches the train rows of the cache {path}, which is not there "
+                             "(it was fitted with its rows left in the cache: run predict where that cache is)"
+                             ) from None
+    if cache.fingerprint != source["fingerprint"]:
+        raise FeatcacheError(f"{path}: fingerprint {cache.fingerprint[:12]} is not the {source['fingerprint'][:12]} "
+                             "this knn head was fitted on (its train rows are searched there); refit the head")
+    rows = None if source["rows"] is None else np.asarray(source["rows"], dtype=np.int64)
+    matrix = FeatureMatrix(cache, source["split"], [tuple(f) for f in source["features"]], source["draw"], rows)
+    return matrix, int(source["block_rows"])

@@ -148,7 +148,7 @@ def load_head(run_dir: str | Path) -> LoadedHead:
     if saved["head"] == "ridge":
         predictor: RidgeHead | KNNHead | TrainResult = RidgeHead.from_state(state)
     elif saved["head"] == "knn":
-        predictor = KNNHead.from_state(state)  # holds the standardised train rows it searches
+        predictor = KNNHead.from_state(state)  # holds the standardised train rows, or reopens their cache
     else:
         model = create_head(saved["head"], saved["in_dim"], len(saved["targets"]), hidden=saved["hidden"],
                             dropout=saved["dropout"], **dict(saved.get("head_options") or {}))

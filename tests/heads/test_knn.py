@@ -93,3 +93,62 @@ def test_knn_fit_run_and_predict(labelled_caches, tmp_path):
     bad = run_cli("fit", "--cache", cache, "--layer", "enc_last", "--pool", "seg_mean_K4", "--target", "log_g",
                   "--head", "knn", "--knn-k", "0,2", "--out", tmp_path / "bad", check=False)
     assert_cli_error(bad, "--knn-k 0,2", "positive")
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_streamed_search_equals_the_in_memory_one(labelled_caches, weights, monkeypatch):
+    """Train rows over the memory budget stay in the cache: searched block by block with a running top-k
+    (several train blocks, several query blocks), the same k, curve and predictions as loading them."""
+    from featcache.cache import open_cache
+    from featcache.cache.reader import FeatureMatrix
+
+    monkeypatch.setattr(knn_module, "BLOCK_ELEMENTS", 70 * 37)
+    cache = open_cache(labelled_caches["pretrained"])
+    X, y = cache.features("train", "enc_last", "seg_mean_K4"), cache.labels("train", "log_g")
+    Xv, yv = cache.features("val", "enc_last", "seg_mean_K4"), cache.labels("val", "log_g")
+    Xs = np.asarray(cache.features("test", "enc_last", "seg_mean_K4"))
+    lazy = FeatureMatrix(cache, "train", [("enc_last", "seg_mean_K4")], draw=None)
+    loaded = KNNHead(weights=weights).fit(np.asarray(X), y, np.asarray(Xv), yv)
+    budget = 70 * X.shape[1] * knn_module.IN_MEMORY_BYTES_PER_VALUE  # 70-row blocks of 400 train rows
+    streamed = KNNHead(weights=weights).fit(lazy, y, np.asarray(Xv), yv, max_memory=budget)
+    assert streamed.train_z_ is None and streamed.block_rows_ == 70 and streamed.rows["sampler"] == "streamed-search"
+    assert loaded.rows == {"sampler": "in-memory"}
+    assert streamed.k_ == loaded.k_
+    np.testing.assert_allclose(streamed.val_r2_per_k_, loaded.val_r2_per_k_, rtol=1e-12)
+    np.testing.assert_allclose(streamed.predict(Xs), loaded.predict(Xs), rtol=1e-12)
+    # saved, the head refers to the cache's rows; loaded again it reopens them
+    state = streamed.to_state()
+    assert state["train_z"] is None and state["train_source"]["fingerprint"] == cache.fingerprint
+    again = KNNHead.from_state(state)
+    np.testing.assert_allclose(again.predict(Xs), loaded.predict(Xs), rtol=1e-12)
+    with pytest.raises(FeatcacheError, match="stream=True needs"):
+        KNNHead().fit(np.asarray(X), y, np.asarray(Xv), yv, stream=True)
+
+
+def test_streamed_knn_run_predicts_from_its_cache_and_refuses_a_changed_one(labelled_caches, tmp_path):
+    import shutil
+
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(labelled_caches["pretrained"], cache)
+    out = tmp_path / "run"
+    # the command line's smallest budget is 1MB, more than these 400 x 32 rows need: the Python API's bytes
+    from featcache.heads.runs import save_run
+
+    spec = FitSpec(features=[("enc_last", "seg_mean_K4")], targets=["log_g"], head="knn", max_memory=100 * 32 * 24)
+    result = fit_head(cache, spec, progress=False)
+    assert "train rows searched in the cache in 100-row blocks" in result.summary()
+    save_run(result, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_rows"]["sampler"] == "streamed-search"
+    in_memory = run_cli("fit", "--cache", cache, "--layer", "enc_last", "--pool", "seg_mean_K4", "--target", "log_g",
+                        "--head", "knn", "--max-memory", "1MB", "--out", tmp_path / "mem")
+    assert "searched in the cache" not in in_memory.output
+    assert json.loads((tmp_path / "mem" / "metrics.json").read_text())["chosen"] == metrics["chosen"]
+    saved = np.load(out / "predictions.npz")
+    np.testing.assert_allclose(predict_split(out, cache, "test")["pred_log_g"], saved["test_pred"][:, 0], atol=1e-9)
+    # the head's train rows live in that cache: moved away, predict says so in one line, exit 2
+    cache.rename(tmp_path / "moved.zarr")
+    bad = run_cli("predict", "--head", out, "--cache", tmp_path / "moved.zarr", "--split", "test", "--out",
+                  tmp_path / "p.npz", check=False)
+    assert_cli_error(bad, "knn head searches the train rows", str(cache))
+    assert not (tmp_path / "p.npz").exists()
