@@ -89,7 +89,7 @@ class KNNHead:
         if self.train_source_ is None:
             return {"sampler": "in-memory"}
         return {"sampler": "streamed-search", "block_rows": self.block_rows_,
-                "max_memory_bytes": self.block_rows_ * self.train_source_.shape[1] * IN_MEMORY_BYTES_PER_VALUE}
+                "max_memory_bytes": 3 * self.block_rows_ * self.train_source_.shape[1] * IN_MEMORY_BYTES_PER_VALUE}
 
     # -- fitting ------------------------------------------------------------------------------------
     def grid(self, n_train: int) -> list[int]:
@@ -122,10 +122,13 @@ class KNNHead:
         for j in np.flatnonzero(~np.isfinite(y).all(axis=0)):
             raise FeatcacheError(f"target '{target_name(target_names, j)}' has NaN or inf values on the train "
                                  "split; drop or fill those rows")
-        if streamed:  # one streamed pass of moments, which also refuses NaN/inf rows
-            mean, std = column_moments(X_train, split="train")
+        if streamed:
             self.train_source_ = X_train
-            self.block_rows_ = max(64, budget // (shape[1] * IN_MEMORY_BYTES_PER_VALUE))
+            # a third of the budget for a block of train rows, a third for a block of query rows, a third for
+            # the distances between them
+            self.block_rows_ = max(64, budget // (3 * shape[1] * IN_MEMORY_BYTES_PER_VALUE))
+            # one streamed pass of moments in blocks of that size, which also refuses NaN/inf rows
+            mean, std = column_moments(X_train, chunk=self.block_rows_, split="train")
             self.train_z_ = self.train_sq_ = None
         else:
             if not np.isfinite(X).all():
@@ -145,11 +148,14 @@ class KNNHead:
             return self
         from .metrics import r2
 
-        Xv = np.asarray(X_val.load() if hasattr(X_val, "load") else X_val)
+        Xv = X_val if streamed and hasattr(X_val, "load") else np.asarray(
+            X_val.load() if hasattr(X_val, "load") else X_val)  # streamed: validation rows read in blocks too
         yv = np.asarray(y_val, dtype=np.float64).reshape(len(Xv), -1)
-        if Xv.ndim != 2 or Xv.shape[1] != shape[1]:
-            raise FeatcacheError(f"knn: validation features have shape {Xv.shape}; train has {shape[1]} columns")
-        preds = self._predict_ks(Xv, ks)                                  # (K, m, T)
+        if len(Xv.shape) != 2 or Xv.shape[1] != shape[1]:
+            raise FeatcacheError(f"knn: validation features have shape {tuple(Xv.shape)}; train has {shape[1]} "
+                                 "columns")
+        preds = np.concatenate([self._predict_ks(np.asarray(Xv[a:a + self._query_rows()], dtype=np.float32), ks)
+                                for a in range(0, len(Xv), self._query_rows())], axis=1)  # (K, m, T)
         curve = np.stack([np.atleast_1d(r2(yv, p)) for p in preds])       # (K, T)
         best = int(np.argmax(np.nan_to_num(curve.mean(axis=1), nan=-np.inf)))  # smallest k on ties
         self.k_, self.ks_, self.val_r2_per_k_ = ks[best], ks, curve
@@ -191,7 +197,9 @@ class KNNHead:
         take = min(k, n)
         best_d = torch.full((m, take), math.inf, dtype=torch.float64)
         best_i = torch.full((m, take), -1, dtype=torch.int64)
-        q_step = max(1, min(m, BLOCK_ELEMENTS // step))
+        # the distances of `width` queries to a block (float64, with top-k's copies: 24 bytes each) take what the
+        # block's rows take: the last third of the budget the blocks were cut to
+        q_step = max(1, min(m, BLOCK_ELEMENTS // step, source.shape[1]))
         for t0 in range(0, n, step):
             train = torch.from_numpy(self.standardise(source[t0:t0 + step])).double()
             train_sq = (train ** 2).sum(dim=1)
@@ -238,10 +246,15 @@ class KNNHead:
         if self.k_ is None:
             raise FeatcacheError("the knn head is not fitted yet")
 
+    def _query_rows(self, chunk_rows: int = 16_384) -> int:
+        """Query rows searched at once: a streamed head's share of its budget (a train block's size)."""
+        return chunk_rows if self.block_rows_ is None else int(self.block_rows_)
+
     def predict(self, X: Any, chunk_rows: int = 16_384) -> np.ndarray:
         """Predictions in the target's units (float64), query rows streamed in chunks."""
         self._check_fitted()
         n = len(X)
+        chunk_rows = self._query_rows(chunk_rows)
         out = np.empty((n, self.train_y_.shape[1]), dtype=np.float64)
         for start in range(0, n, chunk_rows):
             stop = min(n, start + chunk_rows)

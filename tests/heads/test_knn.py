@@ -109,7 +109,7 @@ def test_streamed_search_equals_the_in_memory_one(labelled_caches, weights, monk
     Xs = np.asarray(cache.features("test", "enc_last", "seg_mean_K4"))
     lazy = FeatureMatrix(cache, "train", [("enc_last", "seg_mean_K4")], draw=None)
     loaded = KNNHead(weights=weights).fit(np.asarray(X), y, np.asarray(Xv), yv)
-    budget = 70 * X.shape[1] * knn_module.IN_MEMORY_BYTES_PER_VALUE  # 70-row blocks of 400 train rows
+    budget = 3 * 70 * X.shape[1] * knn_module.IN_MEMORY_BYTES_PER_VALUE  # 70-row blocks of 400 train rows
     streamed = KNNHead(weights=weights).fit(lazy, y, np.asarray(Xv), yv, max_memory=budget)
     assert streamed.train_z_ is None and streamed.block_rows_ == 70 and streamed.rows["sampler"] == "streamed-search"
     assert loaded.rows == {"sampler": "in-memory"}
@@ -134,7 +134,8 @@ def test_streamed_knn_run_predicts_from_its_cache_and_refuses_a_changed_one(labe
     # the command line's smallest budget is 1MB, more than these 400 x 32 rows need: the Python API's bytes
     from featcache.heads.runs import save_run
 
-    spec = FitSpec(features=[("enc_last", "seg_mean_K4")], targets=["log_g"], head="knn", max_memory=100 * 32 * 24)
+    spec = FitSpec(features=[("enc_last", "seg_mean_K4")], targets=["log_g"], head="knn",
+                   max_memory=3 * 100 * 32 * 24)
     result = fit_head(cache, spec, progress=False)
     assert "train rows searched in the cache in 100-row blocks" in result.summary()
     save_run(result, out)
