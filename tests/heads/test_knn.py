@@ -121,6 +121,9 @@ def test_streamed_search_equals_the_in_memory_one(labelled_caches, weights, monk
     assert state["train_z"] is None and state["train_source"]["fingerprint"] == cache.fingerprint
     again = KNNHead.from_state(state)
     np.testing.assert_allclose(again.predict(Xs), loaded.predict(Xs), rtol=1e-12)
+    changed = {**state, "train_source": {**state["train_source"], "fingerprint": "0" * 32}}
+    with pytest.raises(FeatcacheError, match="is not the 000000000000 this knn head was fitted on"):
+        KNNHead.from_state(changed)
     with pytest.raises(FeatcacheError, match="stream=True needs"):
         KNNHead().fit(np.asarray(X), y, np.asarray(Xv), yv, stream=True)
 
