@@ -44,9 +44,10 @@ def test_the_minimal_forward_is_the_model_it_times():
 
     loaded = load_encoder(CKPT)
     reference = MinimalEncoder(loaded.model.state_dict())
-    x = torch.rand(3, 2, 700)
+    x = torch.rand(3, 2, 700, generator=torch.Generator().manual_seed(0))  # not the suite's global RNG state
     with torch.inference_mode():
         pre, last = reference(x)
         ours = loaded.model.encode(x, ["enc_pre_latent", "enc_last"])
-    assert torch.allclose(pre, ours["enc_pre_latent"], atol=1e-6)
-    assert torch.allclose(last, ours["enc_last"], atol=1e-6)
+    # float32 sums in another order: up to 1.8e-6 over 200 random inputs; a wrong tap is off by O(0.1)
+    assert torch.allclose(pre, ours["enc_pre_latent"], atol=1e-5)
+    assert torch.allclose(last, ours["enc_last"], atol=1e-5)
