@@ -144,8 +144,10 @@ class _Stack:
     def forward(self, xs: list[torch.Tensor], masks: list[torch.Tensor] | None) -> torch.Tensor:
         """Per run of heads (H_s, B, D_s) -> (H, B, T): Linear [-> GELU -> dropout]* -> Linear per head."""
         rest = self.params[self.n_first:]
-        first = [torch.bmm(x, w) for x, (_, w) in zip(xs, self.first_layer(), strict=True)]
-        x = (torch.cat(first) if len(first) > 1 else first[0]) + rest[0]
+        # the first layer's bias added inside the product (as nn.Linear's addmm does), one run of widths each
+        first = [torch.baddbmm(rest[0][start:stop], x, w) for x, ((start, stop), w) in
+                 zip(xs, self.first_layer(), strict=True)]
+        x = torch.cat(first) if len(first) > 1 else first[0]
         rest = rest[1:]
         for i in range(len(self.pad) - 2):
             x = torch.nn.functional.gelu(x)
@@ -388,17 +390,37 @@ def _dropout_masks(stack: _Stack, active: list[int], widths: list[list[int]], dr
     masks = []
     for i in range(1, len(stack.pad) - 1):
         mask = torch.ones(len(active), rows, stack.pad[i], device=device)
-        for k, h in enumerate(active):
+
+        def draw(k: int, h: int, i: int = i, mask: torch.Tensor = mask) -> None:
             p = dropouts[h]
             if p == 0:
-                continue
+                return
             if widths[h][i] == stack.pad[i]:
                 streams[h].draw_into(mask[k], p)  # contiguous: drawn in place
             else:
                 mask[k, :, :widths[h][i]] = streams[h].draw((rows, widths[h][i]), p)
                 mask[k, :, widths[h][i]:] = 0.0
+
+        threads = torch.get_num_threads() if device.type == "cpu" else 1
+        if threads > 1 and len(active) > 1:  # NumPy fills without the GIL: heads' masks side by side, each
+            list(_mask_pool(threads).map(draw, range(len(active)), active))  # from its own stream
+        else:
+            for k, h in enumerate(active):
+                draw(k, h)
         masks.append(mask)
     return masks
+
+
+_MASK_POOLS: dict[int, Any] = {}
+
+
+def _mask_pool(threads: int) -> Any:
+    """One thread pool per thread count, kept for the process (drawing masks every step)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if threads not in _MASK_POOLS:
+        _MASK_POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featcache-masks")
+    return _MASK_POOLS[threads]
 
 
 # -- many fits of one cache ---------------------------------------------------------------------------------

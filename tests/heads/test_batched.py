@@ -23,7 +23,7 @@ def features() -> tuple[dict[int, np.ndarray], np.ndarray]:
     return feats, y
 
 
-def _pairs(features, settings, with_val=True):
+def _pairs(features, settings, with_val=True, threads=None):
     """(batched result, solo result, width) per setting (head, D, seed, lr, weight decay, hidden, dropout)."""
     feats, y = features
     jobs, solo = [], []
@@ -36,7 +36,7 @@ def _pairs(features, settings, with_val=True):
                             y[:N_TRAIN], *val, recipe, data_key=d))
         solo.append(train_head(create_head(head, d, 1, hidden=hidden, dropout=dropout, seed=seed), X[:N_TRAIN],
                                y[:N_TRAIN], *val, recipe, progress=False))
-    return list(zip(train_heads(jobs), solo, [s[1] for s in settings], strict=True))
+    return list(zip(train_heads(jobs, num_threads=threads), solo, [s[1] for s in settings], strict=True))
 
 
 def _assert_same(pairs, features):
@@ -52,12 +52,14 @@ def _assert_same(pairs, features):
             if alone.best_val_r2 is not None else batched.best_val_r2 is None
 
 
-def test_mixed_features_widths_seeds_and_rates_train_as_alone(features):
+@pytest.mark.parametrize("threads", [1, 2], ids=["masks-in-turn", "masks-in-threads"])
+def test_mixed_features_widths_seeds_and_rates_train_as_alone(features, threads):
     """Other feature widths and hidden widths (zero-padded), seeds (shuffle, init, dropout), learning rates
-    and weight decays, dropout on and off; the early stops and plateau halvings fall where they do alone."""
+    and weight decays, dropout on and off; the early stops and plateau halvings fall where they do alone.
+    With two torch threads the heads' masks are drawn side by side, each from its own stream."""
     settings = [("mlp_1", 12, 0, 1e-3, 1e-4, 16, 0.1), ("mlp_1", 12, 1, 1e-3, 1e-4, 16, 0.1),
                 ("mlp_1", 20, 0, 3e-3, 0.0, 32, 0.0), ("mlp_1", 20, 2, 1e-2, 1e-2, 8, 0.2)]
-    pairs = _pairs(features, settings)
+    pairs = _pairs(features, settings, threads=threads)
     _assert_same(pairs, features)
     epochs = {len(alone.history) for _, alone, _ in pairs}
     assert len(epochs) > 1  # some heads stopped early, others ran on: the stack shrank mid-training
