@@ -215,22 +215,25 @@ def _feature_bytes(task: Task) -> int:
     return 4 * rows * task.width
 
 
-def _fit_batch(tasks: list[Task]) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+def _batch_records(cache: FeatureCache, specs: list[FitSpec], infos: list[dict[str, Any]]
+                   ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """A batched pass (heads.batched.fit_heads) and its fits' records."""
     from ..heads.batched import fit_heads
 
-    results = fit_heads(tasks[0].source.cache, [t.spec for t in tasks])
-    return [_record(r, t.spec, _task_info(t)) for r, t in zip(results, tasks, strict=True)]
+    results = fit_heads(cache, specs)
+    return [_record(r, spec, info) for r, spec, info in zip(results, specs, infos, strict=True)]
+
+
+def _fit_batch(tasks: list[Task]) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    return _batch_records(tasks[0].source.cache, [t.spec for t in tasks], [_task_info(t) for t in tasks])
 
 
 def _batch_in_worker(cache_path: str, specs: list[FitSpec], infos: list[dict[str, Any]]
                      ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """A batched pass in a --jobs worker process."""
-    from ..heads.batched import fit_heads
-
+    """A batched pass in a --jobs worker process (the cache opened once per process)."""
     if cache_path not in _WORKER_CACHES:
         _WORKER_CACHES[cache_path] = open_cache(cache_path)
-    results = fit_heads(_WORKER_CACHES[cache_path], specs)
-    return [_record(r, spec, info) for r, spec, info in zip(results, specs, infos, strict=True)]
+    return _batch_records(_WORKER_CACHES[cache_path], specs, infos)
 
 
 # -- planning: units of work and their cost -----------------------------------------------------------------
