@@ -127,15 +127,12 @@ class KNNHead:
             # a third of the budget for a block of train rows, a third for a block of query rows, a third for
             # the distances between them
             self.block_rows_ = max(64, budget // (3 * shape[1] * IN_MEMORY_BYTES_PER_VALUE))
-            # one streamed pass of moments in blocks of that size, which also refuses NaN/inf rows
-            mean, std = column_moments(X_train, chunk=self.block_rows_, split="train")
-            self.x_mean_, self.x_scale_ = mean, np.where(is_constant(std, mean), 1.0, std)
-            self.train_z_ = self.train_sq_ = None
-        else:
-            if not np.isfinite(X).all():
-                raise FeatcacheError("features contain NaN or inf values on the train split; check the cache")
-            mean, std = column_moments(X)
-            self.x_mean_, self.x_scale_ = mean, np.where(is_constant(std, mean), 1.0, std)
+        # one pass of moments (streamed in blocks of that size), which also refuses NaN/inf rows in the one
+        # wording of standardise.nonfinite_rows_error
+        mean, std = column_moments(X_train if streamed else X, split="train",
+                                   **({"chunk": self.block_rows_} if streamed else {}))
+        self.x_mean_, self.x_scale_ = mean, np.where(is_constant(std, mean), 1.0, std)
+        if not streamed:
             self.train_z_ = torch.from_numpy(self.standardise(X))
             self.train_sq_ = (self.train_z_.double() ** 2).sum(dim=1)
         self.train_y_ = torch.from_numpy(y)
