@@ -62,7 +62,7 @@ def test_mask_streams_attach_in_forward_order_and_detach():
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_train_head_follows_the_stream_not_the_global_rng():
+def test_train_head_depends_on_its_recipe_seed_not_the_callers_rng():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 6)).astype(np.float32)
     y = X @ rng.normal(size=6) + 0.1 * rng.normal(size=300)
