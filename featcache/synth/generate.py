@@ -117,9 +117,7 @@ def generate_block(seed: int, start: int, stop: int, mag: float = DEFAULT_MAG, r
     for a in range(0, n, CHUNK_ROWS):  # row chunks keep the temporaries in cache; rows are independent
         b = min(a + CHUNK_ROWS, n)
         sub = {k: v[a:b] for k, v in labels.items()}
-        rest, cont = model.rest_frame_flux(sub)
-        obs = model.shift(rest, redshift[a:b])
-        obs *= (0.5 / np.median(obs, axis=1, keepdims=True)).astype(np.float32)
+        obs, cont = _observed(model, sub, redshift[a:b])
         err = model.noise_sigma(cont[:, model.pad:model.pad + N_PIXELS], mag, sky_scale[a:b], oh_scale[a:b])
         flux[a:b], error[a:b] = obs, err
         snr[a:b] = np.sqrt(np.einsum("ij,ij->i", obs, obs, dtype=np.float64)
@@ -132,6 +130,41 @@ def generate_block(seed: int, start: int, stop: int, mag: float = DEFAULT_MAG, r
                            "random_seed": seeds})
     params.index = pd.RangeIndex(start, stop)
     return {"wave": model.wave.copy(), "flux": flux, "error": error, "noisy": noisy, "params": params}
+
+
+def _observed(model, labels: dict[str, np.ndarray], redshift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The noise-free observed flux (median 0.5) and the rest-frame continuum of one row chunk."""
+    rest, cont = model.rest_frame_flux(labels)
+    obs = model.shift(rest, redshift)
+    obs *= (0.5 / np.median(obs, axis=1, keepdims=True)).astype(np.float32)
+    return obs, cont
+
+
+def noise_free_flux(labels: dict[str, np.ndarray], redshift: np.ndarray,
+                    rv_max: float = DEFAULT_RV_MAX) -> np.ndarray:
+    """The noise-free ``flux`` the generator writes for these labels and redshifts, (n, P) float32.
+
+    ``labels`` maps every name of ``LABEL_RANGES`` to an (n,) array (values outside the ranges are
+    extrapolated by the model, not refused); ``redshift`` is v / c. The same function ``write_synth`` uses,
+    so finite differences of it are derivatives of the benchmark itself (the information bound).
+    ``rv_max`` sets only the rest-frame padding: |v| must stay within it.
+    """
+    missing = set(LABEL_RANGES) - set(labels)
+    if missing:
+        raise FeatcacheError(f"noise_free_flux: missing labels {sorted(missing)}")
+    redshift = np.asarray(redshift, dtype=float).reshape(-1)
+    values = {k: np.asarray(labels[k], dtype=float).reshape(-1) for k in LABEL_RANGES}
+    n = len(redshift)
+    if any(len(v) != n for v in values.values()):
+        raise FeatcacheError("noise_free_flux: every label and the redshift need the same length")
+    if n and float(np.max(np.abs(redshift))) * C_KMS > rv_max * (1 + 1e-9):
+        raise FeatcacheError(f"noise_free_flux: |v| exceeds rv_max={rv_max} km/s")
+    model = get_model(float(rv_max))
+    out = np.empty((n, N_PIXELS), np.float32)
+    for a in range(0, n, CHUNK_ROWS):
+        b = min(a + CHUNK_ROWS, n)
+        out[a:b] = _observed(model, {k: v[a:b] for k, v in values.items()}, redshift[a:b])[0]
+    return out
 
 
 # -- writing a file ---------------------------------------------------------------------------------

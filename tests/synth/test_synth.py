@@ -144,3 +144,14 @@ def test_cli_synth_writes_and_reports(tmp_path):
     assert "Example" in run_cli("synth", "--help").output
     bad = run_cli("synth", tmp_path / "missing" / "x.h5", "--n", "3", "--seed", "1", check=False)
     assert bad.exit_code == 2 and "no such directory" in bad.output
+
+
+def test_noise_free_flux_is_the_written_flux():
+    from featcache.synth import noise_free_flux
+
+    block = generate_block(5, 10, 80)
+    params = block["params"]
+    labels = {name: params[name].to_numpy() for name in LABEL_RANGES}
+    np.testing.assert_array_equal(noise_free_flux(labels, params["redshift"].to_numpy()), block["flux"])
+    with pytest.raises(Exception, match="missing labels"):
+        noise_free_flux({"T_eff": labels["T_eff"]}, params["redshift"].to_numpy())
