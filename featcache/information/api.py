@@ -1,0 +1,328 @@
+"""`featcache.bounds(...)`: per-star Cramer-Rao bounds of a file's spectra under a mask and a noise, and the
+Cannon model they can come from.
+
+Two sources of the Jacobian J (fisher.py has the bound itself):
+
+* ``synth``: the generator's own noise-free spectrum, differentiated by central differences (exact.py); only
+  for files the installed `featcache synth` wrote;
+* ``cannon``: the data-driven model (cannon.py) fitted on a train split's clean flux (or its noisy flux with
+  its errors), in the rest frame; any labelled pfsspec file.
+
+The parameters are the stellar labels the file has (T_eff, log_g, M_H, then a_M and C_M where present) and the
+radial velocity (as the `redshift` column, v/c) when it varies; every bound is marginalised over all of them.
+sigma is what the encoder's second channel holds: error x noise_level for generated noise, the error itself
+for a file's stored noisy array.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..common.errors import FeatcacheError, choices_message
+from ..common.progress import progress as progress_bar
+from ..spectra.pfsspec import PfsDataset
+from .cannon import CannonFitter, CannonModel
+from .exact import DEFAULT_STEPS, generator_info, synth_bounds, synth_parameters
+from .fisher import crb, prior_sigma
+
+STELLAR_LABELS = ("T_eff", "log_g", "M_H", "a_M", "C_M")
+SOURCES = ("auto", "synth", "cannon")
+TRAIN_ON = ("flux", "noisy")
+READ_ROWS = 2048
+Rows = tuple[int, int] | None
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def bar_for(total: int, desc: str, show: bool) -> Any:
+    """A progress bar over spectra (hidden with --quiet), or none at all."""
+    return progress_bar(total=total, desc=desc, unit="spectra") if show else _NoBar()
+
+
+@dataclass
+class Bounds:
+    """Per-star marginalised bounds of one set of spectra: {parameter: (n,)} in the parameter's units
+    (redshift as v/c), with the source of J, the prior ranges and the settings that made them."""
+
+    values: dict[str, np.ndarray]
+    source: str
+    prior: dict[str, tuple[float, float]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parameters(self) -> list[str]:
+        return list(self.values)
+
+    def prior_sigma(self, name: str) -> float:
+        """range / sqrt(12) of the label's prior: a bound above it is prior-limited."""
+        lo, hi = self.prior[name]
+        return prior_sigma(lo, hi)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.values.values()))) if self.values else 0
+
+
+def _rows(ds: PfsDataset, rows: Rows) -> tuple[int, int]:
+    start, stop = (0, ds.n_rows) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= start < stop <= ds.n_rows:
+        raise FeatcacheError(f"{ds.path}: rows {start}:{stop} outside 0:{ds.n_rows} (or empty)")
+    return start, stop
+
+
+def _mask(ds: PfsDataset, mask: Any) -> np.ndarray:
+    if mask is None:
+        return np.ones(ds.n_pixels, dtype=bool)
+    mask = np.asarray(mask)
+    if mask.shape != (ds.n_pixels,) or mask.dtype != bool:
+        raise FeatcacheError(f"{ds.path}: the mask must be ({ds.n_pixels},) booleans, got {mask.shape} {mask.dtype}")
+    if not mask.any():
+        raise FeatcacheError(f"{ds.path}: the mask keeps no pixel")
+    return mask
+
+
+def check_noise(noise: str, noise_level: float, ds: PfsDataset) -> float:
+    """The factor on the error: the level for generated noise, 1 for a stored noisy array (its sigma)."""
+    if noise not in ("generated", "stored"):
+        raise FeatcacheError(f"--noise {noise}: expected generated or stored")
+    if noise == "stored":
+        if not ds.has_noisy:
+            raise FeatcacheError(f"{ds.path}: --noise stored but the file has no 'noisy' array")
+        return 1.0
+    level = float(noise_level)
+    if not (np.isfinite(level) and level > 0):
+        raise FeatcacheError(f"--noise-level must be a positive finite number, got {noise_level}")
+    return level
+
+
+def label_parameters(ds: PfsDataset, labels: Sequence[str] | None, start: int, stop: int) -> tuple[list[str], bool]:
+    """The stellar labels to model (given, or those of STELLAR_LABELS the file has) and whether the redshift
+    is a free parameter (a `redshift` column that is not all zero in these rows)."""
+    available = ds.label_names()
+    names = list(labels) if labels else [n for n in STELLAR_LABELS if n in available]
+    for name in names:
+        if name not in available:
+            raise FeatcacheError(f"{ds.path}: " + choices_message("label", name, available))
+    if not names:
+        raise FeatcacheError(f"{ds.path}: no stellar label to bound ({', '.join(STELLAR_LABELS)}); name them with "
+                             "--label")
+    has_z = "redshift" in available and bool(np.any(ds.labels(["redshift"], start, stop)["redshift"] != 0))
+    return [n for n in names if n != "redshift"], has_z
+
+
+def _redshift(ds: PfsDataset, start: int, stop: int) -> np.ndarray:
+    if "redshift" in ds.label_names():
+        return np.asarray(ds.labels(["redshift"], start, stop)["redshift"], dtype=np.float64)
+    return np.zeros(stop - start)
+
+
+def _attrs(ds: PfsDataset) -> dict[str, Any]:
+    import h5py
+
+    with h5py.File(ds.path, "r") as h5:
+        return dict(h5.attrs)
+
+
+def resolve_source(source: str, ds: PfsDataset) -> str:
+    """auto: `synth` for a file featcache synth wrote (its version must match), else `cannon`."""
+    if source not in SOURCES:
+        raise FeatcacheError("--source: " + choices_message("bound source", source, list(SOURCES)))
+    if source == "auto":
+        return "synth" if _attrs(ds).get("generator") in ("featcache.synth", b"featcache.synth") else "cannon"
+    return source
+
+
+# -- the data-driven model ----------------------------------------------------------------------------------
+def fit_cannon(path: str | os.PathLike[str], rows: Rows = None, *, labels: Sequence[str] | None = None,
+               order: int = 2, train_on: str = "flux", noise_level: float = 1.0, noise: str = "generated",
+               noise_seed: int = 42, show_progress: bool = True) -> CannonModel:
+    """The Cannon model (cannon.py) fitted on rows [start, stop) of a labelled pfsspec file, in the rest frame
+    (each spectrum moved with its own `redshift`). train_on='flux': the clean flux, unweighted; 'noisy': the
+    noisy flux (generated with this noise, or stored) weighted by 1 / sigma^2, for files without clean flux."""
+    if train_on not in TRAIN_ON:
+        raise FeatcacheError("--cannon-train-on: " + choices_message("flux", train_on, list(TRAIN_ON)))
+    with PfsDataset(path) as ds:
+        start, stop = _rows(ds, rows)
+        names, has_z = label_parameters(ds, labels, start, stop)
+        level = check_noise(noise, noise_level, ds) if train_on == "noisy" else 1.0
+        table = ds.labels(names, start, stop)
+        values = np.stack([np.asarray(table[n], dtype=np.float64) for n in names], axis=1)
+        if not np.isfinite(values).all():
+            raise FeatcacheError(f"{path}: NaN or inf labels among rows {start}:{stop} ({', '.join(names)})")
+        z = _redshift(ds, start, stop)
+        centre, scale = values.mean(axis=0), values.std(axis=0)
+        flat = [n for n, s in zip(names, scale, strict=True) if not s > 0]
+        if flat:
+            raise FeatcacheError(f"{path}: label {', '.join(flat)} is constant over rows {start}:{stop}; the model "
+                                 "cannot learn a derivative it never sees (leave it out with --label)")
+        n_terms = len(CannonFitter(names, order, ds.wave, centre, scale, False).terms)
+        if stop - start < 2 * n_terms:
+            raise FeatcacheError(f"{path}: {stop - start} train spectra for a model of {n_terms} terms per pixel; "
+                                 f"give at least {2 * n_terms}")
+        fitter = CannonFitter(names, order, ds.wave, centre, scale, weighted=train_on == "noisy")
+        blocks = [(a, min(a + READ_ROWS, stop)) for a in range(start, stop, READ_ROWS)]
+
+        def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray | None]:
+            if train_on == "flux":
+                return ds.read_flux(a, b).astype(np.float64), None
+            from ..spectra.inputs import NoiseSpec, read_inputs
+
+            spec = NoiseSpec(noise, noise_seed, level)
+            inputs = read_inputs(ds, a, b, None, spec)
+            return inputs.noisy.astype(np.float64), 1.0 / np.maximum(inputs.sigma.astype(np.float64), 1e-30) ** 2
+
+        with bar_for(2 * (stop - start), "cannon: fit", show_progress) as bar:
+            for a, b in blocks:
+                flux, ivar = read(a, b)
+                fitter.add(values[a - start:b - start], flux, z[a - start:b - start], ivar)
+                bar.update(b - a)
+            theta = fitter.solve()
+            model = CannonModel(names, order, ds.wave.copy(), centre, scale, theta, np.zeros(len(ds.wave)),
+                                values.min(axis=0), values.max(axis=0),
+                                (float(z.min()), float(z.max())) if has_z else (0.0, 0.0))
+            model.scatter = _scatter(model, blocks, read, values, z, start, bar, weighted=train_on == "noisy")
+    model.info = {"train": str(path), "rows": [start, stop], "n": stop - start, "order": order,
+                  "train_on": train_on, "noise": {"mode": noise, "level": level} if train_on == "noisy" else None,
+                  "labels": names, "redshift_free": has_z}
+    return model
+
+
+def _scatter(model: CannonModel, blocks: list[tuple[int, int]], read: Any, values: np.ndarray, z: np.ndarray,
+             start: int, bar: Any, weighted: bool) -> np.ndarray:
+    """The per-pixel misfit s: rms residual of the train stars in the rest frame (noisy flux: the residual
+    variance beyond the noise's, floored at 0)."""
+    from .shift import to_rest_frame
+
+    sums = np.zeros(len(model.wave))
+    counts = np.zeros(len(model.wave))
+    for a, b in blocks:
+        flux, ivar = read(a, b)
+        rest, valid = to_rest_frame(flux, model.wave, z[a - start:b - start])
+        resid = rest - model.rest_flux(values[a - start:b - start])
+        excess = resid * resid
+        if weighted:
+            noise_var, _ = to_rest_frame(1.0 / ivar, model.wave, z[a - start:b - start])
+            excess = excess - noise_var
+        ok = valid & np.isfinite(excess)
+        sums += np.where(ok, excess, 0.0).sum(axis=0)
+        counts += ok.sum(axis=0)
+        bar.update(b - a)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return np.sqrt(np.maximum(var, 0.0))
+
+
+def cannon_bounds(model: CannonModel, labels: np.ndarray, redshift: np.ndarray, sigma: np.ndarray,
+                  pixels: np.ndarray, with_redshift: bool) -> np.ndarray:
+    """Per-star bounds (n, L [+ 1]) from the model's J at the stars' labels and redshifts. Pixels the model
+    cannot cover at a star's redshift (the grid's ends, pixels no train star covered) are left out of its F."""
+    _, jac, valid = model.observed(labels, redshift, pixels)
+    assert jac is not None
+    ok = valid & np.isfinite(jac).all(axis=1)
+    jac = np.where(ok[:, None, :], jac, 0.0)
+    sig = np.where(ok, sigma, 1.0)
+    if not with_redshift:
+        jac = jac[:, :-1]
+    return crb(jac, sig)
+
+
+# -- per-star bounds of a file ---------------------------------------------------------------------------------
+def bounds(data: str | os.PathLike[str], mask: Any = None, *, rows: Rows = None, source: str = "auto",
+           noise_level: float = 1.0, noise: str = "generated", model: CannonModel | None = None,
+           train: str | os.PathLike[str] | None = None, train_rows: Rows = None,
+           labels: Sequence[str] | None = None, order: int = 2, train_on: str = "flux",
+           steps: dict[str, float] | None = None, show_progress: bool = True) -> Bounds:
+    """Per-star marginalised Cramer-Rao bounds of rows [start, stop) of a pfsspec file, over the pixels `mask`
+    keeps (None: all), for the noise the encoder sees (sigma = error x noise_level; noise='stored': error).
+
+    source 'synth' (exact: the generator's derivatives; the file must come from the installed generator),
+    'cannon' (the data-driven model: pass a fitted `model`, or `train` (a file, default `data`) and
+    `train_rows` to fit one here) or 'auto' (synth for featcache synth files). Returns a `Bounds`: per
+    parameter an (n,) array in its units (redshift as v/c), the prior ranges and the settings.
+
+        >>> b = featcache.bounds("data/test.h5", mask, source="synth")
+        >>> b.values["log_g"]            # dex, one per spectrum
+    """
+    with PfsDataset(data) as ds:
+        start, stop = _rows(ds, rows)
+        keep = _mask(ds, mask)
+        level = check_noise(noise, noise_level, ds)
+        kind = resolve_source(source, ds)
+        pixels = np.flatnonzero(keep)
+        if kind == "synth":
+            gen = generator_info(ds.path, _attrs(ds))
+            _, has_z = label_parameters(ds, None, start, stop)
+            params = synth_parameters(has_z)
+            return _synth_file(ds, start, stop, pixels, level, params, gen, steps, show_progress)
+        if model is None:
+            model = fit_cannon(train or data, train_rows if train is not None or train_rows is not None
+                               else (start, stop), labels=labels, order=order, train_on=train_on,
+                               noise_level=level, noise=noise, show_progress=show_progress)
+        return _cannon_file(ds, start, stop, pixels, level, model, show_progress)
+
+
+def _read_sigma(ds: PfsDataset, a: int, b: int, pixels: np.ndarray, level: float) -> np.ndarray:
+    return ds.read_error(a, b)[:, pixels].astype(np.float64) * level
+
+
+def _synth_file(ds: PfsDataset, start: int, stop: int, pixels: np.ndarray, level: float, params: list[str],
+                gen: dict[str, Any], steps: dict[str, float] | None, show_progress: bool) -> Bounds:
+    from ..synth.physics import LABEL_RANGES
+
+    names = [p for p in params if p != "redshift"]
+    out = np.empty((stop - start, len(params)))
+    with bar_for(stop - start, "bounds: synth", show_progress) as bar:
+        for a in range(start, stop, READ_ROWS):
+            b = min(a + READ_ROWS, stop)
+            table = ds.labels(names, a, b)
+            out[a - start:b - start] = synth_bounds(
+                {k: np.asarray(v, dtype=np.float64) for k, v in table.items()}, _redshift(ds, a, b),
+                _read_sigma(ds, a, b, pixels, level), pixels, gen["rv_max"], params, steps, progress=bar.update)
+    prior = {k: tuple(map(float, LABEL_RANGES[k])) for k in names}
+    if "redshift" in params:
+        prior["redshift"] = (-gen["rv_max"] / 299792.458, gen["rv_max"] / 299792.458)
+    settings = {**gen, "steps": {k: float(v) for k, v in {**DEFAULT_STEPS, **(steps or {})}.items() if k in params},
+                "difference": "central", "noise_level": level, "pixels": int(len(pixels))}
+    return Bounds({p: out[:, k] for k, p in enumerate(params)}, "synth", prior, settings)
+
+
+def _cannon_file(ds: PfsDataset, start: int, stop: int, pixels: np.ndarray, level: float, model: CannonModel,
+                 show_progress: bool) -> Bounds:
+    if len(model.wave) != ds.n_pixels or not np.allclose(model.wave, ds.wave, rtol=0, atol=1e-6):
+        raise FeatcacheError(f"{ds.path}: the Cannon model was fitted on another wavelength grid")
+    available = ds.label_names()
+    missing = [n for n in model.labels if n not in available]
+    if missing:
+        raise FeatcacheError(f"{ds.path}: no label {', '.join(missing)} (the Cannon model's labels)")
+    with_z = bool(model.info.get("redshift_free", model.redshift_range != (0.0, 0.0)))
+    params = [*model.labels, *(["redshift"] if with_z else [])]
+    out = np.empty((stop - start, len(params)))
+    with bar_for(stop - start, "bounds: cannon", show_progress) as bar:
+        for a in range(start, stop, 256):
+            b = min(a + 256, stop)
+            table = ds.labels(model.labels, a, b)
+            values = np.stack([np.asarray(table[n], dtype=np.float64) for n in model.labels], axis=1)
+            out[a - start:b - start] = cannon_bounds(model, values, _redshift(ds, a, b),
+                                                     _read_sigma(ds, a, b, pixels, level), pixels, with_z)
+            bar.update(b - a)
+    prior = {n: (float(lo), float(hi)) for n, lo, hi in zip(model.labels, model.low, model.high, strict=True)}
+    if with_z:
+        prior["redshift"] = tuple(map(float, model.redshift_range))
+    settings = {"model": "cannon", "order": model.order, "train": model.info, "noise_level": level,
+                "pixels": int(len(pixels)), "redshift_derivative": "wavelength derivative of the shifted model"}
+    return Bounds({p: out[:, k] for k, p in enumerate(params)}, "cannon", prior, settings)
+
+
