@@ -36,7 +36,9 @@ from ..heads.selection import RowSelection
 from ..heads.streaming import parse_memory
 from ..model.taps import PSEUDO_LAYERS
 from . import sweep
+from .bounds import test_bound
 from .cells import CellStore, Fit, Task, cell_key, earlier_keys, run_fits
+from .fullspec import full_spectrum_rows
 from .populations import compared_members, section
 from .render import cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
@@ -244,9 +246,10 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
     return done, len(todo), reused
 
 
-def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit]
+def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit], extra: list[Any] = ()  # type: ignore[assignment]
            ) -> tuple[Any, dict[str, dict[str, Any]], list[tuple[np.ndarray, np.ndarray]], dict[int, Any]]:
-    """The table (cells, then --run rows), with each target's best row by validation R2 marked; also, per row
+    """The table (cells, then --run rows, then the full-spectrum baseline's rows `extra`), with each target's
+    best row by validation R2 marked; also, per row
     of an uncertainty head, (truth, mean, sigma) of its test rows (the first seed's: the calibration plot)."""
     import pandas as pd
 
@@ -272,6 +275,9 @@ def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit
                     sigmas[len(rows)] = (truth, pred, sigma)
                 rows.append(row)
                 predictions.append((truth, pred))
+    for row, truth, pred in extra:  # the full-spectrum baseline (fullspec.py)
+        rows.append(row)
+        predictions.append((truth, pred))
     table = pd.DataFrame(rows)
     table["best"] = False
     best: dict[str, dict[str, Any]] = {}
@@ -315,7 +321,10 @@ def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndar
     for target in targets:
         members, reference = compared_members(table, predictions, labels_of, target)
         if members:
-            lines, data, results = section(members, target, reference, n_boot, binning)
+            paths = [p for p in table.loc[(table["target"] == target) & (table["kind"] != "run"), "source"]
+                     if p in by_path]
+            bound = test_bound(by_path[paths[0]].cache, test_split, target, len(members[0].truth)) if paths else None
+            lines, data, results = section(members, target, reference, n_boot, binning, bound)
             out[target] = {"lines": lines, "data": data, "results": results, "members": members}
     return out
 
@@ -331,7 +340,7 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool = True,
             knn_ks: Sequence[int] | None = None,
             knn_weights: str = "uniform", attn_heads: int = DEFAULT_ATTN_HEADS,
-            max_memory: int | str | None = None) -> CompareResult:
+            max_memory: int | str | None = None, full_spectrum: bool = False) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
 
@@ -360,7 +369,12 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     the figures).
 
     max_memory (bytes, '1GB', '25%'; None: half the available RAM): an MLP cell whose features would exceed
-    it is trained alone, its train rows streamed from the cache (heads.streaming), never batched."""
+    it is trained alone, its train rows streamed from the cache (heads.streaming), never batched.
+
+    full_spectrum adds the field's baseline (reports.fullspec): a Cannon model fitted on the train split,
+    every validation and test spectrum's labels and radial velocity fitted by weighted least squares, one row
+    per target it fits. Where the caches hold bounds (featcache bounds), the per-population section shows
+    each cell's scatter beside the information bound and the fraction of the information it recovers."""
     out = Path(out)
     _check_out(out)
     batched = bool(batched)
@@ -400,12 +414,14 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
         return CompareResult(None, {}, note, out, fitted, reused, [])
     done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit, batched)
     cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
-    table, best, predictions, sigmas = _table(request, cells, done)
+    extra = full_spectrum_rows(sources, targets, splits, CellStore(out), fit=fit, n_boot=n_boot,
+                               show_progress=show_progress) if full_spectrum else []
+    table, best, predictions, sigmas = _table(request, cells, done, extra)
     settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
                 "baselines": baselines, "device": device, "binning": binning.describe(), "train_sizes": sizes,
                 "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas,
                 "sweep": swept, "knn_ks": list(knn_ks) if knn_ks else None, "knn_weights": knn_weights,
-                "attn_heads": attn_heads}
+                "attn_heads": attn_heads, "full_spectrum": bool(full_spectrum)}
     efficiency = label_efficiency(cells, done, n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
                           (fitted, reused), sweep_rows, _calibration_cells(table, targets, sigmas))

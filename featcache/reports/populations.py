@@ -163,10 +163,11 @@ def _population_table(rows: list[dict[str, Any]], members: list[Member], referen
 
 
 def section(members: list[Member], target: str, reference: str | None, n_boot: int = N_BOOT,
-            binning: Binning | None = None) -> tuple[list[str], dict[str, Any], list[AxisResult]]:
+            binning: Binning | None = None, bound: Any = None) -> tuple[list[str], dict[str, Any], list[AxisResult]]:
     """The markdown of a per-population section for one target, its data (compare.json), and every axis's
     result (for the plots): S/N, the target and the axes given edges in tables, every varying label in the
-    data."""
+    data. With `bound` (reports.bounds.BoundInfo on the same rows), each cell's scatter beside the
+    information bound per bin of the target and of S/N, and the fraction of the information it recovers."""
     binning = binning or Binning()
     giant_logg = binning.giant_logg
     first = members[0]
@@ -188,6 +189,13 @@ def section(members: list[Member], target: str, reference: str | None, n_boot: i
     data = {"target": target, "reference": reference, "binning": binning.describe(), "populations": pop,
             "axes": [{"axis": r.axis, "unit": unit(r.axis), "edges": r.edges.tolist(),
                       "curves": [c.__dict__ for c in r.curves], "differences": r.differences} for r in results]}
+    if bound is not None:
+        from .bounds import section_lines
+
+        axis_values = {r.axis: (_axis_values(first, r.axis, target), r.edges) for r in results
+                       if r.axis == target or r.axis in SNR_COLUMNS}
+        bound_lines, data["bound"] = section_lines(target, members, axis_values, bound, n_boot)
+        lines += bound_lines
     return lines, data, results
 
 
@@ -235,11 +243,17 @@ def summary_sentences(results: list[AxisResult], target: str, reference: str | N
 
 
 def draw(results: list[AxisResult], members: list[Member], target: str, out: Path, stem: str,
-         title: str = "") -> list[tuple[str, Path]]:
-    """The binned curves per axis and the Kiel diagram of the first member: (caption, path) pairs."""
-    from .plots import binned_curves, kiel_diagram
+         title: str = "", bound: dict[str, Any] | None = None) -> list[tuple[str, Path]]:
+    """The binned curves per axis, the scatter against S/N beside the information bound (with `bound`, a
+    section's data["bound"]) and the Kiel diagram of the first member: (caption, path) pairs."""
+    from .plots import binned_curves, bound_curves, kiel_diagram
 
     images = []
+    for result in results:
+        if bound and result.axis in bound["axes"] and result.axis in SNR_COLUMNS:
+            path = out / f"{stem}_bound_by_{_safe(result.axis)}.png"
+            bound_curves(result.curves, bound["axes"][result.axis], bound, result.axis, target, path, title)
+            images.append((f"{target}: scatter against {result.axis} beside the information bound", path))
     for result in results:
         path = out / f"{stem}_by_{_safe(result.axis)}.png"
         binned_curves(result.curves, result.axis, unit(result.axis), target, unit(target), path, title)
@@ -274,12 +288,17 @@ def compared_members(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]
     reference = None
     if len(raw):
         picks.append(int(raw["val_r2"].idxmax()))
+    full = sub[sub["kind"] == "full_spectrum"]  # the full-spectrum baseline (reports.fullspec)
+    if len(full):
+        picks.append(int(full["val_r2"].idxmax()))
     members = []
     for i in picks:
         row = table.loc[i]
         truth, pred = predictions[i]
         label = str(row["encoder"])  # one cell per encoder (and one raw-input cell): the name says which
-        cell = f"{row['head']} on {row['layer']}/{row['pool']}"
+        cell = (f"{row['head']} on {row['layer']}/{row['pool']}" if row["kind"] != "full_spectrum" else
+                f"Cannon model ({row['pool'].replace('order', 'order ')}) fitted to every spectrum by weighted "
+                "least squares")
         members.append(Member(label, truth, pred, labels_of(row), cell=cell))
         if row["kind"] == "baseline":
             reference = label
