@@ -10,7 +10,8 @@ from ..common.lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "bounds": "api", "Bounds": "api", "fit_cannon": "api", "STELLAR_LABELS": "api",
-    "CannonModel": "cannon", "crb": "fisher", "fisher_matrix": "fisher", "inverse_fisher": "fisher",
+    "CannonModel": "cannon", "PiecewiseCannon": "cannon", "load_model": "cannon", "fit_with": "fullfit",
+    "crb": "fisher", "fisher_matrix": "fisher", "inverse_fisher": "fisher",
     "prior_sigma": "fisher", "FitSettings": "fullfit", "FitResult": "fullfit", "fit_spectra": "fullfit",
     "synth_jacobian": "exact", "step_stability": "exact", "DEFAULT_STEPS": "exact",
 })

@@ -26,7 +26,7 @@ import numpy as np
 from ..common.errors import FeatcacheError, choices_message
 from ..common.progress import progress as progress_bar
 from ..spectra.pfsspec import PfsDataset
-from .cannon import CannonFitter, CannonModel
+from .cannon import CannonFitter, CannonModel, PiecewiseCannon
 from .exact import DEFAULT_STEPS, generator_info, synth_bounds, synth_parameters
 from .fisher import crb, prior_sigma
 
@@ -146,12 +146,37 @@ def resolve_source(source: str, ds: PfsDataset) -> str:
 
 
 # -- the data-driven model ----------------------------------------------------------------------------------
+CELLS_AUTO = (4, 4, 3)   # local models on T_eff x log_g x [M/H] cells ...
+MIN_CELL_TRAIN = 10000   # ... when the train split has at least this many spectra (auto)
+CELL_MARGIN = 0.5        # each cell's model sees the train stars within half a cell's width around it
+
+
+def cell_grid(cells: str | Sequence[int] | None, n_labels: int, n_train: int) -> tuple[int, ...] | None:
+    """The local models' grid: 'auto' (4 x 4 x 3 over the first three labels from 10000 train spectra on,
+    else none), 'none' / None (one global model), or counts per leading label ('4x4x3' or (4, 4, 3))."""
+    if cells is None or cells == "none":
+        return None
+    if cells == "auto":
+        return CELLS_AUTO[:n_labels] if n_train >= MIN_CELL_TRAIN else None
+    try:
+        grid = tuple(int(c) for c in (cells.lower().split("x") if isinstance(cells, str) else cells))
+    except ValueError:
+        grid = ()
+    if not grid or len(grid) > n_labels or min(grid) < 1:
+        raise FeatcacheError(f"--cannon-cells {cells}: expected auto, none or counts per leading label such as 4x4x3 "
+                             f"(at most {n_labels} labels)")
+    return grid
+
+
 def fit_cannon(path: str | os.PathLike[str], rows: Rows = None, *, labels: Sequence[str] | None = None,
                order: int = 2, train_on: str = "flux", noise_level: float = 1.0, noise: str = "generated",
-               noise_seed: int = 42, show_progress: bool = True) -> CannonModel:
+               noise_seed: int = 42, cells: str | Sequence[int] | None = None,
+               show_progress: bool = True) -> CannonModel | PiecewiseCannon:
     """The Cannon model (cannon.py) fitted on rows [start, stop) of a labelled pfsspec file, in the rest frame
     (each spectrum moved with its own `redshift`). train_on='flux': the clean flux, unweighted; 'noisy': the
-    noisy flux (generated with this noise, or stored) weighted by 1 / sigma^2, for files without clean flux."""
+    noisy flux (generated with this noise, or stored) weighted by 1 / sigma^2, for files without clean flux.
+    cells (cell_grid): local models on a grid over the leading labels as well (a PiecewiseCannon); one pass
+    over the file fits them all."""
     if train_on not in TRAIN_ON:
         raise FeatcacheError("--cannon-train-on: " + choices_message("flux", train_on, list(TRAIN_ON)))
     with PfsDataset(path) as ds:
@@ -168,67 +193,119 @@ def fit_cannon(path: str | os.PathLike[str], rows: Rows = None, *, labels: Seque
         if flat:
             raise FeatcacheError(f"{path}: label {', '.join(flat)} is constant over rows {start}:{stop}; the model "
                                  "cannot learn a derivative it never sees (leave it out with --label)")
-        n_terms = len(CannonFitter(names, order, ds.wave, centre, scale, False).terms)
-        if stop - start < 2 * n_terms:
-            raise FeatcacheError(f"{path}: {stop - start} train spectra for a model of {n_terms} terms per pixel; "
-                                 f"give at least {2 * n_terms}")
-        fitter = CannonFitter(names, order, ds.wave, centre, scale, weighted=train_on == "noisy")
+        weighted = train_on == "noisy"
+        base = CannonFitter(names, order, ds.wave, centre, scale, weighted)
+        if stop - start < 2 * len(base.terms):
+            raise FeatcacheError(f"{path}: {stop - start} train spectra for a model of {len(base.terms)} terms per "
+                                 f"pixel; give at least {2 * len(base.terms)}")
+        grid = cell_grid(cells, len(names), stop - start)
+        edges = [np.linspace(values[:, d].min(), values[:, d].max(), g + 1) for d, g in enumerate(grid or ())]
+        members = _cell_members(values, edges, 3 * len(base.terms))
+        fitters = {key: CannonFitter(names, order, ds.wave, values[m].mean(axis=0),
+                                     np.where(values[m].std(axis=0) > 0, values[m].std(axis=0), 1.0), weighted)
+                   for key, m in members.items()}
         blocks = [(a, min(a + READ_ROWS, stop)) for a in range(start, stop, READ_ROWS)]
 
-        def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray | None]:
-            if train_on == "flux":
-                return ds.read_flux(a, b).astype(np.float64), None
-            from ..spectra.inputs import NoiseSpec, read_inputs
+        def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+            from .shift import to_rest_frame
 
-            spec = NoiseSpec(noise, noise_seed, level)
-            inputs = read_inputs(ds, a, b, None, spec)
-            return inputs.noisy.astype(np.float64), 1.0 / np.maximum(inputs.sigma.astype(np.float64), 1e-30) ** 2
+            if train_on == "flux":
+                flux, ivar = ds.read_flux(a, b).astype(np.float64), None
+            else:
+                from ..spectra.inputs import NoiseSpec, read_inputs
+
+                inputs = read_inputs(ds, a, b, None, NoiseSpec(noise, noise_seed, level))
+                flux = inputs.noisy.astype(np.float64)
+                ivar = 1.0 / np.maximum(inputs.sigma.astype(np.float64), 1e-30) ** 2
+            rest, valid = to_rest_frame(flux, ds.wave, z[a - start:b - start])
+            return rest, valid, None if ivar is None else to_rest_frame(ivar, ds.wave, z[a - start:b - start])[0]
 
         with bar_for(2 * (stop - start), "cannon: fit", show_progress) as bar:
             for a, b in blocks:
-                flux, ivar = read(a, b)
-                fitter.add(values[a - start:b - start], flux, z[a - start:b - start], ivar)
+                rest, valid, w = read(a, b)
+                block = values[a - start:b - start]
+                base.add_rest(block, rest, valid, w)
+                for key, fitter in fitters.items():
+                    sel = members[key][a - start:b - start]
+                    if sel.any():
+                        fitter.add_rest(block[sel], rest[sel], valid[sel], None if w is None else w[sel])
                 bar.update(b - a)
-            theta = fitter.solve()
-            model = CannonModel(names, order, ds.wave.copy(), centre, scale, theta, np.zeros(len(ds.wave)),
-                                values.min(axis=0), values.max(axis=0),
-                                (float(z.min()), float(z.max())) if has_z else (0.0, 0.0))
-            model.scatter = _scatter(model, blocks, read, values, z, start, bar, weighted=train_on == "noisy")
-    model.info = {"train": str(path), "rows": [start, stop], "n": stop - start, "order": order,
-                  "train_on": train_on, "noise": {"mode": noise, "level": level} if train_on == "noisy" else None,
-                  "labels": names, "redshift_free": has_z}
-    return model
+            z_range = (float(z.min()), float(z.max())) if has_z else (0.0, 0.0)
+            models = {key: _model(f, values[members[key]] if key is not None else values, z_range)
+                      for key, f in [(None, base), *fitters.items()]}
+            _scatter(models, members, blocks, read, values, start, bar, weighted)
+    info = {"train": str(path), "rows": [start, stop], "n": stop - start, "order": order, "train_on": train_on,
+            "noise": {"mode": noise, "level": level} if weighted else None, "labels": names, "redshift_free": has_z,
+            "cells": list(grid) if grid else None, "cell_margin": CELL_MARGIN if grid else None}
+    for model in models.values():
+        model.info = info
+    if not grid:
+        return models[None]
+    return PiecewiseCannon(models[None], edges, {k: m for k, m in models.items() if k is not None}, CELL_MARGIN)
 
 
-def _scatter(model: CannonModel, blocks: list[tuple[int, int]], read: Any, values: np.ndarray, z: np.ndarray,
-             start: int, bar: Any, weighted: bool) -> np.ndarray:
-    """The per-pixel misfit s: rms residual of the train stars in the rest frame (noisy flux: the residual
-    variance beyond the noise's, floored at 0)."""
-    from .shift import to_rest_frame
+def _cell_members(values: np.ndarray, edges: list[np.ndarray], minimum: int) -> dict[Any, np.ndarray]:
+    """Per cell of the grid: the train stars inside it widened by CELL_MARGIN of its width (cells with fewer
+    than `minimum` stars are left to the global model)."""
+    import itertools
 
-    sums = np.zeros(len(model.wave))
-    counts = np.zeros(len(model.wave))
+    out: dict[Any, np.ndarray] = {}
+    for key in itertools.product(*(range(len(e) - 1) for e in edges)) if edges else ():
+        inside = np.ones(len(values), dtype=bool)
+        for d, k in enumerate(key):
+            lo, hi = edges[d][k], edges[d][k + 1]
+            pad = CELL_MARGIN * (hi - lo)
+            inside &= (values[:, d] >= lo - pad) & (values[:, d] <= hi + pad)
+        if inside.sum() >= minimum:
+            out[key] = inside
+    return out
+
+
+def _model(fitter: CannonFitter, values: np.ndarray, z_range: tuple[float, float]) -> CannonModel:
+    return CannonModel(fitter.labels, fitter.order, fitter.wave.copy(), fitter.centre, fitter.scale, fitter.solve(),
+                       np.zeros(len(fitter.wave)), values.min(axis=0), values.max(axis=0), z_range)
+
+
+def _scatter(models: dict[Any, CannonModel], members: dict[Any, np.ndarray], blocks: list[tuple[int, int]],
+             read: Any, values: np.ndarray, start: int, bar: Any, weighted: bool) -> None:
+    """Each model's per-pixel misfit s: the rms residual of its train stars in the rest frame (noisy flux: the
+    residual variance beyond the noise's, floored at 0)."""
+    n_pix = len(next(iter(models.values())).wave)
+    sums = {k: np.zeros(n_pix) for k in models}
+    counts = {k: np.zeros(n_pix) for k in models}
     for a, b in blocks:
-        flux, ivar = read(a, b)
-        rest, valid = to_rest_frame(flux, model.wave, z[a - start:b - start])
-        resid = rest - model.rest_flux(values[a - start:b - start])
-        excess = resid * resid
-        if weighted:
-            noise_var, _ = to_rest_frame(1.0 / ivar, model.wave, z[a - start:b - start])
-            excess = excess - noise_var
-        ok = valid & np.isfinite(excess)
-        sums += np.where(ok, excess, 0.0).sum(axis=0)
-        counts += ok.sum(axis=0)
+        rest, valid, w = read(a, b)
+        block = values[a - start:b - start]
+        for key, model in models.items():
+            sel = np.ones(b - a, dtype=bool) if key is None else members[key][a - start:b - start]
+            if not sel.any():
+                continue
+            resid = rest[sel] - model.rest_flux(block[sel])
+            excess = resid * resid
+            if weighted:
+                assert w is not None
+                with np.errstate(divide="ignore"):
+                    excess = excess - 1.0 / w[sel]
+            ok = valid[sel] & np.isfinite(excess)
+            sums[key] += np.where(ok, excess, 0.0).sum(axis=0)
+            counts[key] += ok.sum(axis=0)
         bar.update(b - a)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    return np.sqrt(np.maximum(var, 0.0))
+    for key, model in models.items():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = np.where(counts[key] > 0, sums[key] / np.maximum(counts[key], 1), np.nan)
+        model.scatter = np.sqrt(np.maximum(var, 0.0))
 
 
-def cannon_bounds(model: CannonModel, labels: np.ndarray, redshift: np.ndarray, sigma: np.ndarray,
+def cannon_bounds(model: CannonModel | PiecewiseCannon, labels: np.ndarray, redshift: np.ndarray, sigma: np.ndarray,
                   pixels: np.ndarray, with_redshift: bool) -> np.ndarray:
-    """Per-star bounds (n, L [+ 1]) from the model's J at the stars' labels and redshifts. Pixels the model
-    cannot cover at a star's redshift (the grid's ends, pixels no train star covered) are left out of its F."""
+    """Per-star bounds (n, L [+ 1]) from the model's J at the stars' labels and redshifts (a piecewise model:
+    the local model of the cell each star's labels fall in). Pixels the model cannot cover at a star's
+    redshift (the grid's ends, pixels no train star covered) are left out of its F."""
+    if isinstance(model, PiecewiseCannon):
+        out = np.empty((len(labels), len(model.labels) + int(with_redshift)))
+        for part, rows in model.groups(labels):
+            out[rows] = cannon_bounds(part, labels[rows], redshift[rows], sigma[rows], pixels, with_redshift)
+        return out
     _, jac, valid = model.observed(labels, redshift, pixels)
     assert jac is not None
     ok = valid & np.isfinite(jac).all(axis=1)
@@ -241,16 +318,18 @@ def cannon_bounds(model: CannonModel, labels: np.ndarray, redshift: np.ndarray, 
 
 # -- per-star bounds of a file ---------------------------------------------------------------------------------
 def bounds(data: str | os.PathLike[str], mask: Any = None, *, rows: Rows = None, source: str = "auto",
-           noise_level: float = 1.0, noise: str = "generated", model: CannonModel | None = None,
+           noise_level: float = 1.0, noise: str = "generated", model: CannonModel | PiecewiseCannon | None = None,
            train: str | os.PathLike[str] | None = None, train_rows: Rows = None,
            labels: Sequence[str] | None = None, order: int = 2, train_on: str = "flux",
-           steps: dict[str, float] | None = None, show_progress: bool = True) -> Bounds:
+           cells: str | Sequence[int] | None = "auto", steps: dict[str, float] | None = None,
+           show_progress: bool = True) -> Bounds:
     """Per-star marginalised Cramer-Rao bounds of rows [start, stop) of a pfsspec file, over the pixels `mask`
     keeps (None: all), for the noise the encoder sees (sigma = error x noise_level; noise='stored': error).
 
     source 'synth' (exact: the generator's derivatives; the file must come from the installed generator),
     'cannon' (the data-driven model: pass a fitted `model`, or `train` (a file, default `data`) and
-    `train_rows` to fit one here) or 'auto' (synth for featcache synth files). Returns a `Bounds`: per
+    `train_rows` to fit one here, with `cells` local models: cell_grid) or 'auto' (synth for featcache synth
+    files). Returns a `Bounds`: per
     parameter an (n,) array in its units (redshift as v/c), the prior ranges and the settings.
 
         >>> b = featcache.bounds("data/test.h5", mask, source="synth")
@@ -270,7 +349,7 @@ def bounds(data: str | os.PathLike[str], mask: Any = None, *, rows: Rows = None,
         if model is None:
             model = fit_cannon(train or data, train_rows if train is not None or train_rows is not None
                                else (start, stop), labels=labels, order=order, train_on=train_on,
-                               noise_level=level, noise=noise, show_progress=show_progress)
+                               noise_level=level, noise=noise, cells=cells, show_progress=show_progress)
         return _cannon_file(ds, start, stop, pixels, level, model, show_progress)
 
 
@@ -299,7 +378,8 @@ def _synth_file(ds: PfsDataset, start: int, stop: int, pixels: np.ndarray, level
     return Bounds({p: out[:, k] for k, p in enumerate(params)}, "synth", prior, settings)
 
 
-def _cannon_file(ds: PfsDataset, start: int, stop: int, pixels: np.ndarray, level: float, model: CannonModel,
+def _cannon_file(ds: PfsDataset, start: int, stop: int, pixels: np.ndarray, level: float,
+                 model: CannonModel | PiecewiseCannon,
                  show_progress: bool) -> Bounds:
     if len(model.wave) != ds.n_pixels or not np.allclose(model.wave, ds.wave, rtol=0, atol=1e-6):
         raise FeatcacheError(f"{ds.path}: the Cannon model was fitted on another wavelength grid")
@@ -322,6 +402,7 @@ def _cannon_file(ds: PfsDataset, start: int, stop: int, pixels: np.ndarray, leve
     if with_z:
         prior["redshift"] = tuple(map(float, model.redshift_range))
     settings = {"model": "cannon", "order": model.order, "train": model.info, "noise_level": level,
+                "cells": model.info.get("cells"),
                 "pixels": int(len(pixels)), "redshift_derivative": "wavelength derivative of the shifted model"}
     return Bounds({p: out[:, k] for k, p in enumerate(params)}, "cannon", prior, settings)
 

@@ -16,7 +16,7 @@ from ..common.progress import status
 from ..spectra.inputs import NoiseSpec, read_inputs
 from ..spectra.pfsspec import PfsDataset
 from .api import READ_ROWS, bar_for, fit_cannon
-from .fullfit import FitResult, FitSettings, fit_spectra
+from .fullfit import FitResult, FitSettings, fit_with
 from .store import cache_noise, split_source
 
 BASELINE_VERSION = 1  # part of the baseline's cell key: bump when a change alters its numbers
@@ -32,14 +32,14 @@ class Baseline:
     n_train: int
 
 
-def describe(order: int, train_on: str, settings: FitSettings) -> dict[str, Any]:
+def describe(order: int, train_on: str, settings: FitSettings, cells: Any = "auto") -> dict[str, Any]:
     """What determines the baseline's numbers besides the data (its cell key)."""
     return {"model": "cannon", "order": int(order), "train_on": train_on, "fit": settings.to_dict(),
-            "version": BASELINE_VERSION}
+            "cells": cells if isinstance(cells, str) or cells is None else list(cells), "version": BASELINE_VERSION}
 
 
 def full_spectrum_baseline(cache: FeatureCache, train_split: str, splits: dict[str, str], *, order: int = 2,
-                           train_on: str = "flux", settings: FitSettings | None = None,
+                           train_on: str = "flux", settings: FitSettings | None = None, cells: Any = "auto",
                            show_progress: bool = True) -> Baseline:
     """Fit the model on `train_split` and the spectra of each split in `splits` ({role: split})."""
     settings = (settings or FitSettings()).validate()
@@ -48,7 +48,7 @@ def full_spectrum_baseline(cache: FeatureCache, train_split: str, splits: dict[s
     path, start, stop = split_source(cache, train_split)
     status(f"full-spectrum baseline: Cannon model (order {order}) on {stop - start} '{train_split}' spectra of {path}")
     model = fit_cannon(path, (start, stop), order=order, train_on=train_on, noise_level=level, noise=mode,
-                       noise_seed=seed, show_progress=show_progress)
+                       noise_seed=seed, cells=cells, show_progress=show_progress)
     mask = cache.mask
     pixels = np.flatnonzero(mask)
     noise = NoiseSpec(mode, seed, level).validate()
@@ -60,9 +60,10 @@ def full_spectrum_baseline(cache: FeatureCache, train_split: str, splits: dict[s
             for a in range(start, stop, READ_ROWS):
                 b = min(a + READ_ROWS, stop)
                 inputs = read_inputs(ds, a, b, mask, noise, stream=0)  # draw 0: what the encoder saw
-                parts.append(fit_spectra(model, inputs.noisy, inputs.sigma, pixels, settings, progress=bar.update))
+                parts.append(fit_with(model, inputs.noisy, inputs.sigma, pixels, settings, progress=bar.update))
         fits[role] = FitResult(np.concatenate([p.labels for p in parts]), np.concatenate([p.redshift for p in parts]),
                                np.concatenate([p.chi2 for p in parts]), np.concatenate([p.n_pixels for p in parts]),
                                np.concatenate([p.iterations for p in parts]), parts[0].label_names)
-    info = {**model.info, "scatter_median": float(np.nanmedian(model.scatter)), "pixels": int(len(pixels))}
+    scatter = model.base.scatter if hasattr(model, "base") else model.scatter
+    info = {**model.info, "scatter_median": float(np.nanmedian(scatter)), "pixels": int(len(pixels))}
     return Baseline(fits, info, time.time() - start_time, int(model.info["n"]))

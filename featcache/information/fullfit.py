@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..common.errors import FeatcacheError
-from .cannon import CannonModel
+from .cannon import CannonModel, PiecewiseCannon
 from .shift import observed_positions
 
 C_KMS = 299792.458
@@ -36,9 +36,11 @@ class FitSettings:
     outer: int = 2           # rounds of (labels in the rest frame, then the redshift in the observed frame)
     tol: float = 1e-6        # a start stops when its accepted step moves no scaled parameter by more
     block: int = 64          # stars per vectorised block
+    local_rounds: int = 2    # piecewise models: refits with the local model of the cell of the current labels
 
     def validate(self) -> FitSettings:
-        for name, low in (("grid", 1), ("starts", 1), ("max_iter", 1), ("outer", 1), ("block", 1)):
+        for name, low in (("grid", 1), ("starts", 1), ("max_iter", 1), ("outer", 1), ("block", 1),
+                          ("local_rounds", 0)):
             if int(getattr(self, name)) < low:
                 raise FeatcacheError(f"full-spectrum fit: {name} must be at least {low}, got {getattr(self, name)}")
         if not self.rv_step > 0:
@@ -102,10 +104,12 @@ def _redshift_grid(model: CannonModel, settings: FitSettings) -> np.ndarray:
 
 
 def fit_spectra(model: CannonModel, flux: np.ndarray, sigma: np.ndarray, pixels: np.ndarray,
-                settings: FitSettings | None = None, progress: Callable[[int], None] | None = None) -> FitResult:
+                settings: FitSettings | None = None, progress: Callable[[int], None] | None = None,
+                start: tuple[np.ndarray, np.ndarray] | None = None) -> FitResult:
     """Fit labels and redshift of every star: flux and sigma (n, M) on the observed pixels `pixels` (indices
     into model.wave, the encoder's mask). sigma is the noise (error x noise level); the model's scatter is
-    added to it in the weights."""
+    added to it in the weights. start=(labels (n, L), redshift (n,)) replaces the template search with one
+    start per star (a refinement of an earlier fit)."""
     settings = (settings or FitSettings()).validate()
     flux = np.asarray(flux, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
@@ -142,12 +146,38 @@ def fit_spectra(model: CannonModel, flux: np.ndarray, sigma: np.ndarray, pixels:
         w = 1.0 / (s * s + scatter2[None, :])
         w = np.where(np.isfinite(f) & np.isfinite(w), w, 0.0)
         f = np.where(w > 0, f, 0.0)
-        starts_l, starts_z = _starts(f, w, templates, templates_labels, zs, settings.starts)
+        if start is None:
+            starts_l, starts_z = _starts(f, w, templates, templates_labels, zs, settings.starts)
+        else:
+            starts_l, starts_z = np.asarray(start[0])[a:b, None, :], np.asarray(start[1])[a:b, None]
         labels, z, chi2, iters = _fit_block(model, pairs, theta, pix, f, s, w, starts_l, starts_z, settings)
         out_labels[a:b], out_z[a:b], out_chi2[a:b], out_iter[a:b] = labels, z, chi2, iters
         if progress is not None:
             progress(b - a)
     return FitResult(out_labels, out_z, out_chi2, np.full(n, len(use)), out_iter, list(model.labels))
+
+
+def fit_with(model: CannonModel | PiecewiseCannon, flux: np.ndarray, sigma: np.ndarray, pixels: np.ndarray,
+             settings: FitSettings | None = None, progress: Callable[[int], None] | None = None) -> FitResult:
+    """fit_spectra with a CannonModel, or with a PiecewiseCannon: the global model's fit, then `local_rounds`
+    refits of every star with the local model of the cell its current labels fall in, started there."""
+    settings = (settings or FitSettings()).validate()
+    if not isinstance(model, PiecewiseCannon):
+        return fit_spectra(model, flux, sigma, pixels, settings, progress)
+    result = fit_spectra(model.base, flux, sigma, pixels, settings)
+    for _ in range(settings.local_rounds):
+        labels, z = result.labels.copy(), result.redshift.copy()
+        chi2, iters, npix = result.chi2.copy(), result.iterations.copy(), result.n_pixels.copy()
+        for part, rows in model.groups(result.labels):
+            start = (np.clip(result.labels[rows], part.low, part.high), result.redshift[rows])
+            local = fit_spectra(part, flux[rows], sigma[rows], pixels, settings, start=start)
+            labels[rows], z[rows], chi2[rows] = local.labels, local.redshift, local.chi2
+            iters[rows] += local.iterations
+            npix[rows] = local.n_pixels
+        result = FitResult(labels, z, chi2, npix, iters, result.label_names)
+    if progress is not None:
+        progress(len(flux))
+    return result
 
 
 def _starts(f: np.ndarray, w: np.ndarray, templates: np.ndarray, grid_labels: np.ndarray, zs: np.ndarray,

@@ -25,7 +25,7 @@ from ..common.errors import FeatcacheError, choices_message
 from ..common.progress import status
 from ..spectra.pfsspec import PfsDataset
 from .api import Bounds, bounds, fit_cannon, resolve_source
-from .cannon import CannonModel
+from .cannon import CannonModel, PiecewiseCannon
 
 BOUNDS_FORMAT = 1
 
@@ -61,17 +61,18 @@ def split_source(cache: FeatureCache, split: str) -> tuple[Path, int, int]:
     return path, start, stop
 
 
-def _request(source: str, order: int, train_on: str, train_split: str, steps: dict[str, float] | None
-             ) -> dict[str, Any]:
+def _request(source: str, order: int, train_on: str, train_split: str, steps: dict[str, float] | None,
+             cells: Any) -> dict[str, Any]:
     if source == "synth":
         return {"source": source, "steps": dict(sorted((steps or {}).items()))}
-    return {"source": source, "order": int(order), "train_on": train_on, "train_split": train_split}
+    return {"source": source, "order": int(order), "train_on": train_on, "train_split": train_split,
+            "cells": cells if isinstance(cells, str) or cells is None else list(cells)}
 
 
 def cache_bounds(cache_path: str | os.PathLike[str], *, source: str = "auto", splits: Sequence[str] | None = None,
                  train_split: str = "train", order: int = 2, train_on: str = "flux",
-                 steps: dict[str, float] | None = None, overwrite: bool = False,
-                 show_progress: bool = True) -> dict[str, Bounds]:
+                 steps: dict[str, float] | None = None, cells: str | Sequence[int] | None = "auto",
+                 overwrite: bool = False, show_progress: bool = True) -> dict[str, Bounds]:
     """Compute the bounds of every split (or `splits`) of a cache and store them in it. An existing source
     group with the same request is kept (returned as stored); another request needs overwrite."""
     cache = open_cache(cache_path)
@@ -82,7 +83,7 @@ def cache_bounds(cache_path: str | os.PathLike[str], *, source: str = "auto", sp
     sources = {split: split_source(cache, split) for split in wanted}
     with PfsDataset(sources[wanted[0]][0]) as ds:
         kind = resolve_source(source, ds)
-    request = _request(kind, order, train_on, train_split, steps)
+    request = _request(kind, order, train_on, train_split, steps, cells)
     todo = []
     for split in wanted:
         if kind in cache.bound_sources(split):
@@ -90,11 +91,14 @@ def cache_bounds(cache_path: str | os.PathLike[str], *, source: str = "auto", sp
             if old == request and not overwrite:
                 continue
             if not overwrite:
-                raise FeatcacheError(f"{cache.path}: split '{split}' has {kind} bounds made with {old}; pass "
-                                     f"--overwrite to replace them with {request}")
+                def words(r: dict[str, Any]) -> str:
+                    return ", ".join(f"{k} {v}" for k, v in (r or {}).items() if k != "source")
+
+                raise FeatcacheError(f"{cache.path}: split '{split}' has {kind} bounds made with {words(old)}; pass "
+                                     f"--overwrite to replace them with {words(request)}")
         todo.append(split)
     mode, level, seed = cache_noise(cache)
-    model: CannonModel | None = None
+    model: CannonModel | PiecewiseCannon | None = None
     if kind == "cannon" and todo:
         if train_split not in cache.splits:
             raise FeatcacheError(f"{cache.path}: " + choices_message("--train-split", train_split, cache.splits))
@@ -102,7 +106,7 @@ def cache_bounds(cache_path: str | os.PathLike[str], *, source: str = "auto", sp
         status(f"bounds: fitting the Cannon model (order {order}, {train_on}) on {stop - start} spectra of "
                f"'{train_split}' ({path})")
         model = fit_cannon(path, (start, stop), order=order, train_on=train_on, noise_level=level, noise=mode,
-                           noise_seed=seed, show_progress=show_progress)
+                           noise_seed=seed, cells=cells, show_progress=show_progress)
     out: dict[str, Bounds] = {}
     mask = cache.mask
     with CacheLock(cache.path).acquire("featcache bounds"):

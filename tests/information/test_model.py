@@ -126,3 +126,36 @@ def test_bounds_of_a_file_from_a_fitted_or_a_given_model(world, model):
     # the noise level scales every bound
     doubled = bounds(world["test"], mask, source="cannon", model=model, noise_level=2.0, show_progress=False)
     np.testing.assert_allclose(doubled.values["log_g"], 2.0 * given.values["log_g"], rtol=1e-9)
+
+
+def test_piecewise_models_fit_their_cells_and_round_trip(world, model, tmp_path):
+    from featcache.information import PiecewiseCannon, fit_with, load_model
+    from featcache.information.api import cannon_bounds
+
+    piecewise = fit_cannon(world["train"], cells=(2, 2), show_progress=False)
+    assert isinstance(piecewise, PiecewiseCannon) and len(piecewise.cells) == 4
+    assert piecewise.info["cells"] == [2, 2]
+    # each local model fits its own stars at least as well as the global one does
+    for part in piecewise.cells.values():
+        assert np.nanmedian(part.scatter) <= np.nanmedian(model.scatter) * 1.01
+    w = world["world"]
+    labels, z = w.draw(30, seed=21)
+    pix = np.arange(len(w.wave))
+    sigma = np.full((30, len(pix)), 0.01)
+    both = cannon_bounds(piecewise, labels, z, sigma, pix, with_redshift=True)
+    one = cannon_bounds(model, labels, z, sigma, pix, with_redshift=True)
+    np.testing.assert_allclose(both, one, rtol=0.05)  # the world is one quadratic: local models agree
+    result = fit_with(piecewise, w.observed(labels, z), sigma, pix)
+    assert np.abs(result.label("log_g") - labels[:, 1]).max() < 0.01
+    again = load_model(piecewise.save(tmp_path / "p.npz"))
+    assert isinstance(again, PiecewiseCannon) and set(again.cells) == set(piecewise.cells)
+    np.testing.assert_array_equal(again.cells[(1, 1)].theta, piecewise.cells[(1, 1)].theta)
+    assert isinstance(load_model(model.save(tmp_path / "m.npz")), CannonModel)
+
+
+def test_a_bad_cell_grid_is_refused(world):
+    from featcache.common.errors import FeatcacheError
+
+    with pytest.raises(FeatcacheError, match="--cannon-cells 4x4x4x4x4"):
+        fit_cannon(world["train"], cells="4x4x4x4x4", show_progress=False)
+    assert fit_cannon(world["train"], cells="auto", show_progress=False).info["cells"] is None  # 1500 < 10000
