@@ -170,7 +170,7 @@ def cell_grid(cells: str | Sequence[int] | None, n_labels: int, n_train: int) ->
 
 def fit_cannon(path: str | os.PathLike[str], rows: Rows = None, *, labels: Sequence[str] | None = None,
                order: int = 2, train_on: str = "flux", noise_level: float = 1.0, noise: str = "generated",
-               noise_seed: int = 42, cells: str | Sequence[int] | None = None,
+               noise_seed: int = 42, cells: str | Sequence[int] | None = "auto",
                show_progress: bool = True) -> CannonModel | PiecewiseCannon:
     """The Cannon model (cannon.py) fitted on rows [start, stop) of a labelled pfsspec file, in the rest frame
     (each spectrum moved with its own `redshift`). train_on='flux': the clean flux, unweighted; 'noisy': the
