@@ -141,3 +141,14 @@ def test_effects_are_recorded_in_the_file(tmp_path):
         assert h5.attrs["generator_version"] == "2" and h5.attrs["wave_medium"] == "air"
         assert h5.attrs["observed_fluxcal_error"] == 0.02 and "observed_airmass_min" not in h5.attrs
         assert "Korg" in h5.attrs["reference_grid"]
+
+
+def test_noise_model_and_labels_are_version_1s():
+    """Version 2 changed the stellar spectra only: the labels and the error arrays of a seed are bitwise version
+    1's (checksums taken from generator version 1, commit fe5cbd4)."""
+    import hashlib
+
+    block = generate_block(1, 0, 8)
+    assert hashlib.sha256(block["error"].tobytes()).hexdigest()[:32] == "110cd419d5a11fd935c949840bc7936c"
+    labels = block["params"][["T_eff", "log_g", "M_H", "a_M", "C_M", "redshift"]].to_numpy()
+    assert hashlib.sha256(labels.tobytes()).hexdigest()[:16] == "d246a86b8b13197f"
