@@ -322,14 +322,14 @@ def bounds(data: str | os.PathLike[str], mask: Any = None, *, rows: Rows = None,
            train: str | os.PathLike[str] | None = None, train_rows: Rows = None,
            labels: Sequence[str] | None = None, order: int = 2, train_on: str = "flux",
            cells: str | Sequence[int] | None = "auto", steps: dict[str, float] | None = None,
-           show_progress: bool = True) -> Bounds:
+           workers: int = 1, show_progress: bool = True) -> Bounds:
     """Per-star marginalised Cramer-Rao bounds of rows [start, stop) of a pfsspec file, over the pixels `mask`
     keeps (None: all), for the noise the encoder sees (sigma = error x noise_level; noise='stored': error).
 
     source 'synth' (exact: the generator's derivatives; the file must come from the installed generator),
     'cannon' (the data-driven model: pass a fitted `model`, or `train` (a file, default `data`) and
     `train_rows` to fit one here, with `cells` local models: cell_grid) or 'auto' (synth for featcache synth
-    files). Returns a `Bounds`: per
+    files; `workers` processes share its generator work). Returns a `Bounds`: per
     parameter an (n,) array in its units (redshift as v/c), the prior ranges and the settings.
 
         >>> b = featcache.bounds("data/test.h5", mask, source="synth")
@@ -345,7 +345,7 @@ def bounds(data: str | os.PathLike[str], mask: Any = None, *, rows: Rows = None,
             gen = generator_info(ds.path, _attrs(ds))
             _, has_z = label_parameters(ds, None, start, stop)
             params = synth_parameters(has_z)
-            return _synth_file(ds, start, stop, pixels, level, params, gen, steps, show_progress)
+            return _synth_file(ds, start, stop, pixels, level, params, gen, steps, show_progress, workers)
         if model is None:
             model = fit_cannon(train or data, train_rows if train is not None or train_rows is not None
                                else (start, stop), labels=labels, order=order, train_on=train_on,
@@ -357,25 +357,63 @@ def _read_sigma(ds: PfsDataset, a: int, b: int, pixels: np.ndarray, level: float
     return ds.read_error(a, b)[:, pixels].astype(np.float64) * level
 
 
+SYNTH_BLOCK = 512  # stars per unit of work of the exact source (a worker's share)
+
+
 def _synth_file(ds: PfsDataset, start: int, stop: int, pixels: np.ndarray, level: float, params: list[str],
-                gen: dict[str, Any], steps: dict[str, float] | None, show_progress: bool) -> Bounds:
+                gen: dict[str, Any], steps: dict[str, float] | None, show_progress: bool, workers: int = 1
+                ) -> Bounds:
+    """The exact source over rows [start, stop): blocks of SYNTH_BLOCK stars, in `workers` processes when
+    more than one (the generator's numpy work runs on one core; the blocks are independent)."""
     from ..synth.physics import LABEL_RANGES
 
     names = [p for p in params if p != "redshift"]
     out = np.empty((stop - start, len(params)))
-    with bar_for(stop - start, "bounds: synth", show_progress) as bar:
-        for a in range(start, stop, READ_ROWS):
-            b = min(a + READ_ROWS, stop)
+
+    def jobs() -> Any:
+        for a in range(start, stop, SYNTH_BLOCK):
+            b = min(a + SYNTH_BLOCK, stop)
             table = ds.labels(names, a, b)
-            out[a - start:b - start] = synth_bounds(
-                {k: np.asarray(v, dtype=np.float64) for k, v in table.items()}, _redshift(ds, a, b),
-                _read_sigma(ds, a, b, pixels, level), pixels, gen["rv_max"], params, steps, progress=bar.update)
+            yield a, ({k: np.asarray(v, dtype=np.float64) for k, v in table.items()}, _redshift(ds, a, b),
+                      _read_sigma(ds, a, b, pixels, level), pixels, gen["rv_max"], params, steps)
+
+    with bar_for(stop - start, "bounds: synth", show_progress) as bar:
+        if workers <= 1:
+            for a, job in jobs():
+                out[a - start:a - start + len(job[1])] = synth_bounds(*job)
+                bar.update(len(job[1]))
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                pending: dict[Any, int] = {}
+                for a, job in jobs():
+                    pending[pool.submit(synth_bounds, *job)] = a
+                    if len(pending) >= 2 * workers:
+                        _collect(pending, out, start, bar, wait_all=False)
+                _collect(pending, out, start, bar, wait_all=True)
     prior = {k: tuple(map(float, LABEL_RANGES[k])) for k in names}
     if "redshift" in params:
         prior["redshift"] = (-gen["rv_max"] / 299792.458, gen["rv_max"] / 299792.458)
     settings = {**gen, "steps": {k: float(v) for k, v in {**DEFAULT_STEPS, **(steps or {})}.items() if k in params},
                 "difference": "central", "noise_level": level, "pixels": int(len(pixels))}
     return Bounds({p: out[:, k] for k, p in enumerate(params)}, "synth", prior, settings)
+
+
+def _collect(pending: dict[Any, int], out: np.ndarray, start: int, bar: Any, wait_all: bool) -> None:
+    """Store finished blocks of the worker pool (at least one; all with wait_all)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    while pending:
+        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        for future in done:
+            a = pending.pop(future)
+            result = future.result()
+            out[a - start:a - start + len(result)] = result
+            bar.update(len(result))
+        if not wait_all:
+            return
 
 
 def _cannon_file(ds: PfsDataset, start: int, stop: int, pixels: np.ndarray, level: float,

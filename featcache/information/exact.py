@@ -40,6 +40,10 @@ def generator_info(path: Any, attrs: dict[str, Any]) -> dict[str, Any]:
         raise FeatcacheError(f"{path}: written by featcache synth generator version {version}, but version "
                              f"{GENERATOR_VERSION} is installed and its physics differs; regenerate the file or use "
                              "--source cannon")
+    effects = sorted(k for k in attrs if str(k).startswith("observed_"))
+    if effects:
+        raise FeatcacheError(f"{path}: written with observed-like effects ({', '.join(effects)}), which the "
+                             "generator's noise-free spectrum does not include; use --source cannon")
     return {"generator": GENERATOR, "generator_version": version, "rv_max": float(attrs.get("rv_max", 300.0))}
 
 

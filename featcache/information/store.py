@@ -72,7 +72,7 @@ def _request(source: str, order: int, train_on: str, train_split: str, steps: di
 def cache_bounds(cache_path: str | os.PathLike[str], *, source: str = "auto", splits: Sequence[str] | None = None,
                  train_split: str = "train", order: int = 2, train_on: str = "flux",
                  steps: dict[str, float] | None = None, cells: str | Sequence[int] | None = "auto",
-                 overwrite: bool = False, show_progress: bool = True) -> dict[str, Bounds]:
+                 overwrite: bool = False, workers: int = 1, show_progress: bool = True) -> dict[str, Bounds]:
     """Compute the bounds of every split (or `splits`) of a cache and store them in it. An existing source
     group with the same request is kept (returned as stored); another request needs overwrite."""
     cache = open_cache(cache_path)
@@ -113,7 +113,7 @@ def cache_bounds(cache_path: str | os.PathLike[str], *, source: str = "auto", sp
         for split in todo:
             path, start, stop = sources[split]
             result = bounds(path, mask, rows=(start, stop), source=kind, noise_level=level, noise=mode,
-                            model=model, steps=steps, show_progress=show_progress)
+                            model=model, steps=steps, workers=workers, show_progress=show_progress)
             write_bounds(cache, split, result, request)
             out[split] = result
         if todo:

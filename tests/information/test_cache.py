@@ -128,9 +128,22 @@ def test_synth_files_get_the_exact_bound_and_another_generator_version_is_refuse
     assert info["settings"]["generator_version"] and info["prior"]["log_g"] == [1.0, 5.0]
     direct = file_bounds(data, cache.mask, rows=(28, 36), source="synth", noise_level=2.0, show_progress=False)
     np.testing.assert_allclose(cache.bounds("test", draw=0)["log_g"], direct.values["log_g"], rtol=1e-12)
-    level1 = file_bounds(data, cache.mask, rows=(28, 36), source="synth", show_progress=False)
+    level1 = file_bounds(data, cache.mask, rows=(28, 36), source="synth", show_progress=False, workers=2)
     np.testing.assert_allclose(direct.values["log_g"], 2.0 * level1.values["log_g"], rtol=1e-9)
     with h5py.File(data, "a") as h5:
         h5.attrs["generator_version"] = "0-old"
     assert_cli_error(run_cli("bounds", "--cache", tmp_path / "s.zarr", "--split", "val", "-q", check=False),
                      str(data), "generator version 0-old", "regenerate")
+
+
+def test_the_exact_source_refuses_observed_like_effects(tmp_path):
+    from featcache.common.errors import FeatcacheError
+    from featcache.synth import write_synth
+    from featcache.synth.observing import ObservingEffects
+
+    data = tmp_path / "o.h5"
+    write_synth(data, 4, seed=6, effects=ObservingEffects(fluxcal_error=0.02))
+    with pytest.raises(FeatcacheError, match="observed-like effects .*observed_fluxcal_error.*--source cannon"):
+        file_bounds(data, source="synth", show_progress=False)
+    with pytest.raises(FeatcacheError, match="observed-like effects"):
+        file_bounds(data, source="auto", show_progress=False)
