@@ -123,16 +123,9 @@ def fit_spectra(model: CannonModel, flux: np.ndarray, sigma: np.ndarray, pixels:
                              "grid and the spectra's pixels do not overlap")
     pix = pixels[use]
     scatter2 = model.scatter[pix] ** 2
-    templates_labels = _template_grid(model, settings)
-    zs = _redshift_grid(model, settings)
-    # templates (G x Z, U): each label point's rest-frame model shifted to each redshift
-    rest = model.rest_flux(templates_labels)
-    pos, _ = observed_positions(model.wave, pix, zs)
-    from .shift import catmull_rom
-
-    shifted = np.stack([catmull_rom(rest, np.broadcast_to(pos[k], (len(rest), len(pix))))[0]
-                        for k in range(len(zs))], axis=1)                      # (G, Z, U)
-    templates = shifted.reshape(-1, len(pix)).astype(np.float32)
+    if start is None:
+        templates_labels, zs = _template_grid(model, settings), _redshift_grid(model, settings)
+        templates = _templates(model, templates_labels, zs, pix)
     theta = np.nan_to_num(model.theta)  # pixels without coefficients carry no weight (see _rest_system)
     iu = np.triu_indices(theta.shape[0])
     pairs = theta.T[:, iu[0]] * theta.T[:, iu[1]]                                # (P, Q(Q+1)/2)
@@ -178,6 +171,17 @@ def fit_with(model: CannonModel | PiecewiseCannon, flux: np.ndarray, sigma: np.n
     if progress is not None:
         progress(len(flux))
     return result
+
+
+def _templates(model: CannonModel, labels: np.ndarray, zs: np.ndarray, pix: np.ndarray) -> np.ndarray:
+    """(G x Z, U) float32: each label point's rest-frame model shifted to each redshift, on the pixels."""
+    from .shift import catmull_rom
+
+    rest = model.rest_flux(labels)
+    pos, _ = observed_positions(model.wave, pix, zs)
+    shifted = np.stack([catmull_rom(rest, np.broadcast_to(pos[k], (len(rest), len(pix))))[0]
+                        for k in range(len(zs))], axis=1)                      # (G, Z, U)
+    return shifted.reshape(-1, len(pix)).astype(np.float32)
 
 
 def _starts(f: np.ndarray, w: np.ndarray, templates: np.ndarray, grid_labels: np.ndarray, zs: np.ndarray,
