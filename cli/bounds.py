@@ -28,11 +28,13 @@ from .common import command, echo_result
               help="Local Cannon models on a grid over the leading labels (T_eff x log_g x [M/H]), each fitted on the "
                    "train stars of its cell and half a cell around it; auto: 4x4x3 from 10000 train spectra on, "
                    "else one global model.")
+@click.option("--cannon-max-train", type=click.IntRange(min=1), default=30000, show_default=True,
+              help="Fit the Cannon on at most this many train spectra (the split's first rows).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes sharing the exact source's generator work (it runs on one core each).")
 @click.option("--overwrite", is_flag=True, help="Replace bounds of this source made with other settings.")
 def command(cache: Path, source: str, splits: tuple[str, ...], train_split: str, cannon_order: int,
-            cannon_train_on: str, cannon_cells: str, workers: int, overwrite: bool) -> None:
+            cannon_train_on: str, cannon_cells: str, cannon_max_train: int, workers: int, overwrite: bool) -> None:
     """Compute every spectrum's Cramer-Rao bound for each stellar label (T_eff, log_g, M_H, a_M, C_M where
     present) and the radial velocity, marginalised over all of them, for the pixels the encoder sees (the
     cache's mask) and the noise it saw (error x noise level), and store them in the cache
@@ -49,8 +51,8 @@ def command(cache: Path, source: str, splits: tuple[str, ...], train_split: str,
     from featcache.information.store import cache_bounds
 
     result = cache_bounds(cache, source=source, splits=list(splits) or None, train_split=train_split,
-                          order=cannon_order, train_on=cannon_train_on, cells=cannon_cells, overwrite=overwrite,
-                          workers=workers)
+                          order=cannon_order, train_on=cannon_train_on, cells=cannon_cells,
+                          max_train=cannon_max_train, overwrite=overwrite, workers=workers)
     lines = ["| split | source | parameter | n | median bound | 16th - 84th percentile | prior-limited |",
              "|---|---|---|---:|---:|---:|---:|"]
     for split, found in result.items():

@@ -149,6 +149,7 @@ def resolve_source(source: str, ds: PfsDataset) -> str:
 CELLS_AUTO = (4, 4, 3)   # local models on T_eff x log_g x [M/H] cells ...
 MIN_CELL_TRAIN = 10000   # ... when the train split has at least this many spectra (auto)
 CELL_MARGIN = 0.5        # each cell's model sees the train stars within half a cell's width around it
+MAX_TRAIN = 30000        # train spectra a cache's Cannon model is fitted on at most (the split's first rows)
 
 
 def cell_grid(cells: str | Sequence[int] | None, n_labels: int, n_train: int) -> tuple[int, ...] | None:
@@ -170,17 +171,22 @@ def cell_grid(cells: str | Sequence[int] | None, n_labels: int, n_train: int) ->
 
 def fit_cannon(path: str | os.PathLike[str], rows: Rows = None, *, labels: Sequence[str] | None = None,
                order: int = 2, train_on: str = "flux", noise_level: float = 1.0, noise: str = "generated",
-               noise_seed: int = 42, cells: str | Sequence[int] | None = "auto",
+               noise_seed: int = 42, cells: str | Sequence[int] | None = "auto", max_train: int | None = None,
                show_progress: bool = True) -> CannonModel | PiecewiseCannon:
     """The Cannon model (cannon.py) fitted on rows [start, stop) of a labelled pfsspec file, in the rest frame
     (each spectrum moved with its own `redshift`). train_on='flux': the clean flux, unweighted; 'noisy': the
     noisy flux (generated with this noise, or stored) weighted by 1 / sigma^2, for files without clean flux.
     cells (cell_grid): local models on a grid over the leading labels as well (a PiecewiseCannon); one pass
-    over the file fits them all."""
+    over the file fits them all. max_train: only the first that many rows (a quadratic per cell needs a few
+    thousand stars, not 100k; the cost is linear in them)."""
     if train_on not in TRAIN_ON:
         raise FeatcacheError("--cannon-train-on: " + choices_message("flux", train_on, list(TRAIN_ON)))
     with PfsDataset(path) as ds:
         start, stop = _rows(ds, rows)
+        if max_train is not None:
+            if int(max_train) < 1:
+                raise FeatcacheError(f"--cannon-max-train must be at least 1, got {max_train}")
+            stop = min(stop, start + int(max_train))
         names, has_z = label_parameters(ds, labels, start, stop)
         level = check_noise(noise, noise_level, ds) if train_on == "noisy" else 1.0
         table = ds.labels(names, start, stop)

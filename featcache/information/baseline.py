@@ -15,7 +15,7 @@ from ..cache.reader import FeatureCache
 from ..common.progress import status
 from ..spectra.inputs import NoiseSpec, read_inputs
 from ..spectra.pfsspec import PfsDataset
-from .api import READ_ROWS, bar_for, fit_cannon
+from .api import MAX_TRAIN, READ_ROWS, bar_for, fit_cannon
 from .fullfit import FitResult, FitSettings, fit_with
 from .store import cache_noise, split_source
 
@@ -32,23 +32,26 @@ class Baseline:
     n_train: int
 
 
-def describe(order: int, train_on: str, settings: FitSettings, cells: Any = "auto") -> dict[str, Any]:
+def describe(order: int, train_on: str, settings: FitSettings, cells: Any = "auto",
+             max_train: int | None = MAX_TRAIN) -> dict[str, Any]:
     """What determines the baseline's numbers besides the data (its cell key)."""
     return {"model": "cannon", "order": int(order), "train_on": train_on, "fit": settings.to_dict(),
-            "cells": cells if isinstance(cells, str) or cells is None else list(cells), "version": BASELINE_VERSION}
+            "cells": cells if isinstance(cells, str) or cells is None else list(cells), "max_train": max_train,
+            "version": BASELINE_VERSION}
 
 
 def full_spectrum_baseline(cache: FeatureCache, train_split: str, splits: dict[str, str], *, order: int = 2,
                            train_on: str = "flux", settings: FitSettings | None = None, cells: Any = "auto",
-                           show_progress: bool = True) -> Baseline:
+                           max_train: int | None = MAX_TRAIN, show_progress: bool = True) -> Baseline:
     """Fit the model on `train_split` and the spectra of each split in `splits` ({role: split})."""
     settings = (settings or FitSettings()).validate()
     start_time = time.time()
     mode, level, seed = cache_noise(cache)
     path, start, stop = split_source(cache, train_split)
-    status(f"full-spectrum baseline: Cannon model (order {order}) on {stop - start} '{train_split}' spectra of {path}")
+    used = stop - start if max_train is None else min(stop - start, int(max_train))
+    status(f"full-spectrum baseline: Cannon model (order {order}) on {used} '{train_split}' spectra of {path}")
     model = fit_cannon(path, (start, stop), order=order, train_on=train_on, noise_level=level, noise=mode,
-                       noise_seed=seed, cells=cells, show_progress=show_progress)
+                       noise_seed=seed, cells=cells, max_train=max_train, show_progress=show_progress)
     mask = cache.mask
     pixels = np.flatnonzero(mask)
     noise = NoiseSpec(mode, seed, level).validate()

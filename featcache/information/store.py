@@ -24,7 +24,7 @@ from ..cache.reader import FeatureCache, open_cache
 from ..common.errors import FeatcacheError, choices_message
 from ..common.progress import status
 from ..spectra.pfsspec import PfsDataset
-from .api import Bounds, bounds, fit_cannon, resolve_source
+from .api import MAX_TRAIN, Bounds, bounds, fit_cannon, resolve_source
 from .cannon import CannonModel, PiecewiseCannon
 
 BOUNDS_FORMAT = 1
@@ -62,17 +62,18 @@ def split_source(cache: FeatureCache, split: str) -> tuple[Path, int, int]:
 
 
 def _request(source: str, order: int, train_on: str, train_split: str, steps: dict[str, float] | None,
-             cells: Any) -> dict[str, Any]:
+             cells: Any, max_train: int | None) -> dict[str, Any]:
     if source == "synth":
         return {"source": source, "steps": dict(sorted((steps or {}).items()))}
     return {"source": source, "order": int(order), "train_on": train_on, "train_split": train_split,
-            "cells": cells if isinstance(cells, str) or cells is None else list(cells)}
+            "cells": cells if isinstance(cells, str) or cells is None else list(cells), "max_train": max_train}
 
 
 def cache_bounds(cache_path: str | os.PathLike[str], *, source: str = "auto", splits: Sequence[str] | None = None,
                  train_split: str = "train", order: int = 2, train_on: str = "flux",
                  steps: dict[str, float] | None = None, cells: str | Sequence[int] | None = "auto",
-                 overwrite: bool = False, workers: int = 1, show_progress: bool = True) -> dict[str, Bounds]:
+                 max_train: int | None = MAX_TRAIN, overwrite: bool = False, workers: int = 1,
+                 show_progress: bool = True) -> dict[str, Bounds]:
     """Compute the bounds of every split (or `splits`) of a cache and store them in it. An existing source
     group with the same request is kept (returned as stored); another request needs overwrite."""
     cache = open_cache(cache_path)
@@ -83,7 +84,7 @@ def cache_bounds(cache_path: str | os.PathLike[str], *, source: str = "auto", sp
     sources = {split: split_source(cache, split) for split in wanted}
     with PfsDataset(sources[wanted[0]][0]) as ds:
         kind = resolve_source(source, ds)
-    request = _request(kind, order, train_on, train_split, steps, cells)
+    request = _request(kind, order, train_on, train_split, steps, cells, max_train)
     todo = []
     for split in wanted:
         if kind in cache.bound_sources(split):
@@ -103,10 +104,11 @@ def cache_bounds(cache_path: str | os.PathLike[str], *, source: str = "auto", sp
         if train_split not in cache.splits:
             raise FeatcacheError(f"{cache.path}: " + choices_message("--train-split", train_split, cache.splits))
         path, start, stop = sources.get(train_split) or split_source(cache, train_split)
-        status(f"bounds: fitting the Cannon model (order {order}, {train_on}) on {stop - start} spectra of "
+        used = stop - start if max_train is None else min(stop - start, int(max_train))
+        status(f"bounds: fitting the Cannon model (order {order}, {train_on}) on {used} spectra of "
                f"'{train_split}' ({path})")
         model = fit_cannon(path, (start, stop), order=order, train_on=train_on, noise_level=level, noise=mode,
-                           noise_seed=seed, cells=cells, show_progress=show_progress)
+                           noise_seed=seed, cells=cells, max_train=max_train, show_progress=show_progress)
     out: dict[str, Bounds] = {}
     mask = cache.mask
     with CacheLock(cache.path).acquire("featcache bounds"):

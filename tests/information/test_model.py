@@ -159,3 +159,10 @@ def test_a_bad_cell_grid_is_refused(world):
     with pytest.raises(FeatcacheError, match="--cannon-cells 4x4x4x4x4"):
         fit_cannon(world["train"], cells="4x4x4x4x4", show_progress=False)
     assert fit_cannon(world["train"], cells="auto", show_progress=False).info["cells"] is None  # 1500 < 10000
+
+
+def test_max_train_fits_on_the_first_rows(world):
+    capped = fit_cannon(world["train"], max_train=400, show_progress=False)
+    assert capped.info["n"] == 400 and capped.info["rows"] == [0, 400]
+    same = fit_cannon(world["train"], rows=(0, 400), show_progress=False)
+    np.testing.assert_array_equal(capped.theta, same.theta)
