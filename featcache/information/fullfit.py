@@ -35,7 +35,7 @@ class FitSettings:
     max_iter: int = 40       # Levenberg-Marquardt iterations per redshift update
     outer: int = 2           # rounds of (labels in the rest frame, then the redshift in the observed frame)
     tol: float = 1e-6        # a start stops when its accepted step moves no scaled parameter by more
-    block: int = 64          # stars per vectorised block
+    block: int = 256         # stars per vectorised block (x starts: rows of about 8 MB each)
     local_rounds: int = 2    # piecewise models: refits with the local model of the cell of the current labels
 
     def validate(self) -> FitSettings:
