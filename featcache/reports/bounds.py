@@ -206,3 +206,42 @@ def section_lines(target: str, members: list[Any], axis_values: dict[str, tuple[
     data = {"source": bound.source, "description": bound.description, "prior_sigma": bound.prior_sigma,
             "axes": axes, "overall": totals}
     return lines, data
+
+
+@dataclass
+class _Scored:
+    """What overall() needs of a table row: a label and its test residuals."""
+
+    label: str
+    residual: np.ndarray
+
+
+def efficiency_columns(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], caches: dict[str, Any],
+                       targets: list[str], test_split: str, n_boot: int) -> None:
+    """Every table row whose cache holds bounds for its target gets `test_bound_rms`, `test_efficiency` and its
+    95% interval (over the test stars below the prior's spread; one bootstrap for all rows of a target) and
+    `bound_source`; other rows get NaN. Changes `table` in place."""
+    for column in ("test_bound_rms", "test_efficiency", "test_efficiency_lo", "test_efficiency_hi"):
+        table[column] = np.nan
+    table["bound_source"] = ""
+    for target in targets:
+        rows = [i for i in table.index[table["target"] == target] if table.loc[i, "kind"] != "run"]
+        by_cache: dict[str, list[int]] = {}
+        for i in rows:
+            by_cache.setdefault(str(table.loc[i, "source"]), []).append(i)
+        for path, members in by_cache.items():
+            if path not in caches:
+                continue
+            bound = test_bound(caches[path], test_split, target, len(predictions[members[0]][0]))
+            if bound is None:
+                continue
+            scored = [_Scored(str(i), np.asarray(predictions[i][1], np.float64) - np.asarray(predictions[i][0],
+                                                                                             np.float64))
+                      for i in members if len(predictions[i][0]) == len(bound.values)]
+            if not scored:
+                continue
+            for key, entry in overall(scored, bound, n_boot).items():
+                i = int(key)
+                table.loc[i, ["test_bound_rms", "test_efficiency", "test_efficiency_lo", "test_efficiency_hi"]] = [
+                    entry["bound_rms"], entry["efficiency"], entry["efficiency_lo"], entry["efficiency_hi"]]
+                table.loc[i, "bound_source"] = bound.source

@@ -36,7 +36,7 @@ from ..heads.selection import RowSelection
 from ..heads.streaming import parse_memory
 from ..model.taps import PSEUDO_LAYERS
 from . import sweep
-from .bounds import test_bound
+from .bounds import efficiency_columns, test_bound
 from .cells import CellStore, Fit, Task, cell_key, earlier_keys, run_fits
 from .fullspec import full_spectrum_rows
 from .populations import compared_members, section
@@ -417,6 +417,7 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     extra = full_spectrum_rows(sources, targets, splits, CellStore(out), fit=fit, n_boot=n_boot,
                                show_progress=show_progress) if full_spectrum else []
     table, best, predictions, sigmas = _table(request, cells, done, extra)
+    efficiency_columns(table, predictions, {str(s.path): s.cache for s in sources}, targets, test_split, n_boot)
     settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
                 "baselines": baselines, "device": device, "binning": binning.describe(), "train_sizes": sizes,
                 "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas,

@@ -96,6 +96,10 @@ def test_compare_shows_the_full_spectrum_row_and_the_bound_and_report_redraws_it
     assert bound["source"] == "cannon" and set(bound["overall"]) >= {"full-spectrum fit", "raw input"}
     full = bound["overall"]["full-spectrum fit"]
     assert 0.3 < full["efficiency"] < 1.5  # the model is right in this world: near the bound
+    # every cell carries its overall efficiency too, on the same resamples as the section's
+    assert rows[0]["test_efficiency"] == pytest.approx(full["efficiency"], rel=1e-12)
+    assert rows[0]["test_efficiency_lo"] == pytest.approx(full["efficiency_lo"], rel=1e-12)
+    assert all(c["bound_source"] == "cannon" and c["test_efficiency"] > 0 for c in summary["cells"])
     assert "scatter beside the information bound" in result.output and "recovers" in result.output
     assert (out / "population_log_g_bound_by_snr.png").exists()
     before = (out / "compare.md").read_text()
