@@ -17,7 +17,8 @@ import numpy as np
 from ..cache.reader import FeatureCache, open_cache
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
-from ..common.overlap import check_disjoint
+from ..common.overlap import SplitRows, check_disjoint, check_rows_disjoint
+from ..common.progress import status
 from .attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
 from .attention import map_shape
 from .knn import KNNHead
@@ -171,6 +172,17 @@ def check_roles(cache: FeatureCache, train: str, val: str | None, test: str | No
                                      "test once, on different splits")
     check_disjoint([(split, cache.split_identity(split), *cache.split_rows(split)) for _, split in given],
                    what="cache splits")
+    key = tuple(split for _, split in given)
+    if key in cache.checked_roles:
+        return
+    rows = [SplitRows(split, f"rows {cache.split_rows(split)[0]}:{cache.split_rows(split)[1]} of "
+                             f"{cache.meta['splits'][split]['path']}",
+                      cache.split_rows(split)[0], cache.row_hashes(split)) for _, split in given]
+    check_rows_disjoint(rows, what=f"{cache.path}: cache splits", flag="--cache")
+    if len(rows) > 1 and any(r.hashes is None for r in rows):
+        status(f"note: {cache.path} was made before featcache kept row hashes: copies of one spectrum in two of "
+               "its splits cannot be checked (re-extract it to check them)")
+    cache.checked_roles.add(key)
 
 
 def _check_request(cache: FeatureCache, spec: FitSpec) -> None:

@@ -40,7 +40,7 @@ from .cells import CellStore, Fit, Task, cell_key, earlier_keys, run_fits
 from .populations import compared_members, section
 from .render import cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
-from .sources import Source, open_sources
+from .sources import Source, open_sources, test_rows_key
 from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
 
 DEFAULT_HEADS = ("ridge", "mlp_1")
@@ -303,6 +303,7 @@ def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndar
     with paired differences (populations.section)."""
     by_path = {str(s.path): s for s in sources}
     cached: dict[str, dict[str, np.ndarray]] = {}
+    keys = {str(s.path): test_rows_key(s.cache, test_split) for s in sources}
 
     def labels_of(row: Any) -> dict[str, np.ndarray]:
         path = str(row["source"])
@@ -313,9 +314,16 @@ def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndar
 
     out = {}
     for target in targets:
-        members, reference = compared_members(table, predictions, labels_of, target)
+        members, reference, unpaired = compared_members(table, predictions, labels_of, target,
+                                                        lambda row: keys[str(row["source"])])
         if members:
             lines, data, results = section(members, target, reference, n_boot, binning)
+            if unpaired:
+                note = (f"Not paired: {', '.join(unpaired)} scored other test spectra than {members[0].label} (another "
+                        "file, other rows or other noise), so their rows cannot be paired with its; they are left out "
+                        "of this section (the table above scores each on its own test rows).")
+                lines = lines[:2] + [note, ""] + lines[2:]
+                data["unpaired"] = unpaired
             out[target] = {"lines": lines, "data": data, "results": results, "members": members}
     return out
 
