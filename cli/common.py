@@ -13,11 +13,26 @@ import click
 
 from featcache.common.errors import FeatcacheError
 
+MAX_MESSAGE = 1000  # characters of an error line: the start (what and where) and the end (the remedy) are kept
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """A message as one line of bounded length: line breaks (a file name may hold one) shown as \\n, control
+    characters escaped, and the middle of an over-long message cut."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(message))
+    if len(text) > limit:
+        cut = len(text) - limit + 40
+        text = f"{text[:limit * 3 // 4]} ... ({cut} characters cut) ... {text[-(limit // 4 - 40):]}"
+    return text
+
 
 class UserError(click.ClickException):
-    """Printed as 'Error: <message>' on one line; exit status 2."""
+    """Printed as 'Error: <message>' on one line of bounded length; exit status 2."""
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 # (old option, old value or None) -> (new option, new value or None): renamed in 0.2, accepted until 0.3
@@ -110,15 +125,12 @@ def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -
     """Read a YAML of option names into the context's default_map, so the command line still wins."""
     if path is None:
         return
-    import yaml
+    from featcache.common.yamlfile import load_yaml
 
     try:
-        with open(path) as handle:
-            loaded = yaml.safe_load(handle) or {}
-    except OSError as exc:
-        raise UserError(f"--config {path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        loaded = load_yaml(path, what="--config") or {}
+    except FeatcacheError as exc:
+        raise UserError(str(exc)) from None
     if not isinstance(loaded, dict):
         raise UserError(f"--config {path}: expected a mapping of option names to values")
     by_key: dict[str, click.Parameter] = {}

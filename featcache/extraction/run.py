@@ -34,6 +34,7 @@ from .options import ExtractOptions
 from .plan import ExtractPlan, build_plan
 from .shards import detect_shard, shard_blocks, wait_until_prepared
 
+MAX_WAIT = 7 * 24 * 3600.0  # --wait: a shard gives up after at most a week
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -208,6 +209,8 @@ def run_extract(opts: ExtractOptions) -> ExtractReport:
     Sharded (--shard I/N, torchrun or srun): rank 0 prepares the store, every rank computes its own
     contiguous, chunk-aligned share of the blocks, and the last to finish consolidates the metadata.
     """
+    if not 0 <= float(opts.wait_seconds) <= MAX_WAIT:
+        raise FeatcacheError(f"--wait {opts.wait_seconds}: expected seconds in 0..{MAX_WAIT:.0f} (a week)")
     shard, shard_source = detect_shard(opts.shard)
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise FeatcacheError(f"shard {shard[0]}/{shard[1]} from {shard_source}: expected 0 <= I < N")

@@ -125,12 +125,9 @@ def resolve_dilation(path: Path, explicit: int | None) -> tuple[int, str]:
     for suffix in (".yaml", ".yml"):
         beside = path.with_suffix(suffix)
         if beside.exists():
-            import yaml
+            from ..common.yamlfile import load_yaml
 
-            try:
-                config = yaml.safe_load(beside.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise FeatcacheError(f"{beside}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            config = load_yaml(beside) or {}
             model = config.get("model") if isinstance(config, dict) else None
             if isinstance(model, dict) and "dilation" in model:
                 value = model["dilation"]
