@@ -166,6 +166,11 @@ def load_encoder(path: str | os.PathLike[str], *, dilation: int | None = None,
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise FeatcacheError(f"{path}: '{name}' has shape {tuple(state[name].shape)}, expected "
                                  f"{tuple(tensor.shape)} for {config.tag}")
+    for name, tensor in state.items():  # NaN weights would make a "complete" cache of NaN features
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise FeatcacheError(f"{path}: '{name}' holds {bad} NaN or infinite values of {tensor.numel()}; a "
+                                 "diverged or damaged checkpoint cannot encode spectra")
     model.load_state_dict(state, strict=True)
     model.eval().to(device)
     return LoadedEncoder(model=model, config=config, path=path, file_format=fmt, dilation_source=source,
