@@ -25,7 +25,7 @@ from .knn import KNNHead
 from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from .registry import create_head, head_info
-from .ridge import RidgeHead, StreamingStats
+from .ridge import RidgeHead
 from .selection import RoleRows, RowSelection, role_rows
 from .streaming import format_bytes
 from .training import TrainResult, train_head
@@ -267,9 +267,7 @@ def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], p
         return knn, history
     if spec.head == "ridge":
         head = create_head("ridge", in_dim, len(spec.targets), alphas=spec.alphas)
-        train_stats = StreamingStats.from_arrays(x["train"], y["train"])
-        val_stats = StreamingStats.from_arrays(val_x, val_y) if val_x is not None else None
-        ridge = head.fit_stats(train_stats, val_stats, target_names=spec.targets)
+        ridge = head.fit(x["train"], y["train"], val_x, val_y, target_names=spec.targets, max_memory=spec.max_memory)
         history: list[dict[str, Any]] = []
         if ridge.val_r2_per_alpha_ is not None:
             curve = np.asarray(ridge.val_r2_per_alpha_).reshape(len(ridge.alphas_), -1)
