@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ..helpers import CKPT, DATASET, assert_cli_error, learnable_pfs, run_cli, write_pfs
+from ..helpers import CKPT, assert_cli_error, learnable_pfs, run_cli, write_pfs
 from .test_bad_input import refused
 
 
@@ -86,24 +86,18 @@ def test_compare_does_not_pair_different_test_spectra(tmp_path, data):
 
 def test_pretrain_resume_refuses_other_data(tmp_path):
     out = tmp_path / "p.ckpt"
-    other = tmp_path / "other.h5"
-    with h5py.File(DATASET, "r") as f:
-        n, p = f["dataset/arrays/flux/value"].shape
+    n, p = 16, 256
+    data, other = tmp_path / "data.h5", tmp_path / "other.h5"
+    write_pfs(data, n=n, p=p, seed=12)
     write_pfs(other, n=n, p=p, seed=11)
     args = ["pretrain", "--num-layers", "3", "--embed-dim", "4", "--kernel-size", "3", "--max-train", "16",
-            "--max-epochs", "1", "--batch-size", "8",
-            "--mask", "none", "-q", "--out", out]
-    run_cli(*args, "--data", f"train={DATASET}")
+            "--batch-size", "8", "--mask", "none", "-q", "--out", out]
+    run_cli(*args, "--max-epochs", "1", "--data", f"train={data}")
     before = out.read_bytes()
     result = run_cli(*args, "--max-epochs", "2", "--data", f"train={other}", "--resume", check=False)
     assert_cli_error(result, "--resume", "train data", "another file")
-    same_path = tmp_path / "same.h5"  # other content at the path it was trained on
-    run_cli(*args, "--data", f"train={other}", "--out", tmp_path / "q.ckpt")
-    write_pfs(same_path, n=n, p=p, seed=12)
-    run_cli(*args, "--data", f"train={same_path}", "--out", tmp_path / "s.ckpt", "--overwrite")
-    write_pfs(same_path, n=n, p=p, seed=13)
-    result = run_cli(*args, "--max-epochs", "2", "--data", f"train={same_path}", "--out", tmp_path / "s.ckpt",
-                     "--resume", check=False)
+    write_pfs(data, n=n, p=p, seed=13)  # other content at the path it was trained on
+    result = run_cli(*args, "--max-epochs", "2", "--data", f"train={data}", "--resume", check=False)
     assert_cli_error(result, "train data", "other content")
     assert out.read_bytes() == before, "a refused resume changed the checkpoint"
 
