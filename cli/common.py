@@ -39,11 +39,13 @@ class UserError(click.ClickException):
 Renames = dict[tuple[str, str | None], tuple[str, str | None]]
 
 
-def os_error_message(exc: OSError) -> str:
-    """A read-only or full folder, a name too long, a file where a folder was expected: one line naming it."""
+def os_error_message(exc: OSError, output: Any = None) -> str:
+    """A read-only or full folder, a name too long, a file where a folder was expected: one line naming it
+    (the file the system names, else the command's --out, `output`)."""
     import errno
 
-    where = exc.filename if exc.filename is not None else "an output file"
+    where = exc.filename if exc.filename is not None else (f"--out {output}" if output is not None
+                                                            else "an output file")
     why = exc.strerror or errno.errorcode.get(exc.errno or 0, "I/O error")
     hint = {errno.ENOSPC: "; free some space or write elsewhere", errno.EDQUOT: "; free some space or write elsewhere",
             errno.EACCES: "; choose a folder you can write to", errno.EROFS: "; choose a folder you can write to",
@@ -184,7 +186,7 @@ def command(name: str, renames: Renames | None = None, **settings: Any
             except OSError as exc:
                 if exc.errno is None:
                     raise
-                raise UserError(os_error_message(exc)) from None
+                raise UserError(os_error_message(exc, kwargs.get("out"))) from None
 
         wrapped = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet,
                                is_eager=True, help="No progress bars or status lines on stderr.")(wrapper)

@@ -111,12 +111,14 @@ def save_torch(path: str | os.PathLike[str], payload: Any) -> Path:
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def check_not_inside_store(path: str | os.PathLike[str], flag: str = "--out") -> None:
+def check_not_inside_store(path: str | os.PathLike[str], flag: str = "--out", *, folder: bool = False) -> None:
     """Refuse an output inside a Zarr store (a featcache cache): the cache's own arrays would be overwritten or a
-    run's files taken for part of the cache, and --overwrite of the cache would delete them."""
-    here = Path(os.path.abspath(path)).parent
-    for folder in (here, *here.parents):
-        if (folder / "zarr.json").is_file():
+    run's files taken for part of the cache, and --overwrite of the cache would delete them. folder: the output
+    is a folder of files (a run, a report), which must not be a cache itself either."""
+    here = Path(os.path.abspath(path))
+    here = here if folder else here.parent
+    for folder_ in (here, *here.parents):
+        if (folder_ / "zarr.json").is_file():
             from .errors import FeatcacheError
 
-            raise FeatcacheError(f"{flag} {path}: is inside the cache {folder}; write it beside the cache instead")
+            raise FeatcacheError(f"{flag} {path}: is inside the cache {folder_}; write it beside the cache instead")

@@ -40,7 +40,7 @@ def check_run_dir(out: Path, *, overwrite: bool = False, resume: bool = False) -
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FeatcacheError(f"--out {out}: is a file, expected a run directory")
-    check_not_inside_store(out / "metrics.json")
+    check_not_inside_store(out, folder=True)
     earlier = [name for name in RUN_FILES if (out / name).exists()]
     if earlier and not (overwrite or resume):
         hint = "pass --resume to continue it or --overwrite to start again" if "last.pt" in earlier else \

@@ -143,7 +143,7 @@ def _check_out(out: Path) -> None:
     """OUT is a comparison's folder (re-run into it to resume): never a file, never a fit or finetune run."""
     if out.exists() and not out.is_dir():
         raise FeatcacheError(f"--out {out}: is a file, expected a report directory")
-    check_not_inside_store(out / "compare.md")
+    check_not_inside_store(out, folder=True)
     if (out / "head.pt").exists() or (out / "last.pt").exists():
         raise FeatcacheError(f"--out {out}: holds a fit or finetune run; give compare its own --out (it writes "
                              "compare.md, compare.csv, compare.json, plots and cells/ there)")

@@ -132,6 +132,8 @@ def test_outputs_inside_a_cache_are_refused(tmp_path, inputs):  # noqa: F811
     fragments = ("is inside the cache", "c.zarr")
     refused(tmp_path, "fit", "--cache", cache, "--feature", "enc_last/global_mean", "--target", "log_g",
             "--out", cache / "run", fragments=fragments)
+    refused(tmp_path, "fit", "--cache", cache, "--feature", "enc_last/global_mean", "--target", "log_g",
+            "--out", cache, fragments=(f"--out {cache}: is inside the cache {cache}",))
     refused(tmp_path, "compare", "--cache", cache, "--target", "log_g", "--out", cache / "train" / "cmp",
             fragments=fragments)
     refused(tmp_path, "extract", "--ckpt", CKPT, "--data", f"train={inputs['data']}:0:24", "--mask", "none",
@@ -148,3 +150,12 @@ def test_a_shifted_wavelength_grid_says_how_it_differs(tmp_path):
     refused(tmp_path, "extract", "--ckpt", CKPT, "--data", f"train={a}", "--data", f"val={b}", "--mask", "none",
             "--out", tmp_path / "c.zarr", "-q",
             fragments=("b.h5: wavelength grid differs", "both 256 pixels", "a shift of +0.5 A"))
+
+
+def test_an_os_error_without_a_file_name_names_the_output():
+    import errno
+
+    from featcache_cli.common import os_error_message
+
+    message = os_error_message(OSError(errno.ENOSPC, "No space left on device"), "c.zarr")
+    assert message == "--out c.zarr: No space left on device; free some space or write elsewhere"
