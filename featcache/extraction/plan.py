@@ -158,6 +158,9 @@ def _read_splits(specs: list[SplitSpec], draws: dict[str, int], noise: NoiseSpec
             elif ds.wave.shape != wave.shape or not np.allclose(ds.wave, wave, rtol=0, atol=1e-6):
                 raise FeatcacheError(f"{spec.path}: wavelength grid differs from {specs[0].path} (P={ds.n_pixels} "
                                      f"vs {wave.shape[0]}); every split must share one grid")
+            if noise.generated and ds.observed:
+                raise FeatcacheError(f"{spec.path}: observed spectra (written by featcache import): their flux "
+                                     "already carries its noise; use --noise stored")
             if not noise.generated and not ds.has_noisy:
                 raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
                                      "(dataset/arrays/noisy/value); use --noise generated")
