@@ -315,7 +315,7 @@ def export_pfsspec(source: str | os.PathLike[str], out: str | os.PathLike[str], 
     jacobian = np.diff(src_edges_a) / (np.diff(src_edges_nm) * 10.0)   # d lambda_file / d lambda_vac
     to_fnu = (centres_nm * 10.0) ** 2 * jacobian                       # f_nu ~ f_lambda lambda_vac^2, any unit
     grid = 0.5 * (src_edges_nm[1:] + src_edges_nm[:-1]) if options.grid == "native" else pfs_grid(options.grid)
-    weights = rebin_matrix(src_edges_nm, edges_from_centres(grid))
+    weights = rebin_matrix(src_edges_nm, src_edges_nm if options.grid == "native" else edges_from_centres(grid))
     covered = np.asarray(weights.sum(axis=1)).ravel() > 1.0 - 1e-9
     ra0, dec0 = 150.0, 2.0
     spectra: list[SpectrumToWrite] = []
