@@ -31,7 +31,7 @@ def metadata_yaml(planes: dict[str, int], hierarch: bool = False) -> str:
 def write_coadd(path: Path, *, wave_nm: np.ndarray, flux: np.ndarray, variance: np.ndarray, mask: np.ndarray,
                 targets: list[dict], covar1: np.ndarray | None = None, sky: np.ndarray | None = None,
                 planes: dict[str, int] = PLANES, hierarch_target: int | None = None, old_layout: bool = False,
-                arms: tuple[str, ...] = ("b", "r")) -> Path:
+                arms: tuple[str, ...] = ("b", "r"), n_visits: int = 2) -> Path:
     """A pfsCoadd (or pfsCalibrated: same layout). targets: dicts with catId, objId, ra, dec, targetType.
     old_layout: the 2022-2025-01 drp_stella variant (no PRIMARY keys, COVAR an (NOBJ, 3, NPIX) image, WAVELENGTH
     one row per target)."""
@@ -53,7 +53,7 @@ def write_coadd(path: Path, *, wave_nm: np.ndarray, flux: np.ndarray, variance: 
         fits.Column("targetId", "I", array=np.repeat(np.arange(n, dtype=np.int16), 2)),
         pa("filterName", ["g_hsc", "r2_hsc"] * n),
         fits.Column("fiberFlux", "E", array=np.arange(2 * n, dtype=np.float32) + 100)], name="TARGETFLUX")
-    rows = [(i, 123400 + v, arm) for i in range(n) for v in range(2) for arm in arms]
+    rows = [(i, 123400 + v, arm) for i in range(n) for v in range(n_visits) for arm in arms]
     obs_cols = [fits.Column("targetId", "I", array=[r[0] for r in rows]),
                 fits.Column("visit", "J", array=[r[1] for r in rows]),
                 pa("arm", [r[2] for r in rows]),

@@ -175,3 +175,18 @@ def test_inspect_describes_a_product(tmp_path):
 
     data = json.loads(run_cli("inspect", path, "--json").output)
     assert data["mask_pixels"]["CR"] == 1 and data["mask_pixels"]["NO_DATA"] == 3
+
+
+def test_pfs_calibrated_by_name_and_by_layout(tmp_path):
+    flux, variance, mask = coadd_arrays()
+    by_name = write_coadd(tmp_path / "pfsCalibrated_PFS_123400_run.fits", wave_nm=WAVE, flux=flux, variance=variance,
+                          mask=mask, targets=TARGETS)
+    assert read_product(by_name).product_basis == "file name" and read_product(by_name).product == "pfsCalibrated"
+    # one visit, merged arms ('brn'): the pfsCalibrated layout, whatever the name
+    write_coadd(tmp_path / "spectra.fits", wave_nm=WAVE, flux=flux, variance=variance, mask=mask, targets=TARGETS,
+                arms=("brn",))
+    merged = write_coadd(tmp_path / "spectra2.fits", wave_nm=WAVE, flux=flux, variance=variance, mask=mask,
+                         targets=TARGETS, arms=("brn",), n_visits=1)
+    product = read_product(merged)
+    assert product.product == "pfsCalibrated" and product.product_basis.startswith("layout: one visit")
+    assert read_product(tmp_path / "spectra.fits").product == "pfsCoadd"   # two visits
