@@ -162,6 +162,9 @@ def _read_splits(specs: list[SplitSpec], draws: dict[str, int], noise: NoiseSpec
                 wave = ds.wave
             else:
                 check_same_grid(ds.wave, wave, spec.path, specs[0].path)
+            if noise.generated and ds.observed:
+                raise FeatcacheError(f"{spec.path}: observed spectra (written by featcache import): their flux "
+                                     "already carries its noise; use --noise stored")
             if not noise.generated and not ds.has_noisy:
                 raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
                                      "(dataset/arrays/noisy/value); use --noise generated")

@@ -224,6 +224,12 @@ class PfsDataset:
     def has_noisy(self) -> bool:
         return "noisy" in self._arrays
 
+    @property
+    def observed(self) -> bool:
+        """Observed spectra (written by `featcache import`): the flux is already noisy, so noise must not be
+        generated on it."""
+        return bool(self._file.attrs.get("featcache_observed", 0))
+
     def info(self) -> DatasetInfo:
         return DatasetInfo(
             path=str(self.path), n_rows=self.n_rows, n_pixels=self.n_pixels,
