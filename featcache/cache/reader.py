@@ -18,6 +18,7 @@ from .layout import (
     BOUNDS_ATTR,
     META_KEY,
     READABLE_FORMATS,
+    ROW_HASH,
     bounds_group,
     feature_path,
     label_path,
@@ -63,6 +64,7 @@ class FeatureCache:
             raise FeatcacheError(f"{self.path}: cache format {meta.get('format')!r} is not one featcache {__version__} "
                                  f"reads ({', '.join(map(str, READABLE_FORMATS))}); upgrade featcache")
         self.meta: dict[str, Any] = meta
+        self.checked_roles: set[tuple[str, ...]] = set()  # role splits whose spectra were found disjoint
 
     # -- description --------------------------------------------------------------------------------
     @property
@@ -123,6 +125,16 @@ class FeatureCache:
         entry = self._split(split)
         return str((entry.get("identity") or {}).get("hash") or os.path.realpath(entry["path"]))
 
+    def row_hashes(self, split: str) -> np.ndarray | None:
+        """(N, 2) uint64: the content hash of each spectrum of the split (draw 0's rows, in order), or None for
+        a cache made before featcache kept them (FORMAT.md)."""
+        self._split(split)
+        try:
+            array = self.root[row_path(split, ROW_HASH)]
+        except KeyError:
+            return None
+        return read_rows(array, self.row_selection(split, None, 0), self.path, np.uint64)
+
     def label_names(self, split: str) -> list[str]:
         return list(self._split(split)["labels"])
 
@@ -177,11 +189,15 @@ class FeatureCache:
         return self.array(path)
 
     def array(self, path: str) -> Any:
-        """The zarr array at `path` (KeyError when absent); damaged array metadata is a one-line error."""
+        """The zarr array at `path`; damaged array metadata, or an array the metadata lists but the store lacks
+        (a deleted folder), is a one-line error (a done marker that is absent is KeyError: not done)."""
         try:
             return self.root[path]
         except KeyError:
-            raise
+            if path.startswith("_done/"):
+                raise
+            raise FeatcacheError(f"{self.path}: '{path}' is missing from the cache (deleted or never written?); "
+                                 "re-extract it with --overwrite") from None
         except Exception as exc:  # noqa: BLE001 -- zarr raises several kinds for damaged metadata
             raise FeatcacheError(f"{self.path}: damaged metadata of '{path}' ({_reason(exc)}); re-extract the "
                                  "cache with --overwrite") from None

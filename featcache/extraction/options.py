@@ -48,7 +48,7 @@ class ExtractOptions:
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     prepare_only: bool = False
-    wait_seconds: float = 3600.0
+    wait_seconds: float = 300.0  # --wait: how long shards 1..N-1 wait for shard 0 (or --prepare) to create the cache
     command: str = "featcache extract"
 
     def __post_init__(self) -> None:  # the Python API takes str paths and any sequences, as the CLI gives

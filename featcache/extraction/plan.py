@@ -8,6 +8,7 @@ reported (one line, naming the option or file) before a cache is created or touc
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ from ..cache.layout import ArraySpec
 from ..cache.writer import SplitLayout, StoreSpec
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError, choices_message
+from ..common.overlap import SplitRows, check_rows_disjoint
+from ..common.progress import status
 from ..model.checkpoint import LoadedEncoder, load_encoder, random_encoder
 from ..model.encoder import CODE_VERSION, EncoderConfig
 from ..model.lean import LeanEncoder, conv_plan
@@ -26,7 +29,7 @@ from ..model.pooling import get_pooling, parse_poolings
 from ..model.taps import DIRECTIONS, PSEUDO_LAYERS, expand_layers
 from ..spectra.inputs import NoiseSpec
 from ..spectra.mask import MaskSpec, make_mask, parse_mask_spec
-from ..spectra.pfsspec import PfsDataset, file_identity
+from ..spectra.pfsspec import PfsDataset, scan_file
 from ..spectra.splits import SplitSpec, check_disjoint, parse_split_specs
 from .options import (
     COMPUTE_DTYPES,
@@ -37,6 +40,8 @@ from .options import (
     STORE_DTYPES,
     ExtractOptions,
 )
+
+MAX_CACHE_ROWS = 2**31 - 1  # rows x draws of all splits: past this, the row coordinates alone are 24 GiB
 
 
 @dataclass
@@ -155,9 +160,11 @@ def _read_splits(specs: list[SplitSpec], draws: dict[str, int], noise: NoiseSpec
             start, stop = spec.resolve(ds.n_rows)
             if wave is None:
                 wave = ds.wave
-            elif ds.wave.shape != wave.shape or not np.allclose(ds.wave, wave, rtol=0, atol=1e-6):
-                raise FeatcacheError(f"{spec.path}: wavelength grid differs from {specs[0].path} (P={ds.n_pixels} "
-                                     f"vs {wave.shape[0]}); every split must share one grid")
+            else:
+                check_same_grid(ds.wave, wave, spec.path, specs[0].path)
+            if noise.generated and ds.observed:
+                raise FeatcacheError(f"{spec.path}: observed spectra (written by featcache import): their flux "
+                                     "already carries its noise; use --noise stored")
             if not noise.generated and not ds.has_noisy:
                 raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
                                      "(dataset/arrays/noisy/value); use --noise generated")
@@ -165,6 +172,65 @@ def _read_splits(specs: list[SplitSpec], draws: dict[str, int], noise: NoiseSpec
         splits.append(SplitLayout(spec.name, spec.path, start, stop, draws[spec.name], labels, {}))
     assert wave is not None
     return splits, wave
+
+
+def check_same_grid(wave: np.ndarray, first: np.ndarray, path: Any, first_path: Any) -> None:
+    """Every split on the first split's wavelength grid (to 1e-6 A), saying how the grids differ."""
+    if wave.shape != first.shape:
+        raise FeatcacheError(f"{path}: wavelength grid has {wave.shape[0]} pixels, {first_path} has {first.shape[0]};"
+                             " every split must share one grid")
+    if not np.allclose(wave, first, rtol=0, atol=1e-6):
+        pixel = int(np.argmax(np.abs(wave - first)))
+        raise FeatcacheError(f"{path}: wavelength grid differs from {first_path}'s (both {wave.shape[0]} pixels; "
+                             f"pixel {pixel} is at {wave[pixel]:.6f} A vs {first[pixel]:.6f} A, a shift of "
+                             f"{wave[pixel] - first[pixel]:+.3g} A); every split must share one grid")
+
+
+def check_cache_size(out: Any, splits: list[SplitLayout]) -> None:
+    """Rows x draws checked before anything is allocated: the row coordinates alone take 12 bytes a row, in
+    memory and on disk, and the features several hundred; a count that cannot fit is refused here, by number,
+    instead of failing inside an allocation (or filling the disk) with a cache half made."""
+    rows = sum(s.n_rows for s in splits)
+    if rows > MAX_CACHE_ROWS:
+        worst = max(splits, key=lambda s: s.n_rows)
+        raise FeatcacheError(f"--noise-draws: {rows:,} rows in all ({worst.n_source:,} spectra x {worst.draws:,} "
+                             f"draws in split '{worst.name}'), over the {MAX_CACHE_ROWS:,} a cache takes; give fewer "
+                             "draws (--noise-draws NAME=K) or fewer spectra")
+    try:
+        free = shutil.disk_usage(_existing_parent(out)).free
+    except OSError:
+        return
+    need = rows * 12  # index (int64) and draw (int32): the least a cache of these rows writes
+    if need > free:
+        raise FeatcacheError(f"--out {out}: {rows:,} rows need at least {need / 2**30:.1f} GiB for their row "
+                             f"coordinates alone, and the disk has {free / 2**30:.1f} GiB free; give fewer draws "
+                             "or spectra, or write elsewhere")
+
+
+def _existing_parent(path: Any) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def scan_splits(splits: list[SplitLayout], mode: str) -> None:
+    """Each file read once (--hash full: every byte) for its identity and the per-row scan of the splits' rows
+    in it: content hashes (copied rows across splits) and NaN pixels (missing values set to 0, named)."""
+    by_file: dict[str, list[SplitLayout]] = {}
+    for split in splits:
+        by_file.setdefault(os.path.realpath(split.path), []).append(split)
+    for group in by_file.values():
+        scan = scan_file(group[0].path, mode=mode, ranges=[(s.start, s.stop) for s in group])
+        for split in group:
+            rows = scan.rows(split.start, split.stop)
+            split.identity, split.row_hash = scan.identity, rows.hashes
+            split.nan_flux = rows.nan_summary()
+            nan = split.nan_flux
+            if nan["rows"]:
+                first = ", ".join(map(str, nan["first_rows"])) + (", ..." if nan["rows"] > 5 else "")
+                status(f"split '{split.name}': {nan['rows']} spectra have NaN flux pixels ({nan['pixels']} pixels; "
+                       f"rows {first} of {split.path}), read as 0 by the reading rule (docs/refusals.md)")
 
 
 def _layers(model: Any, names: list[str], n_kept: int, direction: str, pools: list[str]) -> list[LayerPlan]:
@@ -244,13 +310,14 @@ def build_plan(opts: ExtractOptions) -> ExtractPlan:
                                                                [*encoder.model.tap_names, *PSEUDO_LAYERS]))
     splits, wave = _read_splits(specs, draws, noise)
     check_disjoint([(s.name, os.path.realpath(s.path), s.start, s.stop) for s in splits])
+    check_cache_size(opts.out, splits)
     mask_spec = parse_mask_spec(opts.mask)
     first = splits[0]
     with PfsDataset(first.path) as ds:
         mask = make_mask(mask_spec, ds, first.start, first.stop, source=f"split '{first.name}'")
-    for split in splits:  # every byte read (and every error value checked) before anything is written
-        split.identity = file_identity(split.path, mode=opts.hash)
+    scan_splits(splits, opts.hash)  # every byte read (and every error value checked) before anything is written
     check_disjoint([(s.name, s.identity["hash"], s.start, s.stop) for s in splits])  # copies of one file too
+    check_rows_disjoint([SplitRows(s.name, str(s.path), s.start, s.row_hash) for s in splits])  # copied rows
     layers = _layers(encoder.model, layer_names, int(mask.sum()), opts.direction, pools)
     arrays = _arrays(splits, layers, pools, opts)
     taps = [layer.name for layer in layers if not layer.pseudo]

@@ -149,6 +149,9 @@ def load_splits(opts: FinetuneOptions) -> tuple[dict[str, SplitData], tuple[Path
             elif ds.wave.shape != wave.shape or not np.allclose(ds.wave, wave, rtol=0, atol=1e-6):
                 raise FeatcacheError(f"{spec.path}: wavelength grid differs from {specs[0].path}; every split "
                                      "must share one grid")
+            if opts.noise != "stored" and ds.observed:
+                raise FeatcacheError(f"{spec.path}: observed spectra (written by featcache import): their flux "
+                                     "already carries its noise; use --noise stored")
             if opts.noise == "stored" and not ds.has_noisy:
                 raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
                                      "(dataset/arrays/noisy/value); use --noise generated")

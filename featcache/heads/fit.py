@@ -17,14 +17,15 @@ import numpy as np
 from ..cache.reader import FeatureCache, open_cache
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
-from ..common.overlap import check_disjoint
+from ..common.overlap import SplitRows, check_disjoint, check_rows_disjoint
+from ..common.progress import status
 from .attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
 from .attention import map_shape
 from .knn import KNNHead
 from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from .registry import create_head, head_info
-from .ridge import RidgeHead, StreamingStats
+from .ridge import RidgeHead
 from .selection import RoleRows, RowSelection, role_rows
 from .streaming import format_bytes
 from .training import TrainResult, train_head
@@ -171,6 +172,17 @@ def check_roles(cache: FeatureCache, train: str, val: str | None, test: str | No
                                      "test once, on different splits")
     check_disjoint([(split, cache.split_identity(split), *cache.split_rows(split)) for _, split in given],
                    what="cache splits")
+    key = tuple(split for _, split in given)
+    if key in cache.checked_roles:
+        return
+    rows = [SplitRows(split, f"rows {cache.split_rows(split)[0]}:{cache.split_rows(split)[1]} of "
+                             f"{cache.meta['splits'][split]['path']}",
+                      cache.split_rows(split)[0], cache.row_hashes(split)) for _, split in given]
+    check_rows_disjoint(rows, what=f"{cache.path}: cache splits", flag="--cache")
+    if len(rows) > 1 and any(r.hashes is None for r in rows):
+        status(f"note: {cache.path} was made before featcache kept row hashes: copies of one spectrum in two of "
+               "its splits cannot be checked (re-extract it to check them)")
+    cache.checked_roles.add(key)
 
 
 def _check_request(cache: FeatureCache, spec: FitSpec) -> None:
@@ -255,9 +267,7 @@ def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], p
         return knn, history
     if spec.head == "ridge":
         head = create_head("ridge", in_dim, len(spec.targets), alphas=spec.alphas)
-        train_stats = StreamingStats.from_arrays(x["train"], y["train"])
-        val_stats = StreamingStats.from_arrays(val_x, val_y) if val_x is not None else None
-        ridge = head.fit_stats(train_stats, val_stats, target_names=spec.targets)
+        ridge = head.fit(x["train"], y["train"], val_x, val_y, target_names=spec.targets, max_memory=spec.max_memory)
         history: list[dict[str, Any]] = []
         if ridge.val_r2_per_alpha_ is not None:
             curve = np.asarray(ridge.val_r2_per_alpha_).reshape(len(ridge.alphas_), -1)

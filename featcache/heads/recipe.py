@@ -3,6 +3,7 @@ once; the command line shows these values. Torch-free, so reading the defaults i
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,8 +11,17 @@ from ..common.errors import FeatcacheError
 
 DEFAULT_HIDDEN = 256
 DEFAULT_DROPOUT = 0.1
+MAX_SEED = 2**63 - 1  # seeds go to torch.manual_seed and numpy's SeedSequence: non-negative, 64-bit signed
 KNN_WEIGHTS = ("uniform", "distance")  # knn's --knn-weights
 DEFAULT_ATTN_HEADS = 4                 # attn's --attn-heads
+
+
+def is_seed(value: object) -> bool:
+    """A whole number in 0..MAX_SEED (bool is not a seed)."""
+    try:
+        return not isinstance(value, bool) and int(value) == value and 0 <= int(value) <= MAX_SEED  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 @dataclass
@@ -30,9 +40,15 @@ class TrainRecipe:
     eval_batch_size: int = 16_384
 
     def validate(self) -> None:
+        finite = all(math.isfinite(float(v)) for v in (self.lr, self.weight_decay, self.plateau_factor,
+                                                        self.grad_clip or 0.0))
         checks = [
+            (finite, f"--lr, --weight-decay and --grad-clip must be finite numbers, got lr {self.lr}, weight decay "
+                     f"{self.weight_decay}, grad clip {self.grad_clip}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (is_seed(self.seed),
+             f"--seed must be an integer in 0..2**63-1, got {self.seed}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.max_epochs >= 1, f"--max-epochs must be >= 1, got {self.max_epochs}"),
             (0 < self.plateau_factor < 1, f"plateau factor must be in (0, 1), got {self.plateau_factor}"),

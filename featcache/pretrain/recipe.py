@@ -80,7 +80,7 @@ def validate_recipe(recipe: PretrainRecipe) -> None:
     level = float(recipe.noise_level)
     checks = [(recipe.max_epochs >= 0, f"--max-epochs must be >= 0, got {recipe.max_epochs}"),
               (recipe.batch_size >= 1, f"--batch-size must be >= 1, got {recipe.batch_size}"),
-              (recipe.lr > 0, f"--lr must be > 0, got {recipe.lr}"),
+              (math.isfinite(recipe.lr) and recipe.lr > 0, f"--lr must be a finite number > 0, got {recipe.lr}"),
               (math.isfinite(level) and level > 0, f"--noise-level must be a positive finite number, got {level}"),
               (recipe.block_rows >= 1, f"--block-rows must be >= 1, got {recipe.block_rows}"),
               (recipe.save_every is None or recipe.save_every >= 1,
@@ -91,7 +91,8 @@ def validate_recipe(recipe: PretrainRecipe) -> None:
               (0 <= recipe.seed < 2**63, f"--seed must be in 0..2**63-1, got {recipe.seed}"),
               (recipe.noise_seed is None or 0 <= recipe.noise_seed < 2**63,
                f"--noise-seed must be in 0..2**63-1, got {recipe.noise_seed}"),
-              (recipe.grad_clip >= 0, f"--grad-clip must be >= 0, got {recipe.grad_clip}"),
+              (math.isfinite(recipe.grad_clip) and recipe.grad_clip >= 0,
+               f"--grad-clip must be a finite number >= 0, got {recipe.grad_clip}"),
               (0 < recipe.plateau_factor < 1, f"--plateau-factor must be in (0, 1), got {recipe.plateau_factor}")]
     for ok, message in checks:
         if not ok:

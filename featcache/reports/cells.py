@@ -254,6 +254,8 @@ def estimated_flop(task: Task, batched: bool = False) -> float:
     n_eval = sum(cache.n_rows(s) for s in (spec.val_split, spec.test_split) if s)
     d = max(1, int(task.width))
     if task.head == "ridge":
+        if n < d:  # the dual form: the N x N kernel (heads.ridge)
+            return n * n * d + 10.0 * n ** 3 + 2.0 * n_eval * n * d
         return n * d * d + 10.0 * d ** 3 + 2.0 * n_eval * d
     if not head_info(task.head).trainable:  # kNN: distances of every scored row to every train row
         return 2.0 * n * (n + n_eval) * d

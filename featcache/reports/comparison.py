@@ -14,7 +14,9 @@ Why this shape:
 
 from __future__ import annotations
 
+import functools
 import itertools
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from ..common.errors import FeatcacheError, choices_message
-from ..common.files import atomic_write, write_json, write_text
+from ..common.files import atomic_write, check_not_inside_store, write_json, write_text
 from ..common.progress import progress, status
 from ..common.serialise import plain
 from ..heads.attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
 from ..heads.binning import Binning
 from ..heads.fit import FitSpec, check_roles
 from ..heads.knn import check_weights
-from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
+from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, MAX_SEED, TrainRecipe
 from ..heads.registry import head_info
 from ..heads.selection import RowSelection
 from ..heads.streaming import parse_memory
@@ -42,7 +44,7 @@ from .fullspec import full_spectrum_rows
 from .populations import compared_members, section
 from .render import cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
-from .sources import Source, open_sources
+from .sources import Source, open_sources, test_rows_key
 from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
 
 DEFAULT_HEADS = ("ridge", "mlp_1")
@@ -143,6 +145,7 @@ def _check_out(out: Path) -> None:
     """OUT is a comparison's folder (re-run into it to resume): never a file, never a fit or finetune run."""
     if out.exists() and not out.is_dir():
         raise FeatcacheError(f"--out {out}: is a file, expected a report directory")
+    check_not_inside_store(out, folder=True)
     if (out / "head.pt").exists() or (out / "last.pt").exists():
         raise FeatcacheError(f"--out {out}: holds a fit or finetune run; give compare its own --out (it writes "
                              "compare.md, compare.csv, compare.json, plots and cells/ there)")
@@ -309,6 +312,7 @@ def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndar
     with paired differences (populations.section)."""
     by_path = {str(s.path): s for s in sources}
     cached: dict[str, dict[str, np.ndarray]] = {}
+    keys = {str(s.path): test_rows_key(s.cache, test_split) for s in sources}
 
     def labels_of(row: Any) -> dict[str, np.ndarray]:
         path = str(row["source"])
@@ -319,17 +323,24 @@ def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndar
 
     out = {}
     for target in targets:
-        members, reference = compared_members(table, predictions, labels_of, target)
+        members, reference, unpaired = compared_members(table, predictions, labels_of, target,
+                                                        lambda row: keys[str(row["source"])])
         if members:
             paths = [p for p in table.loc[(table["target"] == target) & (table["kind"] != "run"), "source"]
                      if p in by_path]
             bound = test_bound(by_path[paths[0]].cache, test_split, target, len(members[0].truth)) if paths else None
             lines, data, results = section(members, target, reference, n_boot, binning, bound)
+            if unpaired:
+                note = (f"Not paired: {', '.join(unpaired)} scored other test spectra than {members[0].label} (another "
+                        "file, other rows or other noise), so their rows cannot be paired with its; they are left out "
+                        "of this section (the table above scores each on its own test rows).")
+                lines = lines[:2] + [note, ""] + lines[2:]
+                data["unpaired"] = unpaired
             out[target] = {"lines": lines, "data": data, "results": results, "members": members}
     return out
 
 
-def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] = DEFAULT_HEADS,
+def _compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] = DEFAULT_HEADS,
             layers: Sequence[str] | None = None, pools: Sequence[str] | None = None, seeds: int = 1,
             recipe: TrainRecipe | None = None, hidden: int = DEFAULT_HIDDEN, dropout: float = DEFAULT_DROPOUT,
             alphas: list[float] | None = None, runs: Sequence[str | Path] = (), out: str | Path = "reports/compare",
@@ -389,6 +400,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
             raise FeatcacheError(f"{flag} must be at least 1, got {value}")
     recipe = recipe or TrainRecipe()
     recipe.validate()
+    if recipe.seed + seeds - 1 > MAX_SEED:
+        raise FeatcacheError(f"--seed {recipe.seed} with --seeds {seeds}: the seeds must stay within 0..2**63-1")
     run_dirs = _read_runs(runs, targets)
     sources = open_sources(caches, train_split)
     splits = [train_split, val_split, test_split]
@@ -396,6 +409,8 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     binning = binning or Binning()
     for src in sources:
         binning.check_axes([*src.cache.label_names(test_split), *targets])
+    if not 0 <= int(subset_seed) <= MAX_SEED:
+        raise FeatcacheError(f"--subset-seed {subset_seed}: expected an integer in 0..2**63-1")
     sizes = _check_study(sources, train_split, val_split, train_sizes, folds)
     swept = sweep.check_sweep(sweep_values)
     request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot, sizes, folds,
@@ -426,6 +441,20 @@ def compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] =
     efficiency = label_efficiency(cells, done, n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
                           (fitted, reused), sweep_rows, _calibration_cells(table, targets, sigmas))
+
+
+@functools.wraps(_compare)
+def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
+    out = Path(options.get("out", "reports/compare"))
+    created = not out.exists()
+    try:
+        return _compare(caches, targets, **options)
+    except BaseException:
+        # a comparison that failed before any fit was stored leaves no folder behind (one with stored fits is
+        # kept: a rerun resumes from its cells)
+        if created and out.is_dir() and not any((out / "cells").glob("*.json")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def check_shard(i: int, n: int) -> tuple[int, int]:

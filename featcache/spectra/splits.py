@@ -47,7 +47,7 @@ RESERVED_NAMES = ("mask", "wave", "zarr.json")
 def parse_split_spec(text: str) -> SplitSpec:
     """Parse NAME=FILE[:START:STOP]; NAME becomes a group of the cache, so it is a plain word."""
     match = re.fullmatch(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)=(?P<path>.+?)(?::(?P<start>-?\d*):(?P<stop>-?\d*))?",
-                         str(text).strip())
+                         str(text).strip(), flags=re.DOTALL)  # a file name may hold any character, newlines too
     if not match:
         raise FeatcacheError(f"--data {text}: expected NAME=FILE[:START:STOP] with NAME of letters, digits, '_', '-' "
                              "and '.' (starting with a letter or digit), e.g. train=train.h5 or val=all.h5:0:1000")
