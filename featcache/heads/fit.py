@@ -15,19 +15,14 @@ from typing import Any
 import numpy as np
 
 from ..cache.reader import FeatureCache, open_cache
-from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
 from ..common.overlap import check_disjoint
-from .attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
-from .attention import map_shape
-from .knn import KNNHead
+from .entry import FitRows
 from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
-from .registry import create_head, head_info
-from .ridge import RidgeHead, StreamingStats
+from .registry import head_info
 from .selection import RoleRows, RowSelection, role_rows
 from .streaming import format_bytes
-from .training import TrainResult, train_head
 
 # Part of every fit's identity (compare's cell keys): bump when a change alters the numbers a fit produces.
 FIT_CODE_VERSION = 3  # 2: near-constant float32 feature columns are treated as constant; 3: dropout masks
@@ -70,28 +65,29 @@ class FitSpec:
     device: str = "auto"
     n_boot: int = 1000
     selection: RowSelection | None = None  # a nested train subset or one fold (heads.selection)
-    knn_ks: list[int] | None = None  # knn: the k grid (None: 1, 2, 4, ..., 256)
-    knn_weights: str = "uniform"     # knn: uniform | distance
-    attn_heads: int = DEFAULT_ATTN_HEADS  # attn: attention heads over the positions
+    # the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights, attn_heads, ...);
+    # each head takes its own and ignores the others', a missing one is its default
+    options: dict[str, Any] = field(default_factory=dict)
     # torch heads: above this many bytes (or '1GB', '25%'; None: half the available RAM) the train rows stream
     # from the cache (heads.streaming) instead of being loaded; not part of the fit's identity (the sampler
     # changes the batch order, not the recipe) but recorded in metrics.json
     max_memory: int | str | None = None
 
+    @property
+    def head_options(self) -> dict[str, Any]:
+        """This head's own options, each given or its default, checked against its constraint."""
+        return head_info(self.head).resolve_options(self.options)
+
     def describe(self) -> dict[str, Any]:
         """The recipe as plain data (keys of a compare cell, config.yaml)."""
-        recipe = self.recipe.to_dict() if head_info(self.head).trainable else {}
+        entry = head_info(self.head)
+        recipe = self.recipe.to_dict() if entry.trainable else {}
         out = {"features": [f"{layer}/{pool}" for layer, pool in self.features], "targets": list(self.targets),
-               "head": self.head, "hidden": self.hidden if head_info(self.head).trainable else None,
-               "dropout": self.dropout if head_info(self.head).trainable else None, "recipe": recipe,
+               "head": self.head, "hidden": self.hidden if entry.trainable else None,
+               "dropout": self.dropout if entry.trainable else None, "recipe": recipe,
                "alphas": self.alphas, "splits": [self.train_split, self.val_split, self.test_split],
                "code_version": FIT_CODE_VERSION}
-        if self.head == "knn":  # only for knn: the keys of the other heads' cells stay what they were
-            out["knn"] = {"ks": self.knn_ks, "weights": self.knn_weights}
-        if head_info(self.head).uncertainty:  # the sigma scale chosen on validation (since its first release)
-            out["uncertainty"] = {"sigma_scale": "validation"}
-        if self.head == "attn":
-            out["attn"] = {"heads": self.attn_heads}
+        out.update(entry.describe_options(self.head_options))  # only a head with options adds a key
         rows = self.selection.describe() if self.selection is not None else None
         if rows:  # only then: the keys of whole-split fits stay what they were
             out["rows"] = rows
@@ -101,7 +97,7 @@ class FitSpec:
 @dataclass
 class FitResult:
     spec: FitSpec
-    predictor: RidgeHead | KNNHead | TrainResult
+    predictor: Any  # what the head's entry fitted (RidgeHead, KNNHead, TrainResult, ...)
     in_dim: int
     metrics: dict[str, Any]
     predictions: dict[str, dict[str, np.ndarray]]
@@ -114,15 +110,8 @@ class FitResult:
 
     @property
     def chosen(self) -> dict[str, Any]:
-        if isinstance(self.predictor, RidgeHead):
-            return {"alpha": self.predictor.alpha_}
-        if isinstance(self.predictor, KNNHead):
-            return {"k": self.predictor.k_}
-        chosen = {"best_epoch": self.predictor.best_epoch, "epochs_run": len(self.predictor.history)}
-        if self.predictor.gaussian:  # the validation-chosen sigma scale, per target
-            scale = self.predictor.model.sigma_scale.tolist()
-            chosen["sigma_scale"] = scale[0] if len(scale) == 1 else scale
-        return chosen
+        """What validation chose (the head's entry says what: alpha, k, best epoch, sigma scale)."""
+        return head_info(self.spec.head).chosen(self.predictor)
 
     def summary(self) -> str:
         """The one-line summary `featcache fit` prints."""
@@ -173,7 +162,8 @@ def check_roles(cache: FeatureCache, train: str, val: str | None, test: str | No
                    what="cache splits")
 
 
-def _check_request(cache: FeatureCache, spec: FitSpec) -> None:
+def check_request(cache: FeatureCache, spec: FitSpec) -> None:
+    """Everything a fit needs of the cache and the spec, checked before any row is read."""
     check_roles(cache, spec.train_split, spec.val_split, spec.test_split)
     if not spec.targets:
         raise FeatcacheError("give at least one --target")
@@ -181,22 +171,24 @@ def _check_request(cache: FeatureCache, spec: FitSpec) -> None:
         cache.labels(spec.train_split, target, draw=0)  # names the available labels if unknown
     for layer, pool in spec.features:
         cache.feature_array(spec.train_split, layer, pool)  # lists the cache's layers / pools if unknown
-    head_info(spec.head)
+    spec.head_options  # noqa: B018 - the head exists and its options meet their constraints
 
 
 def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool = True,
-             trained: TrainResult | None = None) -> FitResult:
+             trained: Any = None) -> FitResult:
     """Fit spec.head on the cached features; choose on validation, score test once. trained: the head already
     trained on these rows (heads.batched.fit_heads trains many in one pass), to be scored and reported."""
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
-    _check_request(cache, spec)
+    check_request(cache, spec)
+    entry = head_info(spec.head)
     started = time.perf_counter()
     data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
                      spec.selection)
     if trained is None:
-        predictor, history = _fit_predictor(spec, {r: d.x for r, d in data.items()},
-                                            {r: d.y for r, d in data.items()}, progress,
-                                            _map_options(cache, spec, data["train"].x.shape[1]))
+        in_dim = data["train"].x.shape[1]
+        rows = FitRows({r: d.x for r, d in data.items()}, {r: d.y for r, d in data.items()}, spec, spec.head_options,
+                       progress, entry.build_options_for(cache, spec, in_dim) if entry.needs_map else {})
+        predictor, history = entry.fit(rows)
     else:
         predictor, history = trained, [dict(h) for h in trained.history]
     seconds = time.perf_counter() - started + (trained.seconds if trained is not None else 0.0)
@@ -207,7 +199,7 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
         if split is None:
             continue
         rows = data[role]
-        if getattr(predictor, "gaussian", False):  # uncertainty heads: a sigma per row and target
+        if entry.uncertainty:  # uncertainty heads: a sigma per row and target
             mean, sigma = predictor.predict_dist(rows.x)
             pred, sigma = (np.asarray(a).reshape(len(rows.x), -1) for a in (mean, sigma))
         else:
@@ -225,48 +217,3 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
     return FitResult(spec, predictor, data["train"].x.shape[1], metrics, predictions, history, seconds, str(cache.path),
                      cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]),
                      cache.provenance(spec.train_split, spec.features))
-
-
-def _map_options(cache: FeatureCache, spec: FitSpec, in_dim: int) -> dict[str, Any]:
-    """A head that pools the map itself (attn) gets its shape from the feature's attrs; others nothing."""
-    if not head_info(spec.head).needs_map:
-        return {}
-    if len(spec.features) != 1:
-        raise FeatcacheError(f"head {spec.head} pools one feature map: give one --layer with --pool none, not "
-                             f"{len(spec.features)} features")
-    layer, pool = spec.features[0]
-    channels, length = map_shape((layer, pool), cache.feature_info(spec.train_split, layer, pool), in_dim)
-    return {"channels": channels, "length": length, "heads": spec.attn_heads}
-
-
-def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], progress: bool,
-                   head_kwargs: dict[str, Any] | None = None
-                   ) -> tuple[RidgeHead | KNNHead | TrainResult, list[dict[str, Any]]]:
-    """Ridge from streamed statistics (alpha by validation R2), kNN (k by validation R2), or a torch head
-    trained on loaded rows."""
-    in_dim, val_x, val_y = x["train"].shape[1], x.get("val"), y.get("val")
-    if spec.head == "knn":
-        knn = create_head("knn", in_dim, len(spec.targets), ks=spec.knn_ks, weights=spec.knn_weights)
-        knn.fit(x["train"], y["train"], val_x, val_y, target_names=spec.targets, max_memory=spec.max_memory)
-        curve = knn.val_r2_per_k_
-        history = [] if curve is None else [
-            {"k": k, **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(spec.targets)}}
-            for i, k in enumerate(knn.ks_)]
-        return knn, history
-    if spec.head == "ridge":
-        head = create_head("ridge", in_dim, len(spec.targets), alphas=spec.alphas)
-        train_stats = StreamingStats.from_arrays(x["train"], y["train"])
-        val_stats = StreamingStats.from_arrays(val_x, val_y) if val_x is not None else None
-        ridge = head.fit_stats(train_stats, val_stats, target_names=spec.targets)
-        history: list[dict[str, Any]] = []
-        if ridge.val_r2_per_alpha_ is not None:
-            curve = np.asarray(ridge.val_r2_per_alpha_).reshape(len(ridge.alphas_), -1)
-            history = [{"alpha": float(a), **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(spec.targets)}}
-                       for i, a in enumerate(ridge.alphas_)]
-        return ridge, history
-    model = create_head(spec.head, in_dim, len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
-                        seed=spec.recipe.seed, **(head_kwargs or {}))
-    trained = train_head(model, x["train"], y["train"], val_x, val_y, recipe=spec.recipe,
-                         device=resolve_device(spec.device), progress=progress, target_names=spec.targets,
-                         desc=f"fit {spec.head}", max_memory=spec.max_memory)
-    return trained, [dict(h) for h in trained.history]

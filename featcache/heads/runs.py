@@ -22,10 +22,7 @@ from ..common.files import atomic_write, save_torch, write_json, write_text
 from ..common.serialise import plain
 from .binning import Binning, binned_table
 from .fit import FitResult
-from .knn import KNNHead
-from .registry import create_head, head_options
-from .ridge import RidgeHead
-from .training import TrainResult
+from .registry import head_info
 
 HEAD_FORMAT = 1
 # every file a fit or finetune run directory holds: --overwrite removes them all, so no mix of two runs remains
@@ -78,8 +75,8 @@ def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = No
     save_torch(out / "head.pt", {
         "format": HEAD_FORMAT, "head": spec.head, "hidden": spec.hidden, "dropout": spec.dropout,
         "in_dim": result.in_dim, "targets": list(spec.targets), "features": [list(f) for f in spec.features],
-        "head_options": head_options(spec.head, getattr(result.predictor, "model", None)),
-        "state": result.predictor.to_state(), "cache_fingerprint": result.cache_fingerprint,
+        "head_options": head_info(spec.head).saved_build_options(result.predictor),
+        "state": head_info(spec.head).to_state(result.predictor), "cache_fingerprint": result.cache_fingerprint,
         "encoder_sha256": result.encoder_sha256, "provenance": plain(result.provenance)})
     if result.history:
         buffer = io.StringIO()
@@ -124,7 +121,7 @@ class LoadedHead:
     """A fitted head read back from a run directory."""
 
     head: str
-    predictor: RidgeHead | KNNHead | TrainResult
+    predictor: Any  # what the head's entry loads (RidgeHead, KNNHead, TrainResult, ...)
     features: list[tuple[str, str]]
     targets: list[str]
     in_dim: int
@@ -144,15 +141,7 @@ def load_head(run_dir: str | Path) -> LoadedHead:
         raise FeatcacheError(f"{path}: not a featcache head ({str(exc).splitlines()[0][:120]})") from None
     if not isinstance(saved, dict) or saved.get("format") != HEAD_FORMAT:
         raise FeatcacheError(f"{path}: not a featcache head file (format {HEAD_FORMAT})")
-    state = saved["state"]
-    if saved["head"] == "ridge":
-        predictor: RidgeHead | KNNHead | TrainResult = RidgeHead.from_state(state)
-    elif saved["head"] == "knn":
-        predictor = KNNHead.from_state(state)  # holds the standardised train rows, or reopens their cache
-    else:
-        model = create_head(saved["head"], saved["in_dim"], len(saved["targets"]), hidden=saved["hidden"],
-                            dropout=saved["dropout"], **dict(saved.get("head_options") or {}))
-        predictor = TrainResult.from_state(model, state)
+    predictor = head_info(saved["head"]).from_state(saved)
     return LoadedHead(saved["head"], predictor, [tuple(f) for f in saved["features"]], list(saved["targets"]),
                       int(saved["in_dim"]), str(saved["encoder_sha256"]), str(saved["cache_fingerprint"]),
                       saved.get("provenance"))
