@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import FeatcacheError
 
-NOISE_SEED_MAX = 2**63 - 1  # the largest noise seed every command accepts (one bound, everywhere)
+SEED_MAX = 2**64 - 1  # seeds of noise, shuffles and initialisation: the generators' domain, in every command
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,7 @@ class Interval:
         if self.kind is int and not isinstance(value, numbers.Integral):
             return False
         value = float(value)
-        if not math.isfinite(value) and not (self.left is None or self.right is None):
-            return False
-        if math.isnan(value):
+        if not math.isfinite(value):  # NaN and infinities are never a setting
             return False
         left_ok = self.left is None or value > self.left or (value == self.left and self.closed in ("left", "both"))
         right_ok = (self.right is None or value < self.right
@@ -71,6 +69,17 @@ class StrOptions:
     def describe(self) -> str:
         names = list(self.options)
         return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+SEED = Interval(int, 0, SEED_MAX, text="an integer in 0..2**64-1")
+POSITIVE = Interval(float, 0, None, closed="neither")
+NON_NEGATIVE = Interval(float, 0, None, closed="left")
+FRACTION = Interval(float, 0, 1, closed="neither")  # strictly between 0 and 1
+
+
+def at_least(n: int) -> Interval:
+    """An integer >= n."""
+    return Interval(int, n, None, closed="left")
 
 
 def _number(value: float | None) -> str:

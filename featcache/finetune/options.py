@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..common.constraints import POSITIVE, Interval, StrOptions, at_least, validate
 from ..common.errors import FeatcacheError, choices_message
 from ..heads.binning import Binning
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
@@ -61,6 +62,12 @@ class FinetuneOptions:
     command: str = "featcache finetune"
     config: dict[str, Any] | None = None  # what config.yaml records (the CLI's resolved options)
 
+    constraints = {"train_noise": StrOptions(TRAIN_NOISE), "encoder_lr": POSITIVE,
+                   "batchnorm": StrOptions(BATCHNORM_MODES), "scale_floor": Interval(float, 0, 1, closed="left"),
+                   "block_rows": at_least(1), "eval_batch_size": at_least(1), "hash": StrOptions(("full", "sampled")),
+                   "n_boot": at_least(0)}
+    flags = {"n_boot": "n_boot"}
+
     def __post_init__(self) -> None:
         self.ckpt, self.out = Path(self.ckpt), Path(self.out)  # the Python API takes str paths too
         self.init_head = None if self.init_head is None else Path(self.init_head)
@@ -96,19 +103,13 @@ def validate_options(opts: FinetuneOptions) -> None:
 
     opts.recipe.validate()
     NoiseSpec(opts.noise, opts.noise_seed, opts.noise_level).validate()
+    validate(opts)
     checks = [
-        (opts.train_noise in TRAIN_NOISE, f"--train-noise {opts.train_noise}: expected fresh or fixed"),
         (opts.noise == "generated" or opts.train_noise == "fixed",
          "--noise stored is one fixed draw per spectrum: use it with --train-noise fixed"),
         (opts.direction in DIRECTIONS, "--direction: " + choices_message("direction", opts.direction, DIRECTIONS)),
-        (opts.encoder_lr > 0, f"--encoder-lr must be positive, got {opts.encoder_lr}"),
-        (opts.batchnorm in BATCHNORM_MODES, f"--batchnorm {opts.batchnorm}: expected eval or train"),
-        (0 <= opts.scale_floor < 1, f"--scale-floor must be in [0, 1), got {opts.scale_floor}"),
-        (opts.block_rows >= 1, f"--block-rows must be >= 1, got {opts.block_rows}"),
-        (opts.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {opts.eval_batch_size}"),
         (bool(opts.targets), "give at least one --target"),
-            (len(set(opts.targets)) == len(opts.targets), "--target: a label is given twice"),
-        (opts.hash in ("full", "sampled"), f"--hash {opts.hash}: expected full or sampled"),
+        (len(set(opts.targets)) == len(opts.targets), "--target: a label is given twice"),
     ]
     for ok, message in checks:
         if not ok:

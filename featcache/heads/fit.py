@@ -8,7 +8,8 @@ and test use draw 0.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,18 @@ class FitSpec:
     # from the cache (heads.streaming) instead of being loaded; not part of the fit's identity (the sampler
     # changes the batch order, not the recipe) but recorded in metrics.json
     max_memory: int | str | None = None
+    # the spellings before 0.2 (accepted until 0.3, with a warning): they go into `options`
+    knn_ks: InitVar[list[int] | None] = None
+    knn_weights: InitVar[str | None] = None
+    attn_heads: InitVar[int | None] = None
+
+    def __post_init__(self, knn_ks: list[int] | None, knn_weights: str | None, attn_heads: int | None) -> None:
+        old = {"knn_ks": knn_ks, "knn_weights": knn_weights, "attn_heads": attn_heads}
+        given = {k: v for k, v in old.items() if v is not None}
+        if given:
+            warnings.warn(f"FitSpec({', '.join(given)}=...) is deprecated: give options={{...}} with the same names",
+                          DeprecationWarning, stacklevel=3)
+            self.options = {**self.options, **given}
 
     @property
     def head_options(self) -> dict[str, Any]:

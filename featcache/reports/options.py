@@ -3,8 +3,9 @@ and every check of them that needs no file, by declared constraints (common.cons
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,23 @@ class CompareOptions:
     head_options: Mapping[str, Any] | None = None  # the heads' own options (heads.registry.head_option_schema)
     max_memory: int | str | None = None  # bytes, '1GB', '25%'; None: half the available RAM (bytes after validate)
     resolved_heads: dict[str, Any] = field(default_factory=dict, repr=False)  # every head option, after validate
+    # the keywords before 0.2 (accepted until 0.3, with a warning): they go into `head_options`
+    knn_ks: InitVar[Sequence[int] | None] = None
+    knn_weights: InitVar[str | None] = None
+    attn_heads: InitVar[int | None] = None
 
     constraints = {"seeds": Interval(int, 1, None, closed="left", text="at least 1"),
                    "jobs": Interval(int, 1, None, closed="left", text="at least 1"),
                    "folds": Interval(int, 0, None, closed="left"), "n_boot": Interval(int, 0, None, closed="left")}
     flags = {"n_boot": "n_boot"}
+
+    def __post_init__(self, knn_ks: Sequence[int] | None, knn_weights: str | None, attn_heads: int | None) -> None:
+        given = {k: v for k, v in (("knn_ks", knn_ks), ("knn_weights", knn_weights), ("attn_heads", attn_heads))
+                 if v is not None}
+        if given:
+            warnings.warn(f"compare({', '.join(given)}=...) is deprecated: give head_options={{...}} with the same "
+                          "names", DeprecationWarning, stacklevel=4)
+            self.head_options = {**(self.head_options or {}), **given}
 
     def validate(self) -> CompareOptions:
         """Check every option that needs no file; returns self, normalised."""
