@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import FeatcacheError
+from .errors import FeatcacheError, choices_message
 
 SEED_MAX = 2**64 - 1  # seeds of noise, shuffles and initialisation: the generators' domain, in every command
 
@@ -62,6 +62,7 @@ class StrOptions:
     """One of a fixed set of strings."""
 
     options: tuple[str, ...]
+    noun: str | None = None  # set: the message lists the choices ("--direction: unknown direction 'x'; choose ...")
 
     def accepts(self, value: Any) -> bool:
         return isinstance(value, str) and value in self.options
@@ -101,6 +102,9 @@ def check(name: str, value: Any, constraint: Any) -> Any:
         return value
     if concrete and all(isinstance(c, StrOptions) for c in concrete):
         allowed = StrOptions(tuple(o for c in concrete for o in c.options))
+        noun = next((c.noun for c in concrete if c.noun), None)
+        if noun:
+            raise FeatcacheError(f"{name}: " + choices_message(noun, value, allowed.options))
         raise FeatcacheError(f"{name} {value}: expected {allowed.describe()}")
     raise FeatcacheError(f"{name} must be {' or '.join(c.describe() for c in concrete)}, got {value}")
 

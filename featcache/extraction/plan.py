@@ -17,24 +17,21 @@ import torch
 from ..cache.fingerprint import digest, feature_parts
 from ..cache.layout import ArraySpec
 from ..cache.writer import SplitLayout, StoreSpec
+from ..common.constraints import validate
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError, choices_message
 from ..model.checkpoint import LoadedEncoder, load_encoder, random_encoder
 from ..model.encoder import CODE_VERSION, EncoderConfig
 from ..model.lean import LeanEncoder, conv_plan
 from ..model.pooling import get_pooling, parse_poolings
-from ..model.taps import DIRECTIONS, PSEUDO_LAYERS, expand_layers
+from ..model.taps import PSEUDO_LAYERS, expand_layers
 from ..spectra.inputs import NoiseSpec
 from ..spectra.mask import MaskSpec, make_mask, parse_mask_spec
 from ..spectra.pfsspec import PfsDataset, file_identity
-from ..spectra.splits import SplitSpec, check_disjoint, parse_split_specs
+from ..spectra.splits import check_disjoint, open_splits, parse_split_specs
 from .options import (
-    COMPUTE_DTYPES,
-    CONV_MODES,
     DEFAULT_BATCH,
-    HASH_MODES,
     MAX_MAP_SIZE,
-    STORE_DTYPES,
     ExtractOptions,
 )
 
@@ -109,20 +106,10 @@ def parse_draws(values: list[str], split_names: list[str]) -> dict[str, int]:
 
 
 def _check_options(opts: ExtractOptions) -> NoiseSpec:
-    if opts.direction not in DIRECTIONS:
-        raise FeatcacheError("--direction: " + choices_message("direction", opts.direction, DIRECTIONS))
-    if opts.store_dtype not in STORE_DTYPES:
-        raise FeatcacheError("--store-dtype: " + choices_message("dtype", opts.store_dtype, STORE_DTYPES))
-    if opts.dtype not in COMPUTE_DTYPES:
-        raise FeatcacheError("--dtype: " + choices_message("dtype", opts.dtype, COMPUTE_DTYPES))
-    if (opts.batch_size is not None and opts.batch_size < 1) or opts.block_rows < 1:
-        raise FeatcacheError("--batch-size and --block-rows must be positive")
-    if opts.conv not in CONV_MODES:
-        raise FeatcacheError("--conv: " + choices_message("convolution", opts.conv, CONV_MODES))
+    """The options' declared constraints (ExtractOptions.constraints), then what one option asks of another."""
+    validate(opts)
     if opts.conv == "fft" and opts.dtype != "float32":
         raise FeatcacheError(f"--conv fft computes in float32; use --conv direct (or auto) with --dtype {opts.dtype}")
-    if opts.hash not in HASH_MODES:
-        raise FeatcacheError(f"--hash {opts.hash}: expected full or sampled")
     return NoiseSpec(opts.noise, opts.noise_seed, opts.noise_level).validate()
 
 
@@ -145,26 +132,11 @@ def load_plan_encoder(opts: ExtractOptions, device: torch.device) -> LoadedEncod
     return load_encoder(opts.ckpt, dilation=opts.dilation, device=device)
 
 
-def _read_splits(specs: list[SplitSpec], draws: dict[str, int], noise: NoiseSpec
+def _read_splits(opts: ExtractOptions, draws: dict[str, int], noise: NoiseSpec
                  ) -> tuple[list[SplitLayout], np.ndarray]:
-    """Each split's rows and labels, every file on the first file's wavelength grid."""
-    splits: list[SplitLayout] = []
-    wave: np.ndarray | None = None
-    for spec in specs:
-        with PfsDataset(spec.path) as ds:
-            start, stop = spec.resolve(ds.n_rows)
-            if wave is None:
-                wave = ds.wave
-            elif ds.wave.shape != wave.shape or not np.allclose(ds.wave, wave, rtol=0, atol=1e-6):
-                raise FeatcacheError(f"{spec.path}: wavelength grid differs from {specs[0].path} (P={ds.n_pixels} "
-                                     f"vs {wave.shape[0]}); every split must share one grid")
-            if not noise.generated and not ds.has_noisy:
-                raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
-                                     "(dataset/arrays/noisy/value); use --noise generated")
-            labels = ds.label_names() if ds.params_key else []
-        splits.append(SplitLayout(spec.name, spec.path, start, stop, draws[spec.name], labels, {}))
-    assert wave is not None
-    return splits, wave
+    """Each split's rows and labels, every file on the first file's wavelength grid (spectra.splits)."""
+    opened, wave = open_splits(opts.data, stored_noise=not noise.generated)
+    return [SplitLayout(s.name, s.path, s.start, s.stop, draws[s.name], s.label_names, {}) for s in opened], wave
 
 
 def _layers(model: Any, names: list[str], n_kept: int, direction: str, pools: list[str]) -> list[LayerPlan]:
@@ -242,7 +214,7 @@ def build_plan(opts: ExtractOptions) -> ExtractPlan:
         if name not in PSEUDO_LAYERS and name not in encoder.model.tap_names:
             raise FeatcacheError("--layer: " + choices_message("layer", name,
                                                                [*encoder.model.tap_names, *PSEUDO_LAYERS]))
-    splits, wave = _read_splits(specs, draws, noise)
+    splits, wave = _read_splits(opts, draws, noise)
     check_disjoint([(s.name, os.path.realpath(s.path), s.start, s.stop) for s in splits])
     mask_spec = parse_mask_spec(opts.mask)
     first = splits[0]
