@@ -23,8 +23,8 @@ from ..common.errors import FeatcacheError, choices_message
 from ..model.checkpoint import LoadedEncoder, load_encoder, random_encoder
 from ..model.encoder import CODE_VERSION, EncoderConfig
 from ..model.lean import LeanEncoder, conv_plan
-from ..model.pooling import get_pooling, parse_poolings
-from ..model.taps import PSEUDO_LAYERS, expand_layers
+from ..model.pooling import get_pooling, parse_poolings, pooled_width
+from ..model.taps import PSEUDO_LAYERS, expand_layers, tap_shape
 from ..spectra.inputs import NoiseSpec
 from ..spectra.mask import MaskSpec, make_mask, parse_mask_spec
 from ..spectra.pfsspec import PfsDataset, file_identity
@@ -141,21 +141,14 @@ def _read_splits(opts: ExtractOptions, draws: dict[str, int], noise: NoiseSpec
 
 def _layers(model: Any, names: list[str], n_kept: int, direction: str, pools: list[str]) -> list[LayerPlan]:
     layers: list[LayerPlan] = []
-    channels = model.config.embed_dim * (2 if direction == "both" else 1)
     for name in names:
         if name in PSEUDO_LAYERS:
             layers.append(LayerPlan(name, 1, n_kept, True))
             continue
-        length = model.tap_length(name, n_kept)
-        if length < 1:
-            raise FeatcacheError(f"--layer {name}: the mask keeps {n_kept} pixels, too few for this depth")
-        layers.append(LayerPlan(name, channels, length, False))
+        layers.append(LayerPlan(name, *tap_shape(model, name, n_kept, direction), False))
     for layer in layers:
         for pool in pools:
-            try:
-                get_pooling(pool).width(layer.channels, layer.length)
-            except FeatcacheError as exc:
-                raise FeatcacheError(f"--pool {pool} on --layer {layer.name}: {exc}") from None
+            pooled_width(pool, layer.channels, layer.length, layer.name)
     return layers
 
 
@@ -166,7 +159,7 @@ def _arrays(splits: list[SplitLayout], layers: list[LayerPlan], pools: list[str]
         for layer in layers:
             for pool in pools:
                 pooling = get_pooling(pool)
-                width = pooling.width(layer.channels, layer.length)
+                width = pooled_width(pool, layer.channels, layer.length, layer.name)
                 arrays.append(ArraySpec(split.name, "features", layer.name, pool, (split.n_rows, width), {
                     "D": width, "C": layer.channels, "L": layer.length, "pooling": pool,
                     "definition": pooling.definition, "layer": layer.name,

@@ -36,7 +36,8 @@ from ..heads.registry import create_head, head_info, list_heads
 from ..heads.runs import LoadedHead, check_run_dir, clear_run_dir, load_head
 from ..heads.training import TrainResult
 from ..model.checkpoint import load_encoder, state_dict_digest
-from ..model.pooling import get_pooling
+from ..model.pooling import get_pooling, pooled_width
+from ..model.taps import tap_shape
 from ..spectra.mask import make_mask
 from ..spectra.pfsspec import PfsDataset, file_identity
 from .data import RunContext, SplitData, load_splits
@@ -162,20 +163,13 @@ def _map_options(opts: FinetuneOptions, encoder: Any, mask: np.ndarray, head_nam
         return {}
     if opts.pool != "none":
         raise FeatcacheError(f"--head {head_name} pools the live map over its positions: give --pool none")
-    channels = encoder.config.embed_dim * (2 if opts.direction == "both" else 1)
-    return {"channels": channels, "length": encoder.tap_length(opts.layer, int(mask.sum()))}
+    channels, length = tap_shape(encoder, opts.layer, int(mask.sum()), opts.direction)
+    return {"channels": channels, "length": length}
 
 
 def _feature_width(opts: FinetuneOptions, encoder: Any, mask: np.ndarray, init: LoadedHead | None) -> int:
-    n_kept = int(mask.sum())
-    channels = encoder.config.embed_dim * (2 if opts.direction == "both" else 1)
-    length = encoder.tap_length(opts.layer, n_kept)
-    if length < 1:
-        raise FeatcacheError(f"--layer {opts.layer}: the mask keeps {n_kept} pixels, too few for this depth")
-    try:
-        in_dim = get_pooling(opts.pool).width(channels, length)
-    except FeatcacheError as exc:
-        raise FeatcacheError(f"--pool {opts.pool} on --layer {opts.layer}: {exc}") from None
+    channels, length = tap_shape(encoder, opts.layer, int(mask.sum()), opts.direction)
+    in_dim = pooled_width(opts.pool, channels, length, opts.layer)
     if init is not None and init.in_dim != in_dim:
         raise FeatcacheError(f"--init-head {opts.init_head}: the head takes {init.in_dim} features, "
                              f"{opts.layer}/{opts.pool} gives {in_dim} here (another mask or direction?)")

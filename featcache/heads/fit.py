@@ -228,5 +228,5 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
                                  "true": rows.y, "pred": pred, **({} if sigma is None else {"sigma": sigma}),
                                  **{f"label_{name}": values for name, values in (rows.labels or {}).items()}}
     return FitResult(spec, predictor, data["train"].x.shape[1], metrics, predictions, history, seconds, str(cache.path),
-                     cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]),
+                     cache.fingerprint, cache.metadata.encoder_sha256,
                      cache.provenance(spec.train_split, spec.features))
