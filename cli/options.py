@@ -173,11 +173,12 @@ def head_option_values(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_max_memory(value: str | None) -> int | None:
-    """--max-memory SIZE in bytes (checked now, so a bad value fails before any work); None: the default."""
+def parse_max_memory(value: str | None) -> int:
+    """--max-memory SIZE in bytes, once (checked now, so a bad value fails before any work; None: half the RAM
+    available now): every fit of the command, and every --jobs worker, has this one budget."""
     from featcache.heads.streaming import parse_memory
 
-    return None if value is None else parse_memory(value)
+    return parse_memory(value)
 
 
 def make_recipe(seed: int, max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -392,17 +392,17 @@ def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False) -> li
             batchable = ", ".join(name for name in _names() if head_info(name).batchable)
             raise FeatcacheError(f"head '{spec.head}' is not trained in batches (batched: {batchable})")
         check_request(cache, spec)
-    loaded: dict[Any, tuple[np.ndarray, np.ndarray, Any, Any]] = {}
+    loaded: dict[Any, dict[str, Any]] = {}  # per feature and row selection: the role rows, train and val loaded
     groups: dict[tuple[Any, ...], list[tuple[int, HeadJob]]] = {}
     for i, spec in enumerate(specs):
-        rows_key = (tuple(spec.features), tuple(spec.targets), repr(spec.selection), spec.train_split, spec.val_split)
+        rows_key = shared_rows_key(spec)
         if rows_key not in loaded:
-            data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, None,
+            data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
                              spec.selection)
-            val = data.get("val")
-            loaded[rows_key] = (data["train"].x.load(), data["train"].y, val.x.load() if val is not None else None,
-                                val.y if val is not None else None)
-        X, y, Xv, yv = loaded[rows_key]
+            loaded[rows_key] = {role: replace(r, x=r.x.load()) if role != "test" else r for role, r in data.items()}
+        data = loaded[rows_key]
+        X, y = data["train"].x, data["train"].y
+        Xv, yv = (data["val"].x, data["val"].y) if "val" in data else (None, None)
         model = create_head(spec.head, X.shape[1], len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
                             seed=spec.recipe.seed)
         job = HeadJob(model, X, y, Xv, yv, spec.recipe, spec.targets, data_key=rows_key)
@@ -413,8 +413,16 @@ def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False) -> li
         results = train_heads([job for _, job in members], device=device, progress=progress,
                               desc=f"fit {len(members)} heads")
         trained.update({i: result for (i, _), result in zip(members, results, strict=True)})
+    results = [fit_head(cache, spec, progress=False, trained=trained[i], rows=loaded[shared_rows_key(spec)])
+               for i, spec in enumerate(specs)]
     loaded.clear()
-    return [fit_head(cache, spec, progress=False, trained=trained[i]) for i, spec in enumerate(specs)]
+    return results
+
+
+def shared_rows_key(spec: Any) -> tuple[Any, ...]:
+    """The rows a fit of a batched pass shares with others: its features, targets, selection and splits."""
+    return (tuple(spec.features), tuple(spec.targets), repr(spec.selection), spec.train_split, spec.val_split,
+            spec.test_split)
 
 
 def _names() -> list[str]:

@@ -188,15 +188,17 @@ def check_request(cache: FeatureCache, spec: FitSpec) -> None:
 
 
 def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool = True,
-             trained: Any = None) -> FitResult:
+             trained: Any = None, rows: dict[str, RoleRows] | None = None) -> FitResult:
     """Fit spec.head on the cached features; choose on validation, score test once. trained: the head already
-    trained on these rows (heads.batched.fit_heads trains many in one pass), to be scored and reported."""
+    trained on these rows (heads.batched.fit_heads trains many in one pass), to be scored and reported; rows:
+    the fit's role rows when the caller has them already (the batched pass's loaded train and validation rows),
+    so they are not read again."""
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
     check_request(cache, spec)
     entry = head_info(spec.head)
     started = time.perf_counter()
-    data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
-                     spec.selection)
+    data = rows if rows is not None else role_rows(cache, spec.features, spec.targets, spec.train_split,
+                                                   spec.val_split, spec.test_split, spec.selection)
     if trained is None:
         in_dim = data["train"].x.shape[1]
         rows = FitRows({r: d.x for r, d in data.items()}, {r: d.y for r, d in data.items()}, spec, spec.head_options,

@@ -92,8 +92,7 @@ class CompareOptions:
         self.recipe.validate()
         self.binning = self.binning or Binning()
         self.resolved_heads = resolve_head_options(self.head_options)
-        if self.max_memory is not None:
-            self.max_memory = parse_memory(self.max_memory)  # bytes once: every fit and worker gets this number
+        self.max_memory = parse_memory(self.max_memory)  # bytes, once: every fit and --jobs worker has this budget
         return self
 
     @property
