@@ -16,7 +16,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "RidgeHead": "ridge", "StreamingStats": "ridge", "alpha_grid": "ridge",
     "TrainRecipe": "recipe", "TrainResult": "training", "train_head": "training",
     "EarlyStopping": "early_stopping",
-    "FitSpec": "fit", "FitResult": "fit", "fit_head": "fit", "parse_features": "fit",
+    "FitSpec": "fit", "FitResult": "fit", "fit_head": "fit", "fit_heads": "fit", "parse_features": "fit",
+    "train_heads": "batched", "HeadJob": "batched",
     "save_run": "runs", "load_head": "runs", "LoadedHead": "runs", "predict_split": "predict",
     "RidgeProbe": "probes", "MLPProbe": "probes",
 })

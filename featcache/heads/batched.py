@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,6 @@ from ..common.progress import progress as progress_bar
 from .dropout import Dropout, MaskStream
 from .loop import Objective, Scores, make_optimizer, regression_scores, train_loop
 from .recipe import TrainRecipe
-from .registry import head_info
 from .training import TrainResult, standardise
 
 
@@ -364,68 +363,3 @@ def train_heads(jobs: Sequence[HeadJob], device: str | torch.device = "cpu", pro
                                    y_scale=d.y_scale, y_1d=np.asarray(job.y_train).ndim == 1, seconds=seconds,
                                    recipe=recipe.to_dict()))
     return results
-
-
-# -- many fits of one cache ---------------------------------------------------------------------------------
-def fit_key(spec: Any, n_train: int) -> tuple[Any, ...]:
-    """Which FitSpecs of one cache can train in one pass: same targets, rows, splits and device, and a
-    batch_key-compatible recipe (features, seeds, widths, dropout, lr and weight decay may differ)."""
-    blocks = head_info(spec.head).depth
-    rows = spec.selection.describe() if spec.selection is not None else None
-    return (blocks, tuple(spec.targets), repr(rows), spec.train_split, spec.val_split, spec.test_split, spec.device,
-            batch_key(spec.recipe, blocks, n_train, len(spec.targets), spec.val_split is not None))
-
-
-def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False) -> list[Any]:
-    """fit_head for many FitSpecs of one cache: the MLP heads that can share a pass are trained together by
-    train_heads, then each is scored and reported exactly as fit_head reports it (FitResult per spec, in
-    order). Every feature a group needs is held in memory at once: group the specs to bound it."""
-    from ..cache.reader import FeatureCache, open_cache
-    from ..common.device import resolve_device
-    from .fit import check_request, fit_head
-    from .registry import create_head
-    from .selection import role_rows
-
-    cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
-    for spec in specs:
-        if not head_info(spec.head).batchable:
-            batchable = ", ".join(name for name in _names() if head_info(name).batchable)
-            raise FeatcacheError(f"head '{spec.head}' is not trained in batches (batched: {batchable})")
-        check_request(cache, spec)
-    loaded: dict[Any, dict[str, Any]] = {}  # per feature and row selection: the role rows, train and val loaded
-    groups: dict[tuple[Any, ...], list[tuple[int, HeadJob]]] = {}
-    for i, spec in enumerate(specs):
-        rows_key = shared_rows_key(spec)
-        if rows_key not in loaded:
-            data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
-                             spec.selection)
-            loaded[rows_key] = {role: replace(r, x=r.x.load()) if role != "test" else r for role, r in data.items()}
-        data = loaded[rows_key]
-        X, y = data["train"].x, data["train"].y
-        Xv, yv = (data["val"].x, data["val"].y) if "val" in data else (None, None)
-        model = create_head(spec.head, X.shape[1], len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
-                            seed=spec.recipe.seed)
-        job = HeadJob(model, X, y, Xv, yv, spec.recipe, spec.targets, data_key=rows_key)
-        groups.setdefault(fit_key(spec, X.shape[0]), []).append((i, job))
-    trained: dict[int, TrainResult] = {}
-    for members in groups.values():
-        device = resolve_device(specs[members[0][0]].device)  # one device per group (part of fit_key)
-        results = train_heads([job for _, job in members], device=device, progress=progress,
-                              desc=f"fit {len(members)} heads")
-        trained.update({i: result for (i, _), result in zip(members, results, strict=True)})
-    results = [fit_head(cache, spec, progress=False, trained=trained[i], rows=loaded[shared_rows_key(spec)])
-               for i, spec in enumerate(specs)]
-    loaded.clear()
-    return results
-
-
-def shared_rows_key(spec: Any) -> tuple[Any, ...]:
-    """The rows a fit of a batched pass shares with others: its features, targets, selection and splits."""
-    return (tuple(spec.features), tuple(spec.targets), repr(spec.selection), spec.train_split, spec.val_split,
-            spec.test_split)
-
-
-def _names() -> list[str]:
-    from .registry import list_heads
-
-    return list_heads()

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import InitVar, dataclass, field
+from collections.abc import Sequence
+from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..cache.reader import FeatureCache, open_cache
+from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
 from ..common.overlap import check_disjoint
+from .batched import HeadJob, batch_key, train_heads
 from .entry import FitRows
 from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
-from .registry import head_info
+from .registry import create_head, head_info, list_heads
 from .selection import RoleRows, RowSelection, role_rows
 from .streaming import format_bytes
 
@@ -190,7 +193,7 @@ def check_request(cache: FeatureCache, spec: FitSpec) -> None:
 def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool = True,
              trained: Any = None, rows: dict[str, RoleRows] | None = None) -> FitResult:
     """Fit spec.head on the cached features; choose on validation, score test once. trained: the head already
-    trained on these rows (heads.batched.fit_heads trains many in one pass), to be scored and reported; rows:
+    trained on these rows (fit_heads trains many in one pass), to be scored and reported; rows:
     the fit's role rows when the caller has them already (the batched pass's loaded train and validation rows),
     so they are not read again."""
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
@@ -232,3 +235,56 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
     return FitResult(spec, predictor, data["train"].x.shape[1], metrics, predictions, history, seconds, str(cache.path),
                      cache.fingerprint, cache.metadata.encoder_sha256,
                      cache.provenance(spec.train_split, spec.features))
+
+
+# -- many fits of one cache ---------------------------------------------------------------------------------
+def fit_key(spec: Any, n_train: int) -> tuple[Any, ...]:
+    """Which FitSpecs of one cache can train in one pass: same targets, rows, splits and device, and a
+    batch_key-compatible recipe (features, seeds, widths, dropout, lr and weight decay may differ)."""
+    blocks = head_info(spec.head).depth
+    rows = spec.selection.describe() if spec.selection is not None else None
+    return (blocks, tuple(spec.targets), repr(rows), spec.train_split, spec.val_split, spec.test_split, spec.device,
+            batch_key(spec.recipe, blocks, n_train, len(spec.targets), spec.val_split is not None))
+
+
+def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False) -> list[Any]:
+    """fit_head for many FitSpecs of one cache: the MLP heads that can share a pass are trained together by
+    train_heads, then each is scored and reported exactly as fit_head reports it (FitResult per spec, in
+    order). Every feature a group needs is held in memory at once: group the specs to bound it."""
+    cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
+    for spec in specs:
+        if not head_info(spec.head).batchable:
+            batchable = ", ".join(name for name in list_heads() if head_info(name).batchable)
+            raise FeatcacheError(f"head '{spec.head}' is not trained in batches (batched: {batchable})")
+        check_request(cache, spec)
+    loaded: dict[Any, dict[str, Any]] = {}  # per feature and row selection: the role rows, train and val loaded
+    groups: dict[tuple[Any, ...], list[tuple[int, HeadJob]]] = {}
+    for i, spec in enumerate(specs):
+        rows_key = shared_rows_key(spec)
+        if rows_key not in loaded:
+            data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
+                             spec.selection)
+            loaded[rows_key] = {role: replace(r, x=r.x.load()) if role != "test" else r for role, r in data.items()}
+        data = loaded[rows_key]
+        X, y = data["train"].x, data["train"].y
+        Xv, yv = (data["val"].x, data["val"].y) if "val" in data else (None, None)
+        model = create_head(spec.head, X.shape[1], len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
+                            seed=spec.recipe.seed)
+        job = HeadJob(model, X, y, Xv, yv, spec.recipe, spec.targets, data_key=rows_key)
+        groups.setdefault(fit_key(spec, X.shape[0]), []).append((i, job))
+    trained: dict[int, Any] = {}
+    for members in groups.values():
+        device = resolve_device(specs[members[0][0]].device)  # one device per group (part of fit_key)
+        results = train_heads([job for _, job in members], device=device, progress=progress,
+                              desc=f"fit {len(members)} heads")
+        trained.update({i: result for (i, _), result in zip(members, results, strict=True)})
+    results = [fit_head(cache, spec, progress=False, trained=trained[i], rows=loaded[shared_rows_key(spec)])
+               for i, spec in enumerate(specs)]
+    loaded.clear()
+    return results
+
+
+def shared_rows_key(spec: Any) -> tuple[Any, ...]:
+    """The rows a fit of a batched pass shares with others: its features, targets, selection and splits."""
+    return (tuple(spec.features), tuple(spec.targets), repr(spec.selection), spec.train_split, spec.val_split,
+            spec.test_split)

@@ -178,7 +178,7 @@ def batch_groups(todo: list[Task], max_bytes: int, max_heads: int = MAX_BATCH_HE
     """The MLP fits that train in one pass (heads.batched): per cache and batch-compatible spec, cut so that
     the distinct features a group holds in memory stay under max_bytes (train + val rows, float32). A fit
     whose features exceed its memory budget (FitSpec.max_memory) is left out: it streams alone."""
-    from ..heads.batched import fit_key
+    from ..heads.fit import fit_key
     from ..heads.streaming import parse_memory
 
     budgets: dict[Any, int] = {}
@@ -217,8 +217,8 @@ def _feature_bytes(task: Task) -> int:
 
 def _batch_records(cache: FeatureCache, specs: list[FitSpec], infos: list[dict[str, Any]]
                    ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """A batched pass (heads.batched.fit_heads) and its fits' records."""
-    from ..heads.batched import fit_heads
+    """A batched pass (heads.fit.fit_heads) and its fits' records."""
+    from ..heads.fit import fit_heads
 
     results = fit_heads(cache, specs)
     return [_record(r, spec, info) for r, spec, info in zip(results, specs, infos, strict=True)]

@@ -3,10 +3,10 @@ only parses and calls the library, so a default is defined once (in the dataclas
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
+from featcache_cli.options import defaults
 
 from featcache.extraction.options import ExtractOptions
 from featcache.finetune.options import FinetuneOptions
@@ -20,11 +20,7 @@ from featcache.reports.options import CompareOptions
 def _defaults(*classes: type) -> dict[str, object]:
     out: dict[str, object] = {}
     for cls in reversed(classes):  # the command's own options object wins over the recipe it holds
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                out[f.name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                out[f.name] = f.default_factory()
+        out.update(defaults(cls))
     return out
 
 
