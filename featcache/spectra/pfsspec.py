@@ -86,6 +86,7 @@ class DatasetInfo:
     params_key: str | None
     params_columns: list[str] = field(default_factory=list)
     file_size: int = 0
+    generator: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -169,7 +170,20 @@ class PfsDataset:
             wave_min=float(self.wave.min()), wave_max=float(self.wave.max()), arrays=self.arrays,
             params_key=self.params_key,
             params_columns=list(self.params().columns) if self.params_key else [],
-            file_size=self.path.stat().st_size)
+            file_size=self.path.stat().st_size, generator=self.generator)
+
+    @property
+    def generator(self) -> str | None:
+        """Which program wrote the file, from its ``generator`` and ``generator_version`` attributes
+        (``featcache.synth v2``); None for files that do not say (pfsspec's own)."""
+        name = self._file.attrs.get("generator")
+        if name is None:
+            return None
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        version = self._file.attrs.get("generator_version")
+        if version is None:
+            return name
+        return f"{name} v{version.decode() if isinstance(version, bytes) else version}"
 
     # -- arrays -------------------------------------------------------------------------------------
     def _check_rows(self, start: int, stop: int) -> None:
@@ -295,8 +309,11 @@ def file_identity(path: str | os.PathLike[str], *, mode: str = "full", n_samples
             digest.update(",".join(map(str, frame.columns)).encode())
             for name in ds.label_names():
                 digest.update(np.ascontiguousarray(frame[name].to_numpy()).tobytes())
-        return {"size": Path(path).stat().st_size, "n_rows": n, "n_pixels": ds.n_pixels,
-                "arrays": ds.arrays, "hash": f"{mode}:" + digest.hexdigest()[:32]}
+        identity = {"size": Path(path).stat().st_size, "n_rows": n, "n_pixels": ds.n_pixels,
+                    "arrays": ds.arrays, "hash": f"{mode}:" + digest.hexdigest()[:32]}
+        if ds.generator is not None:  # a cache keeps saying which synthetic world its rows came from
+            identity["generator"] = ds.generator
+        return identity
 
 
 def describe_dataset(path: Path) -> Description:
@@ -315,5 +332,7 @@ def describe_dataset(path: Path) -> Description:
         f"  numeric labels   {', '.join(labels) or '(none)'}",
         f"  file size        {info['file_size'] / 1e6:.1f} MB",
     ]
+    if info["generator"]:
+        lines.insert(1, f"  written by       {info['generator']}")
     info["labels"] = labels
     return Description(info, "\n".join(lines))

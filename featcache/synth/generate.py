@@ -36,7 +36,9 @@ import numpy as np
 
 from ..common.errors import FeatcacheError
 from ..common.files import atomic_write
+from .emulator import load_grid
 from .model import get_model
+from .observing import ObservingEffects, apply_effects, effect_draws
 from .physics import (
     C_KMS,
     DEFAULT_MAG,
@@ -46,6 +48,7 @@ from .physics import (
     N_OH_BANDS,
     N_PIXELS,
     NOISE,
+    WAVE_MEDIUM,
     observed_wave,
 )
 
@@ -90,17 +93,22 @@ def _check_args(seed: int, start: int, stop: int, rv_max: float, mag: float = DE
 
 
 def generate_block(seed: int, start: int, stop: int, mag: float = DEFAULT_MAG, rv_max: float = DEFAULT_RV_MAX,
-                   noise_free: bool = False) -> dict[str, Any]:
+                   noise_free: bool = False, effects: ObservingEffects | None = None) -> dict[str, Any]:
     """Spectra [start, stop) of the benchmark with this seed.
 
     Returns ``{"wave": (P,), "flux": (n, P), "error": (n, P), "noisy": (n, P) or None, "params": DataFrame}``
     (float32 arrays). Spectrum i depends only on (seed, i): any split into blocks gives the same rows.
+    ``effects`` adds the observed-like effects (observing.py); without them the labels, ``flux`` and the
+    noise are those of the default benchmark, bitwise.
     """
     import pandas as pd
 
     _check_args(seed, start, stop, rv_max, mag)
+    effects = effects if effects is not None else ObservingEffects()
     model = get_model(float(rv_max))
     seeds, uni, eps = _draws(seed, start, stop, noisy=not noise_free)
+    draws = effect_draws(seeds) if effects.active else None
+    extra: dict[str, list[np.ndarray]] = {}
     labels = {}
     for k, (name, (lo, hi)) in enumerate(LABEL_RANGES.items()):
         labels[name] = lo + (hi - lo) * uni[:, k]
@@ -117,8 +125,13 @@ def generate_block(seed: int, start: int, stop: int, mag: float = DEFAULT_MAG, r
     for a in range(0, n, CHUNK_ROWS):  # row chunks keep the temporaries in cache; rows are independent
         b = min(a + CHUNK_ROWS, n)
         sub = {k: v[a:b] for k, v in labels.items()}
-        obs, cont = _observed(model, sub, redshift[a:b])
-        err = model.noise_sigma(cont[:, model.pad:model.pad + N_PIXELS], mag, sky_scale[a:b], oh_scale[a:b])
+        obs = _observed(model, sub, redshift[a:b])
+        cont = model.planck(sub["T_eff"], model.wave)  # the noise model's object shape (T_eff only)
+        if draws is not None:
+            obs, cont, columns = apply_effects(model, effects, obs, cont, draws[a:b], mag, oh_scale[a:b])
+            for name, values in columns.items():
+                extra.setdefault(name, []).append(values)
+        err = model.noise_sigma(cont, mag, sky_scale[a:b], oh_scale[a:b])
         flux[a:b], error[a:b] = obs, err
         snr[a:b] = np.sqrt(np.einsum("ij,ij->i", obs, obs, dtype=np.float64)
                            / np.einsum("ij,ij->i", err, err, dtype=np.float64))
@@ -127,17 +140,17 @@ def generate_block(seed: int, start: int, stop: int, mag: float = DEFAULT_MAG, r
             chunk *= err
             chunk += obs
     params = pd.DataFrame({**labels, "mag": np.full(n, float(mag)), "redshift": redshift, "snr": snr,
-                           "random_seed": seeds})
+                           "random_seed": seeds, **{k: np.concatenate(v) for k, v in extra.items()}})
     params.index = pd.RangeIndex(start, stop)
     return {"wave": model.wave.copy(), "flux": flux, "error": error, "noisy": noisy, "params": params}
 
 
-def _observed(model, labels: dict[str, np.ndarray], redshift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The noise-free observed flux (median 0.5) and the rest-frame continuum of one row chunk."""
-    rest, cont = model.rest_frame_flux(labels)
+def _observed(model, labels: dict[str, np.ndarray], redshift: np.ndarray) -> np.ndarray:
+    """The noise-free observed flux (median 0.5) of one row chunk."""
+    rest, _ = model.rest_frame_flux(labels)
     obs = model.shift(rest, redshift)
     obs *= (0.5 / np.median(obs, axis=1, keepdims=True)).astype(np.float32)
-    return obs, cont
+    return obs
 
 
 def noise_free_flux(labels: dict[str, np.ndarray], redshift: np.ndarray,
@@ -163,24 +176,27 @@ def noise_free_flux(labels: dict[str, np.ndarray], redshift: np.ndarray,
     out = np.empty((n, N_PIXELS), np.float32)
     for a in range(0, n, CHUNK_ROWS):
         b = min(a + CHUNK_ROWS, n)
-        out[a:b] = _observed(model, {k: v[a:b] for k, v in values.items()}, redshift[a:b])[0]
+        out[a:b] = _observed(model, {k: v[a:b] for k, v in values.items()}, redshift[a:b])
     return out
 
 
 # -- writing a file ---------------------------------------------------------------------------------
-def _block_job(args: tuple[int, int, int, float, float, bool]) -> dict[str, Any]:
-    return generate_block(*args[:3], mag=args[3], rv_max=args[4], noise_free=args[5])
+def _block_job(args: tuple[int, int, int, float, float, bool, ObservingEffects]) -> dict[str, Any]:
+    return generate_block(*args[:3], mag=args[3], rv_max=args[4], noise_free=args[5], effects=args[6])
 
 
 def write_synth(path: str | os.PathLike[str], n: int, seed: int, *, mag: float = DEFAULT_MAG,
                 rv_max: float = DEFAULT_RV_MAX, noise_free: bool = False, block: int = 1000, workers: int = 1,
-                progress: Callable[[int], None] | None = None, overwrite: bool = False) -> dict[str, Any]:
+                progress: Callable[[int], None] | None = None, overwrite: bool = False,
+                effects: ObservingEffects | None = None) -> dict[str, Any]:
     """Write ``n`` spectra in the pfsspec layout, streaming blocks of ``block`` rows (bounded memory).
 
     ``workers`` > 1 generates blocks in that many processes (each block depends only on its rows, so the
     file is bitwise the same); the writer keeps at most ``2 * workers`` blocks in flight.
     ``progress(k)`` is called with the number of rows just written. An existing file is replaced only with
-    ``overwrite`` (it may be someone's real dataset); the new file appears whole or not at all.
+    ``overwrite`` (it may be someone's real dataset); the new file appears whole or not at all. ``effects``
+    switches on the observed-like effects (telluric absorption, sky residuals, calibration error), recorded
+    in the file's attributes and params.
     """
     import h5py
     import pandas as pd
@@ -197,7 +213,8 @@ def write_synth(path: str | os.PathLike[str], n: int, seed: int, *, mag: float =
         raise FeatcacheError(f"{path}: is a directory, expected an HDF5 file name")
     if path.exists() and not overwrite:
         raise FeatcacheError(f"{path}: exists; pass --overwrite to replace it or choose another name")
-    jobs = [(int(seed), s, min(s + block, n), float(mag), float(rv_max), bool(noise_free))
+    effects = effects if effects is not None else ObservingEffects()
+    jobs = [(int(seed), s, min(s + block, n), float(mag), float(rv_max), bool(noise_free), effects)
             for s in range(0, n, block)]
     names = ["flux", "error"] + ([] if noise_free else ["noisy"])
     frames: list[Any] = []
@@ -214,8 +231,10 @@ def write_synth(path: str | os.PathLike[str], n: int, seed: int, *, mag: float =
                                              dtype=np.float32, chunks=(chunk_rows, N_PIXELS))
                      for name in names}
             h5.attrs.update({"generator": "featcache.synth", "generator_version": GENERATOR_VERSION,
+                             "reference_grid": load_grid().source, "wave_medium": WAVE_MEDIUM,
                              "seed": int(seed), "n": int(n), "mag": float(mag), "rv_max": float(rv_max),
-                             "noise_free": int(bool(noise_free))})
+                             "noise_free": int(bool(noise_free)),
+                             **{f"observed_{k}": v for k, v in effects.attrs().items()}})
             for out in _iterate_blocks(jobs, workers):
                 s, e = int(out["params"].index[0]), int(out["params"].index[-1]) + 1
                 for name in names:
@@ -234,7 +253,7 @@ def write_synth(path: str | os.PathLike[str], n: int, seed: int, *, mag: float =
             "size": path.stat().st_size}
 
 
-def _iterate_blocks(jobs: list[tuple[int, int, int, float, float, bool]], workers: int):
+def _iterate_blocks(jobs: list[tuple[int, int, int, float, float, bool, ObservingEffects]], workers: int):
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield _block_job(job)
