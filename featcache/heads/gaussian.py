@@ -86,10 +86,6 @@ def gaussian_nll_torch(y: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor)
     return 0.5 * LOG_2PI + torch.log(sigma) + 0.5 * z * z
 
 
-def is_gaussian(model: nn.Module) -> bool:
-    return isinstance(model, GaussianMLP)
-
-
 def warmup_epochs(max_epochs: int) -> int:
     """MSE epochs before the NLL: WARMUP_EPOCHS, but always leave at least one NLL epoch."""
     return max(0, min(WARMUP_EPOCHS, int(max_epochs) - 1))
