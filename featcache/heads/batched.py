@@ -157,6 +157,7 @@ class StackedMLPs:
         self.stacks: list[Stack] = []
         self.order: list[int] = []
         self.last: dict[int, dict[str, torch.Tensor]] = {}  # heads that left: their last weights
+        self._limits: dict[tuple[Any, ...], list[torch.Tensor]] = {}
 
     def _padded(self, linears: list[nn.Linear], device: torch.device) -> list[torch.Tensor]:
         out = []
@@ -184,6 +185,7 @@ class StackedMLPs:
         for h, lr, wd in zip(active, lrs, wds, strict=True):
             keys.setdefault((lr, wd), []).append(h)
         self.stacks = [Stack(heads, [self.head_weights[h] for h in heads]) for heads in keys.values()]
+        self._limits = {}
         self.order = [h for stack in self.stacks for h in stack.heads]
         opt = make_optimizer([{"params": s.tensors, "lr": lr, "weight_decay": wd}
                               for s, (lr, wd) in zip(self.stacks, keys, strict=True)], lrs[0], wds[0], device)
@@ -221,9 +223,12 @@ class StackedMLPs:
         return values[torch.tensor([self.order.index(h) for h in active], device=values.device)]
 
     def clip(self, active: list[int], max_norms: list[float]) -> None:
-        limit = dict(zip(active, max_norms, strict=True))
-        for stack in self.stacks:
-            stack.clip(torch.tensor([limit[h] for h in stack.heads], device=self.device))
+        key = (tuple(active), tuple(max_norms))
+        if key not in self._limits:  # built once per set of heads, not every step
+            limit = dict(zip(active, max_norms, strict=True))
+            self._limits = {key: [torch.tensor([limit[h] for h in s.heads], device=self.device) for s in self.stacks]}
+        for stack, limits in zip(self.stacks, self._limits[key], strict=True):
+            stack.clip(limits)
 
     def evaluate(self, active: list[int], batch_size: int) -> list[Scores]:
         """Per head: (MSE on standardised targets, mean R2 across targets, NaN), in one host sync."""
