@@ -13,22 +13,39 @@ import click
 
 from featcache.common.errors import FeatcacheError
 
+MAX_MESSAGE = 1000  # characters of an error line: the start (what and where) and the end (the remedy) are kept
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """A message as one line of bounded length: line breaks (a file name may hold one) shown as \\n, control
+    characters escaped, and the middle of an over-long message cut."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(message))
+    if len(text) > limit:
+        cut = len(text) - limit + 40
+        text = f"{text[:limit * 3 // 4]} ... ({cut} characters cut) ... {text[-(limit // 4 - 40):]}"
+    return text
+
 
 class UserError(click.ClickException):
-    """Printed as 'Error: <message>' on one line; exit status 2."""
+    """Printed as 'Error: <message>' on one line of bounded length; exit status 2."""
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 # (old option, old value or None) -> (new option, new value or None): renamed in 0.2, accepted until 0.3
 Renames = dict[tuple[str, str | None], tuple[str, str | None]]
 
 
-def os_error_message(exc: OSError) -> str:
-    """A read-only or full folder, a name too long, a file where a folder was expected: one line naming it."""
+def os_error_message(exc: OSError, output: Any = None) -> str:
+    """A read-only or full folder, a name too long, a file where a folder was expected: one line naming it
+    (the file the system names, else the command's --out, `output`)."""
     import errno
 
-    where = exc.filename if exc.filename is not None else "an output file"
+    where = exc.filename if exc.filename is not None else (f"--out {output}" if output is not None
+                                                            else "an output file")
     why = exc.strerror or errno.errorcode.get(exc.errno or 0, "I/O error")
     hint = {errno.ENOSPC: "; free some space or write elsewhere", errno.EDQUOT: "; free some space or write elsewhere",
             errno.EACCES: "; choose a folder you can write to", errno.EROFS: "; choose a folder you can write to",
@@ -110,15 +127,12 @@ def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -
     """Read a YAML of option names into the context's default_map, so the command line still wins."""
     if path is None:
         return
-    import yaml
+    from featcache.common.yamlfile import load_yaml
 
     try:
-        with open(path) as handle:
-            loaded = yaml.safe_load(handle) or {}
-    except OSError as exc:
-        raise UserError(f"--config {path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        loaded = load_yaml(path, what="--config") or {}
+    except FeatcacheError as exc:
+        raise UserError(str(exc)) from None
     if not isinstance(loaded, dict):
         raise UserError(f"--config {path}: expected a mapping of option names to values")
     by_key: dict[str, click.Parameter] = {}
@@ -172,7 +186,7 @@ def command(name: str, renames: Renames | None = None, **settings: Any
             except OSError as exc:
                 if exc.errno is None:
                     raise
-                raise UserError(os_error_message(exc)) from None
+                raise UserError(os_error_message(exc, kwargs.get("out"))) from None
 
         wrapped = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet,
                                is_eager=True, help="No progress bars or status lines on stderr.")(wrapper)

@@ -61,7 +61,12 @@ D = defaults(ExtractOptions)
 @click.option("--shard", default=None, metavar="I/N", help="Compute only shard I of N (Slurm job arrays).")
 @click.option("--prepare", "prepare_only", is_flag=True,
               help="Only create the cache's arrays and metadata (run once before a Slurm job array of --shard runs).")
-@click.option("--overwrite", is_flag=True, help="Replace a cache that was made from other inputs.")
+@click.option("--wait", "wait_seconds", type=float, default=D["wait_seconds"], show_default=True,
+              metavar="SECONDS", help="With --shard I/N (I > 0): how long to wait for shard 0 (or --prepare) to "
+                                      "create the cache before giving up with exit status 2.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a cache that was made from other inputs: the new cache is built beside it and takes its "
+                   "place only once complete (the old one stays usable until then).")
 @click.option("--out", type=click.Path(path_type=Path), default=D["out"], show_default=True,
               help="Output cache (a .zarr directory).")
 def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], pools: tuple[str, ...], mask: str,
@@ -69,7 +74,7 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
             dilation: int | None, batch_size: int | None, block_rows: int, device: str, dtype: str, conv: str,
             store_dtype: str,
             keep_maps: bool, random_init: bool, init_seed: int, arch: str | None, hash_mode: str,
-            shard: str | None, prepare_only: bool, overwrite: bool, out: Path) -> None:
+            shard: str | None, prepare_only: bool, wait_seconds: float, overwrite: bool, out: Path) -> None:
     """Run the frozen encoder once over every spectrum; pool the chosen layers; write a Zarr cache.
 
     Re-running the same command resumes or does nothing; adding --layer or --pool values computes only
@@ -90,7 +95,7 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
         dilation=dilation, batch_size=batch_size, block_rows=block_rows, device=device, dtype=dtype, conv=conv,
         store_dtype=store_dtype, keep_maps=keep_maps, random_init=random_init, init_seed=init_seed, arch=arch,
         hash=hash_mode, overwrite=overwrite, shard=parse_shard(shard), prepare_only=prepare_only,
-        command=command_line())
+        wait_seconds=wait_seconds, command=command_line())
     report = run_extract(options)
     state = "complete" if report.complete else "INCOMPLETE (re-run to finish)"
     if prepare_only:

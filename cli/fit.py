@@ -55,7 +55,7 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
     from featcache.cache.reader import open_cache
     from featcache.heads.binning import Binning
     from featcache.heads.fit import FitSpec, fit_head, parse_features
-    from featcache.heads.runs import check_run_dir, clear_run_dir, save_run
+    from featcache.heads.runs import RUN_FILES, check_run_dir, save_run
 
     feature_list = parse_features(layer, pool, features)
     if out is None:
@@ -72,6 +72,5 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
     if spec.test_split in cache.splits:  # fit_head names a missing split
         binning.check_axes([*cache.label_names(spec.test_split), *spec.targets])
     result = fit_head(cache, spec)
-    clear_run_dir(out)
-    save_run(result, out, config=resolved_options(ctx), command=command_line(), binning=binning)
+    save_run(result, out, config=resolved_options(ctx), command=command_line(), binning=binning, replaces=RUN_FILES)
     echo_result(f"{result.summary()} -> {out}")

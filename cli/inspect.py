@@ -10,16 +10,18 @@ import click
 from .common import command, echo_result
 
 
-@command("inspect", short_help="Describe a dataset (.h5), a feature cache (.zarr) or a checkpoint.")
+@command("inspect", short_help="Describe a dataset (.h5), cache (.zarr), checkpoint or PFS FITS product.")
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 def command(path: str, as_json: bool) -> None:
-    """Describe PATH: a pfsspec HDF5 dataset, a featcache Zarr cache or an encoder checkpoint.
+    """Describe PATH: a pfsspec HDF5 dataset, a featcache Zarr cache, an encoder checkpoint or a PFS spectra
+    product (pfsCoadd, pfsCalibrated, pfsObject, pfsSingle: targets, wavelengths, decoded mask planes).
 
     \b
     Example:
       featcache inspect data/synth/train.h5
       featcache inspect cache/m215.zarr
+      featcache inspect pfsCoadd-00010-....fits
     """
     from featcache.inspection import describe
 

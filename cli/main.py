@@ -8,7 +8,7 @@ import click
 
 from featcache._version import __version__
 
-# (module, attribute) of every command, in the order `featcache --help` lists them.
+# the module of every command (its `command` attribute), in the order `featcache --help` lists them.
 COMMAND_MODULES: list[str] = [
     "inspect",
     "extract",
@@ -21,6 +21,9 @@ COMMAND_MODULES: list[str] = [
     "demo",
     "pretrain",
     "synth",
+    "import_spectra",
+    "export_pfs",
+    "transfer",
 ]
 
 

@@ -4,6 +4,7 @@ command, and its default comes from the library (the dataclass that takes it), s
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -214,7 +215,7 @@ def parse_sizes(text: str) -> list[int]:
             value = float(item[:-1] if scale > 1 else item) * scale
         except ValueError:
             raise FeatcacheError(f"--train-sizes {text}: '{item}' is not a number of spectra") from None
-        if value < 1 or value != int(value):
+        if not math.isfinite(value) or value < 1 or value != int(value):
             raise FeatcacheError(f"--train-sizes {text}: '{item}' is not a positive whole number of spectra")
         sizes.append(int(value))
     return sizes

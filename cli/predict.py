@@ -29,7 +29,7 @@ def command(run_dir: Path, cache_path: Path, split: str, out: Path, force: bool,
       featcache predict --head reports/runs/pre_latent-K8-mlp_1 --cache cache/new.zarr \\
         --split test --out reports/new-test-predictions.csv
     """
-    from featcache.common.files import atomic_write
+    from featcache.common.files import atomic_write, check_not_inside_store
     from featcache.heads.metrics import r2
     from featcache.heads.predict import predict_split
 
@@ -39,6 +39,7 @@ def command(run_dir: Path, cache_path: Path, split: str, out: Path, force: bool,
         raise UserError(f"--out {out}: is a directory, expected a .npz or .csv file name")
     if out.exists() and not overwrite:
         raise UserError(f"--out {out}: exists; pass --overwrite to replace it")
+    check_not_inside_store(out)
     result = predict_split(run_dir, cache_path, split, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 
 import click
 
-from .common import command, echo_result
+from .common import command, echo_result, one_line
 
 
 @command("synth", short_help="Write calibrated synthetic PFS red-arm spectra (HDF5).")
@@ -60,7 +62,7 @@ def command(out: str, n: int, seed: int, mag: float, rv_max: float, noise_free: 
       featcache synth data/test-observed.h5 --n 1000 --seed 3 --airmass 1.0:2.0 --fluxcal-error 0.03
     """
     from featcache.common.progress import progress, status
-    from featcache.synth.generate import write_synth
+    from featcache.synth.generate import HDF5WriteFailed, write_synth
     from featcache.synth.observing import ObservingEffects, parse_airmass
 
     effects = ObservingEffects(airmass=parse_airmass(airmass), pwv=pwv, sky_residual=sky_residual,
@@ -69,9 +71,17 @@ def command(out: str, n: int, seed: int, mag: float, rv_max: float, noise_free: 
     path = Path(out)
     start = time.time()
     status(f"synth: {n} spectra -> {path} (seed {seed}, mag {mag}, rv-max {rv_max} km/s)")
-    with progress(total=n, desc="synth", unit="spectra") as bar:
-        info = write_synth(path, n, seed, mag=mag, rv_max=rv_max, noise_free=noise_free, block=block_size,
-                           workers=workers, progress=bar.update, overwrite=overwrite, effects=effects)
+    try:
+        with progress(total=n, desc="synth", unit="spectra") as bar:
+            info = write_synth(path, n, seed, mag=mag, rv_max=rv_max, noise_free=noise_free, block=block_size,
+                               workers=workers, progress=bar.update, overwrite=overwrite, effects=effects)
+    except HDF5WriteFailed as exc:
+        # the partial file is removed; the HDF5 library, after a failed write, can crash at interpreter exit
+        # (a segmentation fault), so the one-line error is the process's last act
+        click.echo(f"Error: {one_line(str(exc))}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     elapsed = max(time.time() - start, 1e-9)
     echo_result(f"wrote {path}: {n} spectra x 4096 pixels ({', '.join(info['arrays'])}), seed {seed}, "
                 f"mag {mag}, median per-pixel S/N {info['snr_median']:.2f}, {info['size'] / 1e6:.1f} MB, "

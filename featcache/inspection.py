@@ -1,5 +1,5 @@
-"""`featcache inspect PATH`: pick the description by what PATH is (a dataset, a cache or a checkpoint);
-each format describes itself in its own package."""
+"""`featcache inspect PATH`: pick the description by what PATH is (a dataset, a cache, a checkpoint or a PFS
+FITS product); each format describes itself in its own package."""
 
 from __future__ import annotations
 
@@ -22,9 +22,14 @@ def describe(path: Path) -> Description:
 
         return describe_checkpoint(path)
     with open(path, "rb") as handle:
-        magic = handle.read(8)
-    if magic == b"\x89HDF\r\n\x1a\n":
+        magic = handle.read(9)
+    if magic[:8] == b"\x89HDF\r\n\x1a\n":
         from .spectra.pfsspec import describe_dataset
 
         return describe_dataset(path)
-    raise FeatcacheError(f"{path}: not a dataset (.h5), cache (.zarr) or checkpoint (.ckpt, .pt)")
+    if magic == b"SIMPLE  =" or path.suffix.lower() in (".fits", ".fit"):
+        from .observed.describe import describe_product
+
+        return describe_product(path)
+    raise FeatcacheError(f"{path}: not a dataset (.h5), cache (.zarr), checkpoint (.ckpt, .pt) or PFS spectra "
+                         "product (.fits)")

@@ -26,7 +26,9 @@ def _allowed(package: str) -> set[str] | None:
     if "every other" in text:
         return None
     text = re.sub(r"\(never [^)]*\)", "", text)
-    return {m for m in re.findall(r"featcache\.([a-z_]+(?:\.[a-z_]+)?)", text)}
+    named = set(re.findall(r"featcache\.([a-z_]+(?:\.[a-z_]+)?)", text))
+    bare = {w for w in re.findall(r"(?<![.\w])([a-z_]+)(?![.\w])", text) if w in PACKAGES}  # "common, spectra"
+    return named | bare
 
 
 def _module_name(path: Path) -> str:

@@ -24,6 +24,10 @@ MASK_DIMS = ["pixel"]
 WAVE_DIMS = ["kept_pixel"]
 # a split group's own coordinates (its labels are the coordinates of its labels group)
 SPLIT_COORDINATES = ["index", "draw"]
+# each row's spectrum content hash (two uint64 words of a blake2b-128 of its flux): copies across splits and
+# caches are judged by it; caches made before featcache kept it lack it
+ROW_HASH = "row_hash"
+ROW_HASH_DIMS = [ROW_DIM, "hash_word"]
 
 
 def _zarr():

@@ -13,7 +13,17 @@ import numpy as np
 from .._version import __version__
 from ..common.errors import FeatcacheError, choices_message
 from .fingerprint import provenance
-from .layout import META_KEY, READABLE_FORMATS, feature_path, label_path, map_path, marker_path, open_root, row_path
+from .layout import (
+    META_KEY,
+    READABLE_FORMATS,
+    ROW_HASH,
+    feature_path,
+    label_path,
+    map_path,
+    marker_path,
+    open_root,
+    row_path,
+)
 from .metadata import CacheMetadata, SplitMetadata
 
 
@@ -53,6 +63,7 @@ class FeatureCache:
                                  f"reads ({', '.join(map(str, READABLE_FORMATS))}); upgrade featcache")
         self.meta: dict[str, Any] = meta  # the attrs as stored (cache/ only; everything else asks `metadata`)
         self.metadata = CacheMetadata.from_dict(meta, str(self.path))
+        self.checked_roles: set[tuple[str, ...]] = set()  # role splits whose spectra were found disjoint
 
     # -- description --------------------------------------------------------------------------------
     @property
@@ -114,6 +125,16 @@ class FeatureCache:
         entry = self.split_info(split)
         return str((entry.identity or {}).get("hash") or os.path.realpath(entry.path))
 
+    def row_hashes(self, split: str) -> np.ndarray | None:
+        """(N, 2) uint64: the content hash of each spectrum of the split (draw 0's rows, in order), or None for
+        a cache made before featcache kept them (FORMAT.md)."""
+        self.split_info(split)
+        try:
+            array = self.root[row_path(split, ROW_HASH)]
+        except KeyError:
+            return None
+        return read_rows(array, self.row_selection(split, None, 0), self.path, np.uint64)
+
     def label_names(self, split: str) -> list[str]:
         return list(self.split_info(split).labels)
 
@@ -168,11 +189,15 @@ class FeatureCache:
         return self.array(path)
 
     def array(self, path: str) -> Any:
-        """The zarr array at `path` (KeyError when absent); damaged array metadata is a one-line error."""
+        """The zarr array at `path`; damaged array metadata, or an array the metadata lists but the store lacks
+        (a deleted folder), is a one-line error (a done marker that is absent is KeyError: not done)."""
         try:
             return self.root[path]
         except KeyError:
-            raise
+            if path.startswith("_done/"):
+                raise
+            raise FeatcacheError(f"{self.path}: '{path}' is missing from the cache (deleted or never written?); "
+                                 "re-extract it with --overwrite") from None
         except Exception as exc:  # noqa: BLE001 -- zarr raises several kinds for damaged metadata
             raise FeatcacheError(f"{self.path}: damaged metadata of '{path}' ({_reason(exc)}); re-extract the "
                                  "cache with --overwrite") from None

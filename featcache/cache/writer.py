@@ -30,6 +30,8 @@ from .layout import (
     META_KEY,
     READABLE_FORMATS,
     ROW_DIM,
+    ROW_HASH,
+    ROW_HASH_DIMS,
     SPLIT_COORDINATES,
     WAVE_DIMS,
     ArraySpec,
@@ -51,6 +53,8 @@ class SplitLayout:
     draws: int
     labels: list[str]
     identity: dict[str, Any]
+    row_hash: np.ndarray | None = None  # (n_source, 2) uint64: each spectrum's content hash (pfsspec.row_hashes)
+    nan_flux: dict[str, Any] | None = None  # spectra with NaN flux pixels (RowScan.nan_summary)
 
     @property
     def n_source(self) -> int:
@@ -63,7 +67,8 @@ class SplitLayout:
     def meta(self, block_rows: int) -> dict[str, Any]:
         return {"path": str(self.path), "start": self.start, "stop": self.stop, "n_source": self.n_source,
                 "draws": self.draws, "n_rows": self.n_rows, "labels": self.labels,
-                "n_blocks": -(-self.n_rows // block_rows), "identity": self.identity}
+                "n_blocks": -(-self.n_rows // block_rows), "identity": self.identity,
+                **({"nan_flux": self.nan_flux} if self.nan_flux is not None else {})}
 
 
 @dataclass
@@ -102,6 +107,7 @@ def _create_base(root: Any, spec: StoreSpec, read_labels: LabelReader) -> None:
         for name, values in zip(SPLIT_COORDINATES, (index, draw), strict=True):
             group.create_array(name, data=values, chunks=(rows,), overwrite=True, dimension_names=[ROW_DIM])
         group.attrs[COORDINATES_ATTR] = " ".join(SPLIT_COORDINATES)
+        _write_row_hash(group, split, rows)
         labels = group.require_group("labels")
         columns = read_labels(split) if split.labels else {}
         for name, column in columns.items():
@@ -111,6 +117,22 @@ def _create_base(root: Any, spec: StoreSpec, read_labels: LabelReader) -> None:
             labels.create_array(name, data=np.tile(column, draws), chunks=(rows,), overwrite=True,
                                 dimension_names=[ROW_DIM])
         labels.attrs[COORDINATES_ATTR] = " ".join(columns)
+
+
+def _write_row_hash(group: Any, split: SplitLayout, rows: int) -> None:
+    """<split>/row_hash (R, 2) uint64: the content hash of each row's spectrum, tiled over draws like index."""
+    if split.row_hash is None:
+        return
+    values = np.tile(np.asarray(split.row_hash, dtype=np.uint64), (split.draws, 1))
+    group.create_array(ROW_HASH, data=values, chunks=(rows, 2), overwrite=True, dimension_names=ROW_HASH_DIMS)
+
+
+def _add_row_hashes(root: Any, spec: StoreSpec) -> None:
+    """A store prepared before featcache kept row hashes gets them now (the fingerprint does not change: they
+    are derived from the content it already identifies)."""
+    for split in spec.splits:
+        if split.row_hash is not None and ROW_HASH not in root[split.name]:
+            _write_row_hash(root[split.name], split, max(min(spec.block_rows, split.n_rows), 1))
 
 
 def _base_meta(spec: StoreSpec) -> dict[str, Any]:
@@ -199,6 +221,8 @@ def prepare_store(spec: StoreSpec, read_labels: LabelReader) -> tuple[dict[str, 
         _create_base(root, spec, read_labels)
         meta["prepared"] = True
         root.attrs[META_KEY] = meta
+    else:
+        _add_row_hashes(root, spec)
     existing = {a["path"]: a for g in meta["generations"] for a in g["arrays"]}
     for array in spec.arrays:
         old = existing.get(array.path)

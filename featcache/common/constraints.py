@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import FeatcacheError, choices_message
 
-SEED_MAX = 2**64 - 1  # seeds of noise, shuffles and initialisation: the generators' domain, in every command
+SEED_MAX = 2**63 - 1  # seeds of noise, shuffles and initialisation, in every command: torch.manual_seed, numpy's
+# SeedSequence and the int64 columns that record them take non-negative 64-bit signed integers
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class StrOptions:
         return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
-SEED = Interval(int, 0, SEED_MAX, text="an integer in 0..2**64-1")
+SEED = Interval(int, 0, SEED_MAX, text="an integer in 0..2**63-1")
 POSITIVE = Interval(float, 0, None, closed="neither")
 NON_NEGATIVE = Interval(float, 0, None, closed="left")
 FRACTION = Interval(float, 0, 1, closed="neither")  # strictly between 0 and 1

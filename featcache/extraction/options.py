@@ -51,7 +51,7 @@ class ExtractOptions:
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     prepare_only: bool = False
-    wait_seconds: float = 3600.0
+    wait_seconds: float = 300.0  # --wait: how long shards 1..N-1 wait for shard 0 (or --prepare) to create the cache
     command: str = "featcache extract"
 
     constraints = {"direction": StrOptions(DIRECTIONS, noun="direction"),

@@ -8,6 +8,7 @@ reported (one line, naming the option or file) before a cache is created or touc
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from ..cache.writer import SplitLayout, StoreSpec
 from ..common.constraints import validate
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError, choices_message
+from ..common.overlap import SplitRows, check_rows_disjoint
+from ..common.progress import status
 from ..model.checkpoint import LoadedEncoder, load_encoder, random_encoder
 from ..model.encoder import CODE_VERSION, EncoderConfig
 from ..model.lean import LeanEncoder, conv_plan
@@ -27,13 +30,15 @@ from ..model.pooling import get_pooling, parse_poolings, pooled_width
 from ..model.taps import PSEUDO_LAYERS, expand_layers, tap_shape
 from ..spectra.inputs import NoiseSpec
 from ..spectra.mask import MaskSpec, make_mask, parse_mask_spec
-from ..spectra.pfsspec import PfsDataset, file_identity
+from ..spectra.pfsspec import PfsDataset, scan_file
 from ..spectra.splits import check_disjoint, open_splits, parse_split_specs
 from .options import (
     DEFAULT_BATCH,
     MAX_MAP_SIZE,
     ExtractOptions,
 )
+
+MAX_CACHE_ROWS = 2**31 - 1  # rows x draws of all splits: past this, the row coordinates alone are 24 GiB
 
 
 @dataclass
@@ -135,8 +140,55 @@ def load_plan_encoder(opts: ExtractOptions, device: torch.device) -> LoadedEncod
 def _read_splits(opts: ExtractOptions, draws: dict[str, int], noise: NoiseSpec
                  ) -> tuple[list[SplitLayout], np.ndarray]:
     """Each split's rows and labels, every file on the first file's wavelength grid (spectra.splits)."""
-    opened, wave = open_splits(opts.data, stored_noise=not noise.generated)
+    opened, wave = open_splits(opts.data, stored_noise=not noise.generated, generated_noise=noise.generated)
     return [SplitLayout(s.name, s.path, s.start, s.stop, draws[s.name], s.label_names, {}) for s in opened], wave
+
+
+def check_cache_size(out: Any, splits: list[SplitLayout]) -> None:
+    """Rows x draws checked before anything is allocated: the row coordinates alone take 12 bytes a row, in
+    memory and on disk, and the features several hundred; a count that cannot fit is refused here, by number,
+    instead of failing inside an allocation (or filling the disk) with a cache half made."""
+    rows = sum(s.n_rows for s in splits)
+    if rows > MAX_CACHE_ROWS:
+        worst = max(splits, key=lambda s: s.n_rows)
+        raise FeatcacheError(f"--noise-draws: {rows:,} rows in all ({worst.n_source:,} spectra x {worst.draws:,} "
+                             f"draws in split '{worst.name}'), over the {MAX_CACHE_ROWS:,} a cache takes; give fewer "
+                             "draws (--noise-draws NAME=K) or fewer spectra")
+    try:
+        free = shutil.disk_usage(_existing_parent(out)).free
+    except OSError:
+        return
+    need = rows * 12  # index (int64) and draw (int32): the least a cache of these rows writes
+    if need > free:
+        raise FeatcacheError(f"--out {out}: {rows:,} rows need at least {need / 2**30:.1f} GiB for their row "
+                             f"coordinates alone, and the disk has {free / 2**30:.1f} GiB free; give fewer draws "
+                             "or spectra, or write elsewhere")
+
+
+def _existing_parent(path: Any) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def scan_splits(splits: list[SplitLayout], mode: str) -> None:
+    """Each file read once (--hash full: every byte) for its identity and the per-row scan of the splits' rows
+    in it: content hashes (copied rows across splits) and NaN pixels (missing values set to 0, named)."""
+    by_file: dict[str, list[SplitLayout]] = {}
+    for split in splits:
+        by_file.setdefault(os.path.realpath(split.path), []).append(split)
+    for group in by_file.values():
+        scan = scan_file(group[0].path, mode=mode, ranges=[(s.start, s.stop) for s in group])
+        for split in group:
+            rows = scan.rows(split.start, split.stop)
+            split.identity, split.row_hash = scan.identity, rows.hashes
+            split.nan_flux = rows.nan_summary()
+            nan = split.nan_flux
+            if nan["rows"]:
+                first = ", ".join(map(str, nan["first_rows"])) + (", ..." if nan["rows"] > 5 else "")
+                status(f"split '{split.name}': {nan['rows']} spectra have NaN flux pixels ({nan['pixels']} pixels; "
+                       f"rows {first} of {split.path}), read as 0 by the reading rule (docs/refusals.md)")
 
 
 def _layers(model: Any, names: list[str], n_kept: int, direction: str, pools: list[str]) -> list[LayerPlan]:
@@ -209,13 +261,14 @@ def build_plan(opts: ExtractOptions) -> ExtractPlan:
                                                                [*encoder.model.tap_names, *PSEUDO_LAYERS]))
     splits, wave = _read_splits(opts, draws, noise)
     check_disjoint([(s.name, os.path.realpath(s.path), s.start, s.stop) for s in splits])
+    check_cache_size(opts.out, splits)
     mask_spec = parse_mask_spec(opts.mask)
     first = splits[0]
     with PfsDataset(first.path) as ds:
         mask = make_mask(mask_spec, ds, first.start, first.stop, source=f"split '{first.name}'")
-    for split in splits:  # every byte read (and every error value checked) before anything is written
-        split.identity = file_identity(split.path, mode=opts.hash)
+    scan_splits(splits, opts.hash)  # every byte read (and every error value checked) before anything is written
     check_disjoint([(s.name, s.identity["hash"], s.start, s.stop) for s in splits])  # copies of one file too
+    check_rows_disjoint([SplitRows(s.name, str(s.path), s.start, s.row_hash) for s in splits])  # copied rows
     layers = _layers(encoder.model, layer_names, int(mask.sum()), opts.direction, pools)
     arrays = _arrays(splits, layers, pools, opts)
     taps = [layer.name for layer in layers if not layer.pseudo]

@@ -9,9 +9,10 @@ at any moment resumes to a bitwise-identical result.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,20 @@ import torch
 from ..cache.layout import ArraySpec, marker_path, open_root
 from ..cache.lock import CacheLock
 from ..cache.reader import FeatureCache
-from ..cache.writer import Block, BlockWriter, SplitLayout, check_out, check_store, consolidate, prepare_store
+from ..cache.writer import (
+    Block,
+    BlockWriter,
+    SplitLayout,
+    StoreSpec,
+    check_out,
+    check_store,
+    consolidate,
+    prepare_store,
+)
 from ..common.background import background
 from ..common.device import configure_threads, local_rank
 from ..common.errors import FeatcacheError
+from ..common.files import check_not_inside_store
 from ..common.progress import progress, status
 from ..model.pooling import get_pooling
 from ..model.taps import PSEUDO_LAYERS
@@ -34,6 +45,7 @@ from .options import ExtractOptions
 from .plan import ExtractPlan, build_plan
 from .shards import detect_shard, shard_blocks, wait_until_prepared
 
+MAX_WAIT = 7 * 24 * 3600.0  # --wait: a shard gives up after at most a week
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -194,6 +206,62 @@ def _finish(plan: ExtractPlan, rows: int, added: list[str]) -> bool:
     return complete
 
 
+def staging_path(out: Path) -> Path:
+    """Where --overwrite builds the replacement of a cache: beside it, so the old one stays whole until then."""
+    return out.with_name(out.name + ".new")
+
+
+def _replacing(opts: ExtractOptions, store: StoreSpec) -> bool:
+    """Whether this run replaces the cache at --out (--overwrite of a cache made otherwise, or damaged)."""
+    return bool(opts.overwrite) and (opts.out / "zarr.json").exists() and check_store(store) is None
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two directories: atomically where the kernel can (renameat2 RENAME_EXCHANGE), else by two renames
+    (a kill between them leaves `a` absent, `b` the new cache and a hidden copy of the old one)."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+    except (AttributeError, OSError):
+        pass
+    aside = a.with_name(f".{a.name}.old-{os.getpid()}")
+    os.rename(a, aside)
+    os.rename(b, a)
+    os.rename(aside, b)
+
+
+def swap_into_place(out: Path, staging: Path) -> None:
+    """The complete replacement takes the place of the cache at `out`; the old cache is then removed."""
+    _exchange(out, staging)
+    shutil.rmtree(staging, ignore_errors=True)
+    for lock in staging.parent.glob(staging.name + ".*lock"):
+        lock.unlink(missing_ok=True)
+    status(f"{out}: replaced by the new cache (built beside it in {staging.name}, now removed)")
+
+
+def _swap_when_complete(out: Path, staging: Path, fingerprint: str, *, locked: bool) -> None:
+    """After the last block of a replacement: swap it into place (a sharded run's ranks race for out's lock;
+    one swaps, the others find it done)."""
+    def swap() -> None:
+        if (staging / "zarr.json").exists() and FeatureCache(staging).fingerprint == fingerprint \
+                and FeatureCache(staging).is_complete():
+            swap_into_place(out, staging)
+
+    if locked:
+        swap()
+        return
+    try:
+        with CacheLock(out).acquire("replacing the cache with its complete replacement"):
+            swap()
+    except FeatcacheError:
+        pass  # another rank holds the lock: it swaps
+
+
 def _compute(plan: ExtractPlan, meta: dict[str, Any], shard: tuple[int, int] | None) -> tuple[int, bool, float]:
     """(rows computed, whether nothing was pending, seconds of the block pipeline)."""
     tasks = pending_tasks(plan, meta, shard)
@@ -208,38 +276,68 @@ def run_extract(opts: ExtractOptions) -> ExtractReport:
     Sharded (--shard I/N, torchrun or srun): rank 0 prepares the store, every rank computes its own
     contiguous, chunk-aligned share of the blocks, and the last to finish consolidates the metadata.
     """
+    if not 0 <= float(opts.wait_seconds) <= MAX_WAIT:
+        raise FeatcacheError(f"--wait {opts.wait_seconds}: expected seconds in 0..{MAX_WAIT:.0f} (a week)")
     shard, shard_source = detect_shard(opts.shard)
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise FeatcacheError(f"shard {shard[0]}/{shard[1]} from {shard_source}: expected 0 <= I < N")
     if opts.device == "auto" and shard is not None and torch.cuda.is_available():
         opts.device = f"cuda:{local_rank()[0] % torch.cuda.device_count()}"
-    check_out(opts.out)  # cheap: before the plan reads and hashes every input
+    out = opts.out
+    check_out(out)  # cheap: before the plan reads and hashes every input
+    check_not_inside_store(out, "--out")
     plan = build_plan(opts)
     configure_threads(plan.device)
     started = time.perf_counter()
     store = plan.store_spec()
     if shard is None or shard[0] == 0 or opts.prepare_only:
         check_store(store)  # a refusal before the lock file or anything else exists
+    replacing = _replacing(opts, store)
+    if replacing:  # built beside the old cache, which stays complete and usable until the new one is
+        plan.options = replace(opts, out=staging_path(out))
+        check_out(plan.options.out)
+        store = plan.store_spec()
+        status(f"{out}: --overwrite builds the new cache beside it in {plan.options.out} (the old one stays until the "
+               "new one is complete)")
+    target = plan.options.out
+
+    def finished(rows: int, up_to_date: bool, added: list[str], complete: bool, compute: float) -> ExtractReport:
+        return ExtractReport(out, plan.fingerprint, rows, time.perf_counter() - started, up_to_date, added, complete,
+                             compute)
+
     if opts.prepare_only or shard is None:
-        with CacheLock(opts.out).acquire(opts.command):
-            meta, added = prepare_store(store, _read_labels)
+        with CacheLock(out).acquire(opts.command):
+            meta, added = _prepare(store)
             if opts.prepare_only:
-                return ExtractReport(opts.out, plan.fingerprint, 0, time.perf_counter() - started, False, added,
-                                     FeatureCache(opts.out).is_complete())
+                return finished(0, False, added, FeatureCache(target).is_complete(), 0.0)
             rows, up_to_date, compute = _compute(plan, meta, None)
             complete = _finish(plan, rows, added)
-        return ExtractReport(opts.out, plan.fingerprint, rows, time.perf_counter() - started, up_to_date, added,
-                             complete, compute)
+            if replacing and complete:
+                _swap_when_complete(out, target, plan.fingerprint, locked=True)
+        return finished(rows, up_to_date, added, complete, compute)
     added = []
     if shard[0] == 0:
-        with CacheLock(opts.out).acquire(f"{opts.command} [preparing for {shard[1]} shards]"):
-            meta, added = prepare_store(store, _read_labels)
+        with CacheLock(target).acquire(f"{opts.command} [preparing for {shard[1]} shards]"):
+            meta, added = _prepare(store)
     else:
         meta = wait_until_prepared(plan, shard)
     status(f"shard {shard[0]}/{shard[1]} (from {shard_source}) on {plan.device}")
-    with CacheLock(opts.out).acquire(opts.command, shared=True), \
-            CacheLock(opts.out, f"shard-{shard[0]}-of-{shard[1]}.lock").acquire(opts.command):
+    with CacheLock(target).acquire(opts.command, shared=True), \
+            CacheLock(target, f"shard-{shard[0]}-of-{shard[1]}.lock").acquire(opts.command):
         rows, up_to_date, compute = _compute(plan, meta, shard)
     complete = _finish(plan, rows, added)
-    return ExtractReport(opts.out, plan.fingerprint, rows, time.perf_counter() - started, up_to_date, added,
-                         complete, compute)
+    if replacing and complete:
+        _swap_when_complete(out, target, plan.fingerprint, locked=False)
+    return finished(rows, up_to_date, added, complete, compute)
+
+
+def _prepare(store: StoreSpec) -> tuple[dict[str, Any], list[str]]:
+    """prepare_store; a store this call created and could not finish preparing (a full disk, say) is removed,
+    so the next run starts clean instead of meeting half-written metadata."""
+    created = not (store.path / "zarr.json").exists()
+    try:
+        return prepare_store(store, _read_labels)
+    except BaseException:
+        if created:
+            shutil.rmtree(store.path, ignore_errors=True)
+        raise

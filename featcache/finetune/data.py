@@ -136,7 +136,7 @@ def _check_roles(opts: FinetuneOptions, names: list[str]) -> list[str]:
 def load_splits(opts: FinetuneOptions) -> tuple[dict[str, SplitData], tuple[Path, int, int]]:
     """The split roles' rows and labels, validated; and (file, start, stop) of the first --data split, which
     the mask is made from (as extract makes it)."""
-    opened, _ = open_splits(opts.data, stored_noise=opts.noise == "stored")
+    opened, _ = open_splits(opts.data, stored_noise=opts.noise == "stored", generated_noise=opts.noise != "stored")
     roles = _check_roles(opts, [s.name for s in opened])
     splits: dict[str, SplitData] = {}
     first = (opened[0].path, opened[0].start, opened[0].stop)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..cache.fingerprint import describe_changes
 from ..common.errors import FeatcacheError
-from ..common.overlap import check_disjoint
+from ..common.overlap import SplitRows, check_disjoint, check_rows_disjoint
 from ..common.progress import status
 from ..common.resume import load_resume_checkpoint
 from ..common.serialise import plain
@@ -39,7 +39,7 @@ from ..model.checkpoint import load_encoder, state_dict_digest
 from ..model.pooling import get_pooling, pooled_width
 from ..model.taps import tap_shape
 from ..spectra.mask import make_mask
-from ..spectra.pfsspec import PfsDataset, file_identity
+from ..spectra.pfsspec import PfsDataset, scan_file
 from .data import RunContext, SplitData, load_splits
 from .distributed import Dist, init_distributed
 from .loop import CHECKPOINT_FORMAT, debug_line, train
@@ -180,17 +180,21 @@ def _data_identity(opts: FinetuneOptions, splits: dict[str, SplitData], dist: Di
     """Each split's file content identity and rows (rank 0 reads, every rank gets it); shared rows between
     the roles are refused, copies of one file included."""
     def identities() -> dict[str, Any]:
-        by_file: dict[str, dict[str, Any]] = {}
+        by_file: dict[str, list[SplitData]] = {}
         for split in splits.values():
-            key = os.path.realpath(split.path)
-            if key not in by_file:
-                by_file[key] = file_identity(split.path, mode=opts.hash)
-        return {name: {"identity": by_file[os.path.realpath(split.path)], "start": split.start, "stop": split.stop}
-                for name, split in splits.items()}
+            by_file.setdefault(os.path.realpath(split.path), []).append(split)
+        scans = {key: scan_file(group[0].path, mode=opts.hash, ranges=[(s.start, s.stop) for s in group])
+                 for key, group in by_file.items()}
+        found = {name: {"identity": scans[os.path.realpath(split.path)].identity, "start": split.start,
+                        "stop": split.stop} for name, split in splits.items()}
+        check_disjoint([(name, entry["identity"]["hash"], entry["start"], entry["stop"])
+                        for name, entry in found.items()])
+        check_rows_disjoint([SplitRows(name, str(split.path), split.start,
+                                       scans[os.path.realpath(split.path)].rows(split.start, split.stop).hashes)
+                             for name, split in splits.items()])  # copied spectra, wherever they sit
+        return found
 
-    data = dist.from_main(identities)
-    check_disjoint([(name, entry["identity"]["hash"], entry["start"], entry["stop"]) for name, entry in data.items()])
-    return data
+    return dist.from_main(identities)
 
 
 def _check_resume(opts: FinetuneOptions, state: dict[str, Any] | None, settings: dict[str, Any]) -> None:

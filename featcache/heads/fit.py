@@ -19,7 +19,8 @@ import numpy as np
 from ..cache.reader import FeatureCache, open_cache
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
-from ..common.overlap import check_disjoint
+from ..common.overlap import SplitRows, check_disjoint, check_rows_disjoint
+from ..common.progress import status
 from .batched import HeadJob, batch_key, train_heads
 from .entry import FitRows
 from .metrics import split_metrics
@@ -176,6 +177,17 @@ def check_roles(cache: FeatureCache, train: str, val: str | None, test: str | No
                                      "test once, on different splits")
     check_disjoint([(split, cache.split_identity(split), *cache.split_rows(split)) for _, split in given],
                    what="cache splits")
+    key = tuple(split for _, split in given)
+    if key in cache.checked_roles:
+        return
+    rows = [SplitRows(split, f"rows {cache.split_rows(split)[0]}:{cache.split_rows(split)[1]} of "
+                             f"{cache.split_info(split).path}",
+                      cache.split_rows(split)[0], cache.row_hashes(split)) for _, split in given]
+    check_rows_disjoint(rows, what=f"{cache.path}: cache splits", flag="--cache")
+    if len(rows) > 1 and any(r.hashes is None for r in rows):
+        status(f"note: {cache.path} was made before featcache kept row hashes: copies of one spectrum in two of "
+               "its splits cannot be checked (re-extract it to check them)")
+    cache.checked_roles.add(key)
 
 
 def check_request(cache: FeatureCache, spec: FitSpec) -> None:

@@ -25,6 +25,7 @@ that cache and refuses one whose fingerprint changed.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -271,7 +272,7 @@ class KNNHead:
                 "x_scale": torch.as_tensor(self.x_scale_),
                 "train_z": None if source is not None else self.train_z_.clone(),
                 "train_source": None if source is None else {
-                    "cache": str(source.path), "fingerprint": source.fingerprint, "split": source.split,
+                    "cache": os.path.realpath(source.path), "fingerprint": source.fingerprint, "split": source.split,
                     "features": [list(f) for f in source.features], "draw": source.draw,
                     "rows": None if source.rows is None else torch.as_tensor(source.rows),
                     "block_rows": int(self.block_rows_)},

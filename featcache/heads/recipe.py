@@ -3,15 +3,26 @@ once; the command line shows these values. Torch-free, so reading the defaults i
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..common.constraints import FRACTION, NON_NEGATIVE, POSITIVE, SEED, at_least, validate
+from ..common.constraints import FRACTION, NON_NEGATIVE, POSITIVE, SEED, SEED_MAX, at_least, validate
+from ..common.errors import FeatcacheError
 
 DEFAULT_HIDDEN = 256
 DEFAULT_DROPOUT = 0.1
+MAX_SEED = SEED_MAX  # seeds go to torch.manual_seed and numpy's SeedSequence: non-negative, 64-bit signed
 KNN_WEIGHTS = ("uniform", "distance")  # knn's --knn-weights
 DEFAULT_ATTN_HEADS = 4                 # attn's --attn-heads
+
+
+def is_seed(value: object) -> bool:
+    """A whole number in 0..MAX_SEED (bool is not a seed)."""
+    try:
+        return not isinstance(value, bool) and int(value) == value and 0 <= int(value) <= MAX_SEED  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 @dataclass
@@ -36,6 +47,10 @@ class TrainRecipe:
              "eval_batch_size": "eval batch size"}
 
     def validate(self) -> None:
+        if not all(math.isfinite(float(v)) for v in (self.lr, self.weight_decay, self.plateau_factor,
+                                                      self.grad_clip or 0.0)):  # one line for the three
+            raise FeatcacheError(f"--lr, --weight-decay and --grad-clip must be finite numbers, got lr {self.lr}, "
+                                 f"weight decay {self.weight_decay}, grad clip {self.grad_clip}")
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:

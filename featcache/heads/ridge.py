@@ -1,4 +1,5 @@
-"""Exact, streaming ridge regression: every alpha from one eigendecomposition, memory independent of N.
+"""Exact, streaming ridge regression: every alpha from one eigendecomposition, memory independent of N (or,
+with fewer train rows than features, of D: the dual form).
 
 Rows are seen once, in chunks (e.g. straight from the Zarr cache): `StreamingStats` accumulates n, the
 column sums and the cross-product matrices X^T X, X^T y, y^T y in float64. From those alone `RidgeHead`
@@ -11,6 +12,12 @@ column sums and the cross-product matrices X^T X, X^T y, y^T y in float64. From 
   standardisation: SSE_val(alpha) = y^T y - 2 w^T X^T y + w^T X^T X w, without reading rows again.
 
 The result is the same as scikit-learn's `Ridge(alpha)` on `StandardScaler`-ed features (float64).
+Long because the statistics, the primal and dual forms and the head's registry entry are kept whole here.
+
+With fewer train rows than features (N < D: a `--pool none` map of a few dozen spectra) the D x D Gram is
+the wrong matrix to build (13,920 features: 1.5 GB each, minutes of eigendecomposition); `RidgeHead.fit`
+then solves the same problem through the N x N kernel of the standardised rows (the dual form, as
+scikit-learn's Ridge does for wide data): the same coefficients, alphas and validation R2.
 
 Alpha scaling: grid values are *relative* and are multiplied by n_train (default). With standardised
 features the Gram is n_train times the correlation matrix (trace = n_train per non-constant feature), so the
@@ -182,6 +189,34 @@ def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.linalg.eigh(a)
 
 
+PRIMAL_GRAM_COPIES = 6  # D x D float64 matrices the primal form holds at once (sums, moments, Gram, vectors, ...)
+CHUNK_BYTES = 256 << 20  # a chunk of rows read at once, as float64
+
+
+def _chunk_rows(d: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int:
+    """Rows per chunk: chunk_rows, fewer for wide features (a 13,920-wide chunk of 32,768 rows is 3.6 GB)."""
+    return max(1, min(int(chunk_rows), CHUNK_BYTES // (8 * max(d, 1))))
+
+
+def ridge_memory(n: int, d: int, n_val: int = 0) -> tuple[str, int]:
+    """The form ridge takes for n train rows of d features ('dual' when n < d, else 'primal') and about the
+    bytes it holds: the dual form its n x d standardised rows, n x n kernel and vectors and a chunk's kernel
+    rows; the primal form its d x d matrices; both one chunk of rows as float64."""
+    chunk = _chunk_rows(d)
+    if n < d:
+        return "dual", 8 * (n * d + 3 * n * n + min(chunk, max(n_val, 1)) * (d + 2 * n))
+    return "primal", 8 * (PRIMAL_GRAM_COPIES * d * d + min(chunk, max(n, n_val, 1)) * d)
+
+
+def _check_finite(x: np.ndarray, y: np.ndarray | None, split: str) -> None:
+    """StreamingStats.check_finite's refusals, for rows held in memory."""
+    if not np.isfinite(x).all():
+        raise FeatcacheError(f"features contain NaN or inf values on the {split} split; "
+                             "check the cache (or the spectra it was built from)")
+    if y is not None and not np.isfinite(y).all():
+        raise FeatcacheError(f"targets contain NaN or inf values on the {split} split; drop or fill those rows")
+
+
 def alpha_grid(lo: float = 1e-4, hi: float = 1e6, num: int = 21) -> np.ndarray:
     """Log-spaced relative alphas, both ends included."""
     if not (lo > 0 and hi >= lo and int(num) >= 1):
@@ -282,11 +317,121 @@ class RidgeHead:
         return self
 
     def fit(self, X_train: Any, y_train: Any, X_val: Any = None, y_val: Any = None,
-            chunk_rows: int = DEFAULT_CHUNK_ROWS, target_names: Sequence[str] | None = None) -> RidgeHead:
-        """Convenience: stream the arrays (NumPy, Zarr, h5py) in chunks, then `fit_stats`."""
-        train = StreamingStats.from_arrays(X_train, y_train, chunk_rows)
-        val = None if X_val is None else StreamingStats.from_arrays(X_val, y_val, chunk_rows)
+            chunk_rows: int = DEFAULT_CHUNK_ROWS, target_names: Sequence[str] | None = None,
+            max_memory: int | str | None = None) -> RidgeHead:
+        """Fit on row-sliceable arrays (NumPy, Zarr, h5py, a cache's FeatureMatrix), read in chunks.
+
+        With fewer train rows than features (N < D) the dual form solves it: the N x N kernel of the
+        standardised rows instead of the D x D Gram (as scikit-learn's Ridge switches), the same solution; else
+        the primal form from streamed statistics (`fit_stats`). max_memory (bytes, '1GB', '25%'; None: half the
+        available RAM) refuses a fit whose form would hold more than that, before it reads a row."""
+        from .streaming import format_bytes, parse_memory
+
+        n, d = len(X_train), int(X_train.shape[1])
+        form, need = ridge_memory(n, d, 0 if X_val is None else len(X_val))
+        budget = parse_memory(max_memory)
+        if need > budget:
+            held = "its N x D standardised rows and N x N kernel" if form == "dual" else "its D x D Gram matrices"
+            raise FeatcacheError(f"ridge on {n} train rows x {d} features needs about {format_bytes(need)} for {held}, "
+                                 f"over the {format_bytes(budget)} memory budget (--max-memory); give a larger "
+                                 "--max-memory or a narrower feature (another --pool)")
+        rows = _chunk_rows(d, chunk_rows)
+        if form == "dual":
+            return self._fit_dual(X_train, y_train, X_val, y_val, rows, target_names)
+        train = StreamingStats.from_arrays(X_train, y_train, rows)
+        val = None if X_val is None else StreamingStats.from_arrays(X_val, y_val, rows)
         return self.fit_stats(train, val, target_names=target_names)
+
+    def _fit_dual(self, X_train: Any, y_train: Any, X_val: Any, y_val: Any, chunk_rows: int,
+                  target_names: Sequence[str] | None) -> RidgeHead:
+        """Ridge through the N x N kernel K = Z Z^T of the standardised train rows Z (N < D): with K = U S U^T,
+        the coefficients w(alpha) = Z^T U (S + alpha)^-1 U^T y' for every alpha from one eigendecomposition, and
+        validation predictions Z_val w(alpha) = (Z_val Z^T U) (S + alpha)^-1 U^T y', chunk by chunk. The
+        standardisation, alphas, validation R2 and choice are the primal form's (`fit_stats`)."""
+        n, d = len(X_train), int(X_train.shape[1])
+        x = np.empty((n, d), dtype=np.float64)
+        for start in range(0, n, chunk_rows):
+            x[start:start + chunk_rows] = np.asarray(X_train[start:start + chunk_rows], dtype=np.float64)
+        y = np.asarray(y_train, dtype=np.float64)
+        y_1d = y.ndim == 1
+        y = y[:, None] if y_1d else y
+        if y.ndim != 2 or len(y) != n:
+            raise FeatcacheError(f"features have {n} rows but targets have {len(y)}")
+        if n < 2:
+            raise FeatcacheError(f"ridge needs at least 2 train rows, got {n}")
+        _check_finite(x, y, "train")
+        mx = x.mean(axis=0)
+        std = np.sqrt(np.mean((x - mx) ** 2, axis=0))
+        const = is_constant(std, mx)
+        scale = np.where(const, 1.0, std)
+        x -= mx
+        x /= scale
+        x[:, const] = 0.0                                          # z: the standardised rows, in place
+        my = y.mean(axis=0)
+        y_std = y.std(axis=0)
+        for j in np.flatnonzero(is_constant(y_std, my)):
+            raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the train split "
+                                 f"(every value is {my[j]:.6g}); nothing to fit")
+        rel = self.relative_alphas()
+        alphas = rel * n if self.scale_alphas else rel
+        if X_val is None and alphas.size > 1:
+            raise FeatcacheError("choosing alpha needs a validation split (alpha is never chosen on test); "
+                                 "give validation rows or a single alpha")
+        lam, vecs = _eigh(x @ x.T)
+        lam = np.clip(lam, 0.0, None)
+        proj = vecs.T @ (y - my)                                   # (N, T) in the kernel's eigenbasis
+        dual_eig = proj[None, :, :] / (lam[None, :, None] + alphas[:, None, None])   # (A, N, T)
+        if X_val is not None:
+            r2 = self._dual_val_r2(x, vecs, dual_eig, (mx, scale, const, my), X_val, y_val, chunk_rows,
+                                   target_names)
+            best = int(np.argmax(r2.mean(axis=1)))                 # first (smallest) alpha on ties
+            self.val_r2_per_alpha_ = r2[:, 0] if y_1d else r2
+            self.val_r2_ = float(r2[best].mean())
+        else:
+            best = 0
+            self.val_r2_per_alpha_ = None
+            self.val_r2_ = None
+        w = x.T @ (vecs @ dual_eig[best])                          # (D, T), standardised units
+        coef = w / scale[:, None]
+        coef[const, :] = 0.0
+        intercept = my - mx @ coef
+        self._y_1d = bool(y_1d)
+        self.coef_ = coef[:, 0] if self._y_1d else coef
+        self.intercept_ = float(intercept[0]) if self._y_1d else intercept
+        self.alphas_ = alphas
+        self.alpha_ = float(alphas[best])
+        self.x_mean_, self.x_scale_, self.n_train_ = mx, scale, n
+        return self
+
+    @staticmethod
+    def _dual_val_r2(z: np.ndarray, vecs: np.ndarray, dual_eig: np.ndarray, train: tuple[Any, ...], X_val: Any,
+                     y_val: Any, chunk_rows: int, target_names: Sequence[str] | None) -> np.ndarray:
+        """(A, T) validation R2 of every alpha, the validation rows read in chunks through the train
+        standardisation (their residuals about the train target mean, their spread about their own)."""
+        mx, scale, const, my = train
+        yv = np.asarray(y_val, dtype=np.float64)
+        yv = yv[:, None] if yv.ndim == 1 else yv
+        if len(yv) != len(X_val) or yv.shape[1] != dual_eig.shape[2] or int(X_val.shape[1]) != z.shape[1]:
+            raise FeatcacheError(f"validation has {int(X_val.shape[1])} features and {yv.shape[1]} targets for "
+                                 f"{len(X_val)} rows; train has {z.shape[1]} features and {dual_eig.shape[2]} targets")
+        if not np.isfinite(yv).all():
+            raise FeatcacheError("targets contain NaN or inf values on the validation split; drop or fill those rows")
+        vy_std = yv.std(axis=0)
+        for j in np.flatnonzero(is_constant(vy_std, yv.mean(axis=0))):
+            raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the validation "
+                                 "split; validation R2 is undefined")
+        sse = np.zeros((dual_eig.shape[0], dual_eig.shape[2]))
+        for start in range(0, len(yv), chunk_rows):
+            zv = np.asarray(X_val[start:start + chunk_rows], dtype=np.float64)
+            _check_finite(zv, None, "validation")
+            zv = (zv - mx) / scale
+            zv[:, const] = 0.0
+            basis = (zv @ z.T) @ vecs                              # (m, N): validation rows in the eigenbasis
+            pred = np.einsum("mn,ant->amt", basis, dual_eig)       # (A, m, T)
+            residual = (yv[start:start + chunk_rows] - my)[None] - pred
+            sse += (residual ** 2).sum(axis=1)
+        sst = ((yv - yv.mean(axis=0)) ** 2).sum(axis=0)
+        return 1.0 - sse / sst[None, :]
 
     def _check_fitted(self) -> None:
         if self.coef_ is None:
@@ -368,10 +513,8 @@ class RidgeEntry(HeadEntry):
 
     def fit(self, rows: FitRows) -> tuple[RidgeHead, list[dict[str, Any]]]:
         head = self.build(rows.in_dim, len(rows.targets), 0, 0.0, alphas=rows.spec.alphas)
-        x_val, y_val = rows.x.get("val"), rows.y.get("val")
-        train_stats = StreamingStats.from_arrays(rows.x["train"], rows.y["train"])
-        val_stats = StreamingStats.from_arrays(x_val, y_val) if x_val is not None else None
-        ridge = head.fit_stats(train_stats, val_stats, target_names=rows.targets)
+        ridge = head.fit(rows.x["train"], rows.y["train"], rows.x.get("val"), rows.y.get("val"),
+                         target_names=rows.targets, max_memory=rows.spec.max_memory)  # primal or dual form
         history: list[dict[str, Any]] = []
         if ridge.val_r2_per_alpha_ is not None:
             curve = np.asarray(ridge.val_r2_per_alpha_).reshape(len(ridge.alphas_), -1)
@@ -386,6 +529,8 @@ class RidgeEntry(HeadEntry):
         return RidgeHead.from_state(saved["state"])
 
     def estimated_flop(self, n_train: int, n_eval: int, width: int, spec: Any, batched: bool = False) -> float:
+        if n_train < width:  # the dual form: the N x N kernel
+            return n_train * n_train * width + 10.0 * n_train ** 3 + 2.0 * n_eval * n_train * width
         return n_train * width * width + 10.0 * width ** 3 + 2.0 * n_eval * width  # Gram, eigh, scoring
 
 

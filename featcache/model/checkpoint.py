@@ -112,12 +112,9 @@ def resolve_dilation(path: Path, explicit: int | None) -> tuple[int, str]:
     for suffix in (".yaml", ".yml"):
         beside = path.with_suffix(suffix)
         if beside.exists():
-            import yaml
+            from ..common.yamlfile import load_yaml
 
-            try:
-                config = yaml.safe_load(beside.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise FeatcacheError(f"{beside}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            config = load_yaml(beside) or {}
             model = config.get("model") if isinstance(config, dict) else None
             if isinstance(model, dict) and "dilation" in model:
                 value = model["dilation"]
@@ -156,6 +153,11 @@ def load_encoder(path: str | os.PathLike[str], *, dilation: int | None = None,
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise FeatcacheError(f"{path}: '{name}' has shape {tuple(state[name].shape)}, expected "
                                  f"{tuple(tensor.shape)} for {config.tag}")
+    for name, tensor in state.items():  # NaN weights would make a "complete" cache of NaN features
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise FeatcacheError(f"{path}: '{name}' holds {bad} NaN or infinite values of {tensor.numel()}; a "
+                                 "diverged or damaged checkpoint cannot encode spectra")
     model.load_state_dict(state, strict=True)
     model.eval().to(device)
     return LoadedEncoder(model=model, config=config, path=path, file_format=fmt, dilation_source=source,

@@ -39,6 +39,8 @@ def flux_problem(ds: PfsDataset, n_rows: int | None = None) -> str | None:
     n = ds.n_rows if n_rows is None else min(n_rows, ds.n_rows)
     if n == 0:
         return "it has no spectra"
+    if ds.observed:
+        return "it holds observed spectra (featcache import): their flux is noisy"
     rows = sorted({int(r) for r in np.linspace(0, n - 1, min(n, _FLUX_SAMPLE_ROWS))})
     same_as_noisy = 0
     for r in rows:

@@ -28,7 +28,7 @@ from ..model.checkpoint import save_checkpoint
 from ..model.encoder import BlindspotModel1D, EncoderConfig
 from ..spectra.mask import make_mask, parse_mask_spec
 from ..spectra.noise import fresh_stream
-from ..spectra.pfsspec import PfsDataset
+from ..spectra.pfsspec import PfsDataset, file_identity
 from .data import flux_problem, noise_spec, read_block, training_batches
 from .files import epoch_path_for, load_resume_state, log_path_for, mask_path_for, saved_settings, write_log
 from .head_init import data_levels, head_parameter_groups, init_head
@@ -152,6 +152,7 @@ class Run:
     epochs_done: int = 0
     global_step: int = 0
     seconds_before: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)  # the data's content identity (data_identity)
 
     @property
     def log_path(self) -> Path:
@@ -166,6 +167,7 @@ class Run:
                 "epochs_done": self.epochs_done, "mask": torch.from_numpy(self.mask.copy()),
                 "mask_spec": recipe.mask, "n_kept": kept, "n_pixels": self.n_pixels,
                 "train": self.train_path, "val": self.val_path, "n_train": self.n_train, "n_val": self.n_val,
+                "data": self.data,
                 "history": self.history, "seconds": self.seconds_before + (time.monotonic() - self.started)}
         extra = {"optimizer_states": [_to_cpu(self.optimizer.state_dict())],
                  "lr_schedulers": [self.scheduler.state_dict()], "featcache": meta}
@@ -206,11 +208,41 @@ def _settings(state: dict[str, Any] | None, config: EncoderConfig | None, recipe
     diffs = recipe_differences(saved_recipe, recipe)
     if diffs:
         raise FeatcacheError(f"--resume: the recipe differs from {out.name}'s: {diffs}")
-    before = state["featcache"]
-    if (before.get("train"), before.get("n_train")) != (train_path, n_train):
-        status(f"note: {out.name} was trained on {before.get('n_train')} spectra of {before.get('train')}, "
-               f"resuming on {n_train} of {train_path}")
     return saved_config, state["featcache"]["mask"].numpy().astype(bool)
+
+
+def data_identity(train_path: str, val_path: str | None, n_train: int, n_val: int) -> dict[str, Any]:
+    """What a run trains and validates on, by content (every byte of each file, as finetune's --resume checks)."""
+    return {"train": file_identity(train_path)["hash"], "n_train": n_train,
+            "val": file_identity(val_path)["hash"] if val_path else None, "n_val": n_val}
+
+
+def check_resume_data(state: dict[str, Any], data: dict[str, Any], out: Path, train_path: str,
+                      val_path: str | None) -> None:
+    """A resumed run continues on the data it was trained on: another file, other content at the same path, or
+    other row counts are refused (finetune's --resume refuses them the same way)."""
+    before = state["featcache"]
+    saved = before.get("data")
+    if not isinstance(saved, dict):  # written before pretrain kept content identities: paths and counts only
+        if (before.get("train"), before.get("n_train")) != (train_path, data["n_train"]) or \
+                before.get("val") != val_path:
+            raise FeatcacheError(f"--resume: {out} was trained on {before.get('n_train')} spectra of "
+                                 f"{before.get('train')} (validation: {before.get('val')}), this run gives "
+                                 f"{data['n_train']} of {train_path} (validation: {val_path}); give the same data, "
+                                 "or --overwrite to start again")
+        status(f"note: {out.name} predates pretrain's content identities: its data is checked by path only")
+        return
+    words = []
+    for key, path in (("train", train_path), ("val", val_path)):
+        if saved.get(key) != data[key]:
+            words.append(f"{key} data ({before.get(key)} -> {path}: "
+                         + ("other content" if before.get(key) == path else "another file") + ")")
+    for key in ("n_train", "n_val"):
+        if saved.get(key) != data[key]:
+            words.append(f"{key} {saved.get(key)} -> {data[key]}")
+    if words:
+        raise FeatcacheError(f"--resume: the data differ from {out}'s: {', '.join(words)}; give the data it was "
+                             "trained on, or --overwrite to start again")
 
 
 def _new_run(out: Path, train: PfsDataset, val: PfsDataset | None, train_path: str, val_path: str | None,
@@ -261,9 +293,14 @@ def pretrain(train_path: str | os.PathLike[str], val_path: str | os.PathLike[str
         _check_data(train, val, recipe)
         n_train = min(recipe.max_train or train.n_rows, train.n_rows)
         config, mask = _settings(state, config, recipe, out, train, str(train_path), n_train)
+        n_val = min(recipe.max_val or val.n_rows, val.n_rows) if val is not None else 0
+        data = data_identity(str(train_path), str(val_path) if val_path else None, n_train, n_val)
+        if state is not None:
+            check_resume_data(state, data, out, str(train_path), str(val_path) if val_path else None)
         _check_mask(mask, train, config)
         run = _new_run(out, train, val, str(train_path), str(val_path) if val_path else None, config, recipe,
                        mask, n_train, state, device, started)
+        run.data = data
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(mask_path_for(out), mask)
         status(f"pretrain {config.tag} on {n_train} spectra of {train.path.name} ({int(mask.sum())} of "

@@ -15,6 +15,7 @@ Why this shape:
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..common.errors import FeatcacheError, choices_message
-from ..common.files import atomic_write, write_json, write_text
+from ..common.files import atomic_write, check_not_inside_store, write_json, write_text
 from ..common.progress import progress, status
 from ..common.serialise import plain
 from ..heads.binning import Binning
@@ -38,7 +39,7 @@ from .options import CacheArgs, CompareOptions, check_shard
 from .populations import compared_members, section
 from .render import cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, RunRows, cell_row, read_run, run_row, run_targets
-from .sources import Source, open_sources
+from .sources import Source, open_sources, test_rows_key
 from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
 
 
@@ -136,6 +137,7 @@ def _check_out(out: Path) -> None:
     """OUT is a comparison's folder (re-run into it to resume): never a file, never a fit or finetune run."""
     if out.exists() and not out.is_dir():
         raise FeatcacheError(f"--out {out}: is a file, expected a report directory")
+    check_not_inside_store(out, folder=True)
     if (out / "head.pt").exists() or (out / "last.pt").exists():
         raise FeatcacheError(f"--out {out}: holds a fit or finetune run; give compare its own --out (it writes "
                              "compare.md, compare.csv, compare.json, plots and cells/ there)")
@@ -298,6 +300,7 @@ def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndar
     with paired differences (populations.section)."""
     by_path = {str(s.path): s for s in sources}
     cached: dict[str, dict[str, np.ndarray]] = {}
+    keys = {str(s.path): test_rows_key(s.cache, test_split) for s in sources}
 
     def labels_of(row: Any) -> dict[str, np.ndarray]:
         path = str(row["source"])
@@ -308,14 +311,21 @@ def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndar
 
     out = {}
     for target in targets:
-        members, reference = compared_members(table, predictions, labels_of, target)
+        members, reference, unpaired = compared_members(table, predictions, labels_of, target,
+                                                        lambda row: keys[str(row["source"])])
         if members:
             lines, data, results = section(members, target, reference, n_boot, binning)
+            if unpaired:
+                note = (f"Not paired: {', '.join(unpaired)} scored other test spectra than {members[0].label} (another "
+                        "file, other rows or other noise), so their rows cannot be paired with its; they are left out "
+                        "of this section (the table above scores each on its own test rows).")
+                lines = lines[:2] + [note, ""] + lines[2:]
+                data["unpaired"] = unpaired
             out[target] = {"lines": lines, "data": data, "results": results, "members": members}
     return out
 
 
-def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
+def compare_into(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. The keywords are CompareOptions' fields
     (reports.options: heads, layers, pools, seeds, recipe, hidden, dropout, alphas, runs, out, baselines, ...).
@@ -395,6 +405,20 @@ def run_compare(opts: CompareOptions) -> CompareResult:
     efficiency = label_efficiency(cells, done, opts.n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, opts.binning, opts.plots,
                           (fitted, reused), sweep_rows, _calibration_cells(table, list(opts.targets), sigmas))
+
+
+def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
+    """compare() (the docstring above) that leaves no folder behind when it fails before storing a fit."""
+    out = Path(options.get("out", "reports/compare"))
+    created = not out.exists()
+    try:
+        return compare_into(caches, targets, **options)
+    except BaseException:
+        # a comparison that failed before any fit was stored leaves no folder behind (one with stored fits is
+        # kept: a rerun resumes from its cells)
+        if created and out.is_dir() and not any((out / "cells").glob("*.json")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def shard_tasks(cells: list[list[Task]], i: int, n: int) -> list[Task]:

@@ -9,7 +9,7 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..common.constraints import Interval, validate
+from ..common.constraints import SEED, SEED_MAX, Interval, validate
 from ..common.errors import FeatcacheError
 from ..heads.binning import Binning
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
@@ -90,6 +90,11 @@ class CompareOptions:
         validate(self)
         self.recipe = self.recipe or TrainRecipe()
         self.recipe.validate()
+        if self.recipe.seed + self.seeds - 1 > SEED_MAX:
+            raise FeatcacheError(f"--seed {self.recipe.seed} with --seeds {self.seeds}: the seeds must stay within "
+                                 "0..2**63-1")
+        if not SEED.accepts(self.subset_seed):
+            raise FeatcacheError(f"--subset-seed {self.subset_seed}: expected an integer in 0..2**63-1")
         self.binning = self.binning or Binning()
         self.resolved_heads = resolve_head_options(self.head_options)
         self.max_memory = parse_memory(self.max_memory)  # bytes, once: every fit and --jobs worker has this budget

@@ -260,10 +260,12 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
-def compared_members(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], labels_of: Any, target: str
-                     ) -> tuple[list[Member], str | None]:
+def compared_members(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], labels_of: Any, target: str,
+                     rows_key: Any = None) -> tuple[list[Member], str | None, list[str]]:
     """The members of a comparison's section: the best cell (by validation R2) of each encoder, then the best
-    raw-flux baseline cell, which is the reference. labels_of(row) gives the labels of a row's test rows."""
+    raw-flux baseline cell, which is the reference. labels_of(row) gives the labels of a row's test rows;
+    rows_key(row) says which test spectra it scored: members are paired row by row, so only those that scored
+    the first member's spectra take part, and the labels of the others come back as the third value."""
     sub = table[(table["target"] == target) & table["val_r2"].notna()]
     picks = []
     for encoder in dict.fromkeys(sub.loc[sub["kind"] == "encoder", "encoder"]):
@@ -273,15 +275,20 @@ def compared_members(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]
     reference = None
     if len(raw):
         picks.append(int(raw["val_r2"].idxmax()))
-    members = []
+    members, unpaired, first_key = [], [], None
     for i in picks:
         row = table.loc[i]
         truth, pred = predictions[i]
         label = str(row["encoder"])  # one cell per encoder (and one raw-input cell): the name says which
+        key = rows_key(row) if rows_key is not None else len(truth)
+        first_key = key if first_key is None else first_key
+        if key != first_key or (members and len(truth) != len(members[0].truth)):
+            unpaired.append(label)  # other test spectra: their rows cannot be paired with the first member's
+            continue
         cell = f"{row['head']} on {row['layer']}/{row['pool']}"
         members.append(Member(label, truth, pred, labels_of(row), cell=cell))
         if row["kind"] == "baseline":
             reference = label
-    if len({len(m.truth) for m in members}) > 1:  # different test sets cannot be paired
-        return members[:1], None
-    return members, reference
+    if len(members) < 2:
+        reference = None
+    return members, reference, unpaired

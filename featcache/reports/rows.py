@@ -105,23 +105,58 @@ class RunRows:
     arrays: dict[str, np.ndarray]
 
 
-def read_run(path: str | Path, name: str | None = None) -> RunRows:
+def read_run(path: str | Path, name: str | None = None, flag: str = "--run") -> RunRows:
+    """A fit or finetune run directory's metrics and test predictions, checked: a file that is not what fit
+    writes (damaged, hand-edited, of another tool) is a one-line error naming it, never a traceback later."""
     path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
     if not (path / "metrics.json").exists():
-        raise FeatcacheError(f"--run {path}: no metrics.json (expected a run directory written by featcache fit "
+        raise FeatcacheError(f"{where}: no metrics.json (expected a run directory written by featcache fit "
                              "or finetune)")
     try:
         metrics = json.loads((path / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FeatcacheError(f"--run {path}: metrics.json is not readable JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FeatcacheError(f"{where}: metrics.json is not readable JSON ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("splits", {}), dict) \
+            or not isinstance(metrics.get("features", []), list):
+        raise FeatcacheError(f"{where}: metrics.json is not a run's metrics (expected an object with 'splits' and "
+                             "'features' as featcache fit writes them)")
     if not (path / "predictions.npz").exists():
-        raise FeatcacheError(f"--run {path}: no predictions.npz (needed for the test interval)")
-    with np.load(path / "predictions.npz") as arrays:
-        data = {k: arrays[k] for k in arrays.files}
+        raise FeatcacheError(f"{where}: no predictions.npz (needed for the test interval)")
+    try:
+        with np.load(path / "predictions.npz", allow_pickle=False) as arrays:
+            data = {k: arrays[k] for k in arrays.files}
+    except Exception as exc:  # noqa: BLE001 -- numpy and zipfile raise many kinds for a damaged archive
+        raise FeatcacheError(f"{where}: predictions.npz is not a readable .npz archive "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     for key in ("test_true", "test_pred"):
         if key not in data:
-            raise FeatcacheError(f"--run {path}: predictions.npz has no '{key}' (was the run scored on test?)")
+            raise FeatcacheError(f"{where}: predictions.npz has no '{key}' (was the run scored on test?)")
+    _check_predictions(where, data, metrics)
     return RunRows(name or path.resolve().name, path, metrics, data)
+
+
+def _check_predictions(where: str, data: dict[str, np.ndarray], metrics: dict[str, Any]) -> None:
+    """test_true, test_pred (and test_sigma, the test labels) as fit writes them: numbers, one row per test
+    spectrum, one column per target."""
+    truth = data["test_true"]
+    if "targets" in data and data["targets"].dtype.kind not in "US":
+        raise FeatcacheError(f"{where}: predictions.npz 'targets' holds {data['targets'].dtype}, not names")
+    targets = [str(t) for t in np.atleast_1d(data["targets"])] if "targets" in data else \
+        [str(t) for t in metrics.get("targets") or []]
+    n_targets = max(len(targets), 1)
+    for key in ("test_true", "test_pred", "test_sigma"):
+        if key not in data:
+            continue
+        value = data[key]
+        if value.dtype.kind not in "fiu" or value.ndim not in (1, 2) or len(value) != len(truth) or \
+                value.size != len(truth) * n_targets:
+            raise FeatcacheError(f"{where}: predictions.npz '{key}' is {value.dtype} of shape {value.shape}; expected "
+                                 f"numbers, {len(truth)} rows x {n_targets} target(s) ({', '.join(targets) or '?'})")
+    for key, value in data.items():
+        if key.startswith("test_label_") and len(np.atleast_1d(value)) != len(truth):
+            raise FeatcacheError(f"{where}: predictions.npz '{key}' has {len(np.atleast_1d(value))} rows, the test "
+                                 f"predictions {len(truth)}")
 
 
 def run_targets(run: RunRows) -> list[str]:

@@ -21,6 +21,7 @@ from ..heads.recipe import TrainRecipe
 from ..heads.runs import role_labels, write_binned
 from .plots import best_cell
 from .populations import Member, draw, section
+from .rows import read_run, run_targets
 
 
 def report(paths: list[Path], binning: Binning | None = None) -> list[Path]:
@@ -50,26 +51,45 @@ def report(paths: list[Path], binning: Binning | None = None) -> list[Path]:
 def _label_names(path: Path, is_compare: bool) -> list[str]:
     """The labels (and targets) a run's test predictions or a comparison's test split carry."""
     if not is_compare:
-        with np.load(path / "predictions.npz") as arrays:
-            targets = [str(t) for t in np.atleast_1d(arrays["targets"])] if "targets" in arrays.files else []
-            return [*role_labels({k: np.zeros(0) for k in arrays.files}, "test"), *targets]
+        arrays = read_run(path, flag="").arrays
+        targets = [str(t) for t in np.atleast_1d(arrays["targets"])] if "targets" in arrays else []
+        return [*role_labels(arrays, "test"), *targets]
     from ..cache.reader import open_cache
 
-    summary = json.loads((path / "compare.json").read_text())
-    names = list(summary.get("targets") or [])
-    for entry in summary.get("caches") or []:
+    summary = read_summary(path)
+    names = list(summary["targets"])
+    for entry in summary["caches"]:
         names += open_cache(entry["path"]).label_names(summary["splits"]["test"])
     return names
 
 
+def read_summary(folder: Path) -> dict[str, Any]:
+    """compare.json, checked for the keys `featcache report` redraws from (a damaged or foreign file is a
+    one-line error)."""
+    try:
+        summary = json.loads((folder / "compare.json").read_text())
+        if not isinstance(summary, dict):
+            raise TypeError("not a JSON object")
+        for key, kind in (("targets", list), ("caches", list), ("splits", dict), ("recipe", dict), ("heads", list),
+                          ("runs", list), ("seeds", int), ("n_boot", int)):
+            if not isinstance(summary.get(key), kind):
+                raise TypeError(f"'{key}' missing or not a {kind.__name__}")
+        for entry in summary["caches"]:
+            if not isinstance(entry, dict) or not {"name", "path"} <= set(entry):
+                raise TypeError("a 'caches' entry without name and path")
+        TrainRecipe(**summary["recipe"])
+        _ = [summary["splits"][role] for role in ("train", "val", "test")], [r["path"] for r in summary["runs"]]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise FeatcacheError(f"{folder / 'compare.json'}: not a comparison featcache compare wrote "
+                             f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+    return summary
+
+
 def report_run(run: Path, binning: Binning | None = None) -> list[Path]:
     """binned.csv, the per-axis curves, the Kiel diagram, predicted vs true and report.md of one run."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    with np.load(run / "predictions.npz") as arrays:
-        data = {k: arrays[k] for k in arrays.files}
-    if "test_true" not in data:
-        raise FeatcacheError(f"{run}: predictions.npz has no test predictions (was the run scored on test?)")
-    targets = [str(t) for t in np.atleast_1d(data["targets"])]
+    loaded = read_run(run, flag="")
+    metrics, data = loaded.metrics, loaded.arrays
+    targets = run_targets(loaded)
     labels = role_labels(data, "test")
     truth = data["test_true"].reshape(len(data["test_true"]), -1)
     pred = data["test_pred"].reshape(len(truth), -1)
@@ -108,7 +128,7 @@ def report_compare(folder: Path, binning: Binning | None = None) -> list[Path]:
     """The comparison again from its cells (none fitted): compare.md/.csv/.json, plots, report.md."""
     from .comparison import compare
 
-    summary = json.loads((folder / "compare.json").read_text())
+    summary = read_summary(folder)
     request = summary.get("request") or {}
     cells = summary.get("cells") or []
     caches = [(c["name"], c["path"]) for c in summary["caches"]]

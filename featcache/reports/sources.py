@@ -55,6 +55,18 @@ def _data_identity(cache: FeatureCache) -> str:
     return digest(parts)
 
 
+def test_rows_key(cache: FeatureCache, split: str) -> str:
+    """Which spectra, in which order, with which noise, a cache's split holds (draw 0: the rows heads score):
+    two caches' predictions of the split pair row by row only when their keys are equal. By the row hashes
+    where the cache keeps them, else by the file's content identity and the rows."""
+    import hashlib
+
+    hashes = cache.row_hashes(split)
+    rows = (hashlib.sha256(hashes.tobytes()).hexdigest() if hashes is not None
+            else [cache.split_identity(split), *cache.split_rows(split)])
+    return digest({"rows": rows, "noise": (cache.metadata.parts or {}).get("noise")})
+
+
 def open_sources(caches: Mapping[str, str | Path] | Sequence[str | Path | tuple[str | None, str | Path]],
                  train_split: str = "train") -> list[Source]:
     """Open every cache and give each a unique encoder label (explicit names must be unique)."""

@@ -1,4 +1,6 @@
-"""pfsspec HDF5 datasets: open, describe, and read row blocks with the original experiments' reading rules."""
+"""pfsspec HDF5 datasets: open, describe, and read row blocks with the original experiments' reading rules.
+
+Long because it is the one place the HDF5 layout, its reading rules and the identity pass over a file live."""
 
 from __future__ import annotations
 
@@ -23,8 +25,33 @@ ARRAY_KEYS = {
 PARAMS_KEY = "dataset/params"
 
 
+# dtype kinds an array of spectra may have: floating point, or integers (counts); complex, strings, objects and
+# compound types are refused (casting a complex flux to real would silently drop its imaginary part)
+REAL_KINDS = "fiu"
+
+
+def check_flux_values(flux: np.ndarray, *, source: str = "flux", first_row: int = 0, array: str = "flux") -> None:
+    """The non-finite flux rule (docs/refusals.md): a NaN pixel is a missing value, which the reading rule sets
+    to 0 (the original experiments' rule, counted and named by `scan_rows`); +-inf is not a missing value but
+    an overflow or a broken file, and a spectrum with no finite pixel is no spectrum: both are refused."""
+    with np.errstate(invalid="ignore"):
+        infinite = np.isinf(flux)
+    if infinite.any():
+        row, pixel = (int(v) for v in np.argwhere(infinite)[0])
+        raise FeatcacheError(f"{source}: {array} is {float(flux[row, pixel])} at row {row + first_row}, pixel {pixel} "
+                             f"({int(infinite.sum())} infinite values in rows {first_row}:{first_row + flux.shape[0]});"
+                             " a NaN marks a missing pixel, an infinite flux is refused: fix or drop that spectrum")
+    if flux.shape[1]:
+        empty = np.isnan(flux).all(axis=1)
+        if empty.any():
+            row = int(np.flatnonzero(empty)[0]) + first_row
+            raise FeatcacheError(f"{source}: row {row} has no finite {array} value (all NaN, {int(empty.sum())} such "
+                                 f"rows in {first_row}:{first_row + flux.shape[0]}); fix or drop that spectrum")
+
+
 def apply_flux_rules(flux: np.ndarray) -> np.ndarray:
-    """flux: NaN -> 0, then negative values clipped to 0 (the original experiments' rule)."""
+    """flux: NaN -> 0, then negative values clipped to 0 (the original experiments' rule; +-inf is refused
+    before this, by check_flux_values)."""
     flux = np.nan_to_num(np.asarray(flux, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     return np.maximum(flux, 0.0, out=flux)
 
@@ -73,6 +100,37 @@ def check_error_values(error: np.ndarray, *, source: str = "error", first_row: i
         raise FeatcacheError(f"{source}: row {row} has no valid error value (all NaN); fix or drop that spectrum")
 
 
+def check_self_contained(file: h5py.File, path: Path) -> None:
+    """Refuse an HDF5 file that reads other files: an external link, a dataset with external raw storage (its
+    bytes in another file: /etc/passwd would be read as flux) or a virtual dataset (rows mapped from other
+    files or datasets, so a "test" file can be train rows). Walks the links only: no value is read."""
+    found: list[tuple[str, str]] = []
+
+    def visit(name: str) -> None:
+        if found:
+            return
+        link = file.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            found.append((name, f"an external link to '{link.path}' in {link.filename}"))
+        elif isinstance(link, h5py.SoftLink):
+            return
+        elif not isinstance(link, h5py.HardLink):
+            found.append((name, f"a link of another kind ({type(link).__name__})"))
+        else:
+            obj = file.get(name)
+            if isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    found.append((name, "a virtual dataset (its rows are mapped from other datasets or files)"))
+                elif obj.external:
+                    found.append((name, f"a dataset whose bytes are stored in another file ({obj.external[0][0]!s})"))
+
+    file.visit_links(visit)
+    if found:
+        name, what = found[0]
+        raise FeatcacheError(f"{path}: '{name}' is {what}; featcache reads only data stored inside the files it is "
+                             "given: write the arrays into the file itself (h5py: f.copy or create_dataset)")
+
+
 @dataclass
 class DatasetInfo:
     """What `featcache inspect FILE.h5` prints."""
@@ -99,11 +157,14 @@ class PfsDataset:
         self.path = Path(path)
         if not self.path.exists():
             raise FeatcacheError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise FeatcacheError(f"{self.path}: is a directory, expected a pfsspec HDF5 file")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
-            raise FeatcacheError(f"{self.path}: not an HDF5 file ({exc})") from None
+            raise FeatcacheError(f"{self.path}: not an HDF5 file ({str(exc).splitlines()[0][:160]})") from None
         try:
+            check_self_contained(self._file, self.path)  # before any value is read
             self._validate()
         except Exception:
             self._file.close()
@@ -111,12 +172,15 @@ class PfsDataset:
         self._params: Any = None
 
     # -- layout -------------------------------------------------------------------------------------
-    def _require(self, key: str) -> h5py.Dataset:
+    def _require(self, key: str, kinds: str = REAL_KINDS) -> h5py.Dataset:
         if key not in self._file:
             raise FeatcacheError(f"{self.path}: missing key '{key}' (expected the pfsspec layout)")
         obj = self._file[key]
         if not isinstance(obj, h5py.Dataset):
             raise FeatcacheError(f"{self.path}: '{key}' is not an array")
+        if obj.dtype.kind not in kinds:
+            raise FeatcacheError(f"{self.path}: '{key}' holds {obj.dtype} values; expected real numbers (float or "
+                                 "integer): a complex or non-numeric array is not a spectrum")
         return obj
 
     def _validate(self) -> None:
@@ -127,10 +191,8 @@ class PfsDataset:
         self.n_pixels = int(self.wave.shape[0])
         self._arrays: dict[str, h5py.Dataset] = {}
         for name, key in ARRAY_KEYS.items():
-            if name in ("flux", "error"):
-                self._arrays[name] = self._require(key)
-            elif key in self._file:
-                self._arrays[name] = self._file[key]
+            if name in ("flux", "error") or key in self._file:
+                self._arrays[name] = self._require(key, kinds=REAL_KINDS + ("b" if name == "mask" else ""))
         flux = self._arrays["flux"]
         if flux.ndim != 2:
             raise FeatcacheError(f"{self.path}: '{ARRAY_KEYS['flux']}' must be 2-D (N, P), got {flux.shape}")
@@ -163,6 +225,12 @@ class PfsDataset:
     @property
     def has_noisy(self) -> bool:
         return "noisy" in self._arrays
+
+    @property
+    def observed(self) -> bool:
+        """Observed spectra (written by `featcache import`): the flux is already noisy, so noise must not be
+        generated on it."""
+        return bool(self._file.attrs.get("featcache_observed", 0))
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(
@@ -204,7 +272,9 @@ class PfsDataset:
         return values if native else np.asarray(values, dtype=np.float32)
 
     def read_flux(self, start: int, stop: int) -> np.ndarray:
-        return apply_flux_rules(self.read_raw("flux", start, stop))
+        raw = self.read_raw("flux", start, stop)
+        check_flux_values(raw, source=str(self.path), first_row=start)
+        return apply_flux_rules(raw)
 
     def read_error(self, start: int, stop: int) -> np.ndarray:
         raw = self.read_raw("error", start, stop)
@@ -217,6 +287,7 @@ class PfsDataset:
             raise FeatcacheError(f"{self.path}: no stored 'noisy' array ({ARRAY_KEYS['noisy']}); "
                                  "use generated noise instead")
         noisy = self.read_raw("noisy", start, stop)
+        check_flux_values(noisy, source=str(self.path), first_row=start, array="noisy flux")
         return np.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
 
     # -- params -------------------------------------------------------------------------------------
@@ -275,34 +346,114 @@ class PfsDataset:
 
 HASH_MODES = ("full", "sampled")
 IDENTITY_BLOCK_ROWS = 1024
+ROW_HASH_BYTES = 16  # blake2b-128 per spectrum: two uint64 words
 
 
-def file_identity(path: str | os.PathLike[str], *, mode: str = "full", n_samples: int = 8) -> dict[str, Any]:
-    """Content identity of a data file for fingerprints: size, N, P and a sha256 of its arrays and labels.
+def row_hashes(flux: np.ndarray) -> np.ndarray:
+    """(n, 2) uint64: a blake2b-128 of each row's flux as float32 (a copy in float64 hashes the same), the
+    content identity of a spectrum that judges copies across splits."""
+    import hashlib
+
+    rows = np.ascontiguousarray(flux, dtype="<f4")
+    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=ROW_HASH_BYTES).digest() for row in rows)
+    return np.frombuffer(digests, dtype="<u8").reshape(len(rows), 2).copy()
+
+
+@dataclass
+class RowScan:
+    """Per-row facts of a file's flux, gathered where its rows are read anyway: each row's content hash
+    (copies across splits, and whether two caches hold the same test spectra) and its count of NaN pixels
+    (missing values the reading rule sets to 0). Infinite and all-NaN rows are refused while scanning."""
+
+    path: Path
+    start: int
+    hashes: np.ndarray      # (n, 2) uint64
+    nan_pixels: np.ndarray  # (n,) int32
+
+    def rows(self, start: int, stop: int) -> RowScan:
+        """The scan of file rows [start, stop), which it must cover."""
+        if not self.start <= start <= stop <= self.start + len(self.hashes):
+            raise ValueError(f"rows {start}:{stop} outside the scanned {self.start}:{self.start + len(self.hashes)}")
+        a, b = start - self.start, stop - self.start
+        return RowScan(self.path, start, self.hashes[a:b], self.nan_pixels[a:b])
+
+    def nan_summary(self) -> dict[str, Any]:
+        """{'rows': spectra with NaN flux, 'pixels': NaN pixels, 'first_rows': up to 5 file rows} (rows 0: none)."""
+        rows = np.flatnonzero(self.nan_pixels)
+        return {"rows": int(len(rows)), "pixels": int(self.nan_pixels.sum()),
+                "first_rows": [int(r) + self.start for r in rows[:5]]}
+
+    @staticmethod
+    def concatenate(parts: list[RowScan]) -> RowScan:
+        parts = sorted(parts, key=lambda p: p.start)
+        return RowScan(parts[0].path, parts[0].start, np.concatenate([p.hashes for p in parts]),
+                       np.concatenate([p.nan_pixels for p in parts]))
+
+
+def scan_block(flux: np.ndarray, *, path: Path, first_row: int) -> RowScan:
+    """RowScan of a block of raw flux rows (as stored), refusing infinite values and all-NaN rows."""
+    check_flux_values(flux, source=str(path), first_row=first_row)
+    values = np.asarray(flux, dtype=np.float32)
+    return RowScan(path, first_row, row_hashes(values), np.isnan(values).sum(axis=1).astype(np.int32))
+
+
+def scan_rows(ds: PfsDataset, start: int, stop: int) -> RowScan:
+    """RowScan of rows [start, stop) of an open file, read in blocks."""
+    parts = [scan_block(ds.read_raw("flux", s, min(s + IDENTITY_BLOCK_ROWS, stop), native=True), path=ds.path,
+                        first_row=s) for s in range(start, stop, IDENTITY_BLOCK_ROWS)]
+    if not parts:
+        return RowScan(ds.path, start, np.zeros((0, 2), np.uint64), np.zeros(0, np.int32))
+    return RowScan.concatenate(parts)
+
+
+@dataclass
+class FileScan:
+    """A data file's content identity (for fingerprints) and the RowScan of the rows that were asked for."""
+
+    identity: dict[str, Any]
+    scans: list[RowScan]
+
+    def rows(self, start: int, stop: int) -> RowScan:
+        for scan in self.scans:
+            if scan.start <= start and stop <= scan.start + len(scan.hashes):
+                return scan.rows(start, stop)
+        raise ValueError(f"rows {start}:{stop} were not scanned")
+
+
+def scan_file(path: str | os.PathLike[str], *, mode: str = "full", ranges: list[tuple[int, int]] | None = None,
+              n_samples: int = 8) -> FileScan:
+    """Content identity of a data file and the per-row scan of `ranges` (every row when None).
 
     mode 'full' hashes every byte of every array (as stored) and the numeric params, and checks every error
     value on the way (negative or all-NaN rows are refused here, before any output exists); any edit of the
-    content changes the identity. 'sampled' hashes 8 blocks of 16 rows: cheap, but blind to edits elsewhere.
+    content changes the identity; the flux rows it reads are scanned in the same pass. 'sampled' hashes 8
+    blocks of 16 rows: cheap, but blind to edits elsewhere; the asked-for flux rows are then read once more
+    for their scan (the row hashes judge copies however the file is identified).
     """
     import hashlib
 
     if mode not in HASH_MODES:
         raise FeatcacheError(f"--hash {mode}: expected full or sampled")
     with PfsDataset(path) as ds:
+        n = ds.n_rows
+        wanted = [(0, n)] if ranges is None else _merge_ranges(ranges)
         digest = hashlib.sha256()
         digest.update(ds.wave.tobytes())
-        n = ds.n_rows
         if mode == "full":
             width = IDENTITY_BLOCK_ROWS
             starts = list(range(0, n, width))
         else:
             width = min(n, 16)
             starts = sorted({int(s) for s in np.linspace(0, max(n - width, 0), n_samples)}) if n else []
+        blocks: list[RowScan] = []
         for name in ds.arrays:
             for s in starts:
-                block = ds.read_raw(name, s, min(s + width, n), native=True)
+                stop = min(s + width, n)
+                block = ds.read_raw(name, s, stop, native=True)
                 if name == "error":
                     check_error_values(block, source=str(ds.path), first_row=s)
+                elif name == "flux" and mode == "full":
+                    blocks.append(_scan_wanted(block, ds.path, s, wanted))
                 digest.update(np.ascontiguousarray(block).tobytes())
         if ds.params_key:
             frame = ds.params()
@@ -313,7 +464,48 @@ def file_identity(path: str | os.PathLike[str], *, mode: str = "full", n_samples
                     "arrays": ds.arrays, "hash": f"{mode}:" + digest.hexdigest()[:32]}
         if ds.generator is not None:  # a cache keeps saying which synthetic world its rows came from
             identity["generator"] = ds.generator
-        return identity
+        if mode == "full":
+            scans = [RowScan.concatenate([b.rows(max(a, b.start), min(z, b.start + len(b.hashes)))
+                                          for b in blocks if b.start < z and a < b.start + len(b.hashes)])
+                     if a < z else scan_rows(ds, a, z) for a, z in wanted]
+        else:
+            scans = [scan_rows(ds, a, z) for a, z in wanted]
+    return FileScan(identity, scans)
+
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, merged row ranges (overlapping or touching ones joined)."""
+    merged: list[tuple[int, int]] = []
+    for a, z in sorted(ranges):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], z))
+        else:
+            merged.append((a, z))
+    return merged
+
+
+def _scan_wanted(block: np.ndarray, path: Path, first_row: int, wanted: list[tuple[int, int]]) -> RowScan:
+    """The RowScan of a block's rows that fall in `wanted` (the rest of the file is hashed, not scanned: an
+    infinite value outside the splits is not refused); rows outside get empty entries."""
+    n = block.shape[0]
+    keep = np.zeros(n, dtype=bool)
+    for a, z in wanted:
+        lo, hi = max(a, first_row) - first_row, min(z, first_row + n) - first_row
+        if lo < hi:
+            keep[lo:hi] = True
+    hashes = np.zeros((n, 2), np.uint64)
+    nans = np.zeros(n, np.int32)
+    if keep.any():
+        lo, hi = int(np.flatnonzero(keep)[0]), int(np.flatnonzero(keep)[-1]) + 1
+        part = scan_block(block[lo:hi], path=path, first_row=first_row + lo)
+        hashes[lo:hi], nans[lo:hi] = part.hashes, part.nan_pixels
+    return RowScan(path, first_row, hashes, nans)
+
+
+def file_identity(path: str | os.PathLike[str], *, mode: str = "full", n_samples: int = 8) -> dict[str, Any]:
+    """Content identity of a data file for fingerprints: size, N, P and a sha256 of its arrays and labels
+    (scan_file's identity; see there)."""
+    return scan_file(path, mode=mode, ranges=[], n_samples=n_samples).identity
 
 
 def describe_dataset(path: Path) -> Description:

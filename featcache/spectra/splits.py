@@ -48,7 +48,7 @@ RESERVED_NAMES = ("mask", "wave", "zarr.json")
 def parse_split_spec(text: str) -> SplitSpec:
     """Parse NAME=FILE[:START:STOP]; NAME becomes a group of the cache, so it is a plain word."""
     match = re.fullmatch(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)=(?P<path>.+?)(?::(?P<start>-?\d*):(?P<stop>-?\d*))?",
-                         str(text).strip())
+                         str(text).strip(), flags=re.DOTALL)  # a file name may hold any character, newlines too
     if not match:
         raise FeatcacheError(f"--data {text}: expected NAME=FILE[:START:STOP] with NAME of letters, digits, '_', '-' "
                              "and '.' (starting with a letter or digit), e.g. train=train.h5 or val=all.h5:0:1000")
@@ -94,16 +94,29 @@ class OpenedSplit:
         return self.spec.path
 
 
-def open_splits(values: list[str] | tuple[str, ...], *, stored_noise: bool = False,
+def check_same_grid(wave: Any, first: Any, path: Any, first_path: Any) -> None:
+    """Every split on the first split's wavelength grid (to 1e-6 A), saying how the grids differ."""
+    import numpy as np
+
+    if wave.shape != first.shape:
+        raise FeatcacheError(f"{path}: wavelength grid has {wave.shape[0]} pixels, {first_path} has {first.shape[0]};"
+                             " every split must share one grid")
+    if not np.allclose(wave, first, rtol=0, atol=1e-6):
+        pixel = int(np.argmax(np.abs(wave - first)))
+        raise FeatcacheError(f"{path}: wavelength grid differs from {first_path}'s (both {wave.shape[0]} pixels; "
+                             f"pixel {pixel} is at {wave[pixel]:.6f} A vs {first[pixel]:.6f} A, a shift of "
+                             f"{wave[pixel] - first[pixel]:+.3g} A); every split must share one grid")
+
+
+def open_splits(values: list[str] | tuple[str, ...], *, stored_noise: bool = False, generated_noise: bool = False,
                 names: tuple[str, ...] | None = None, required: tuple[str, ...] = (),
                 whole_files: str | None = None) -> tuple[list[OpenedSplit], Any]:
     """The --data splits of every command that reads spectra, parsed and opened once each: rows resolved in
     their file, every file on the first one's wavelength grid, a stored noisy array in each where `stored_noise`
-    (--noise stored) needs one. names: the split names the command knows (None: any); required: names that
+    (--noise stored) needs one, and no observed spectra (featcache import) where `generated_noise` would add
+    noise to flux that carries its own. names: the split names the command knows (None: any); required: names that
     must be given; whole_files: the command's name when it reads whole files (row slices refused). Returns the
     splits and the first file's wavelength grid."""
-    import numpy as np
-
     from .pfsspec import PfsDataset
 
     specs = parse_split_specs(values)
@@ -125,14 +138,11 @@ def open_splits(values: list[str] | tuple[str, ...], *, stored_noise: bool = Fal
             start, stop = spec.resolve(ds.n_rows)
             if wave is None:
                 wave = ds.wave
-            elif ds.wave.shape != wave.shape:
-                first = opened[0]
-                raise FeatcacheError(f"shape mismatch: {first.name} {first.path} has {first.n_pixels} pixels per "
-                                     f"spectrum, {spec.name} {spec.path} has {ds.n_pixels}; every split must share "
-                                     "one wavelength grid")
-            elif not np.allclose(ds.wave, wave, rtol=0, atol=1e-6):
-                raise FeatcacheError(f"{spec.path}: its wavelength grid differs from {specs[0].path}'s; every split "
-                                     "must share one grid")
+            else:
+                check_same_grid(ds.wave, wave, spec.path, specs[0].path)
+            if generated_noise and ds.observed:
+                raise FeatcacheError(f"{spec.path}: observed spectra (written by featcache import): their flux "
+                                     "already carries its noise; use --noise stored")
             if stored_noise and not ds.has_noisy:
                 raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
                                      "(dataset/arrays/noisy/value); use --noise generated")

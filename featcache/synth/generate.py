@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..common.errors import FeatcacheError
-from ..common.files import atomic_write
+from ..common.files import atomic_write, normalise_os_error
 from .emulator import load_grid
 from .model import get_model
 from .observing import ObservingEffects, apply_effects, effect_draws
@@ -81,8 +81,8 @@ def _draws(seed: int, start: int, stop: int, noisy: bool) -> tuple[np.ndarray, n
 
 
 def _check_args(seed: int, start: int, stop: int, rv_max: float, mag: float = DEFAULT_MAG) -> None:
-    if int(seed) < 0:
-        raise FeatcacheError(f"--seed must be >= 0, got {seed}")
+    if not 0 <= int(seed) <= 2**63 - 1:  # the params table stores it as int64
+        raise FeatcacheError(f"--seed must be an integer in 0..2**63-1, got {seed}")
     if not 0 <= start <= stop:
         raise FeatcacheError(f"bad row range {start}:{stop}")
     if not (math.isfinite(rv_max) and 0 <= rv_max < 3000):
@@ -213,10 +213,11 @@ def write_synth(path: str | os.PathLike[str], n: int, seed: int, *, mag: float =
         raise FeatcacheError(f"{path}: is a directory, expected an HDF5 file name")
     if path.exists() and not overwrite:
         raise FeatcacheError(f"{path}: exists; pass --overwrite to replace it or choose another name")
+    names = ["flux", "error"] + ([] if noise_free else ["noisy"])
+    check_free_space(path, n * N_PIXELS * 4 * len(names) + n * PARAMS_BYTES + (1 << 20))
     effects = effects if effects is not None else ObservingEffects()
     jobs = [(int(seed), s, min(s + block, n), float(mag), float(rv_max), bool(noise_free), effects)
             for s in range(0, n, block)]
-    names = ["flux", "error"] + ([] if noise_free else ["noisy"])
     frames: list[Any] = []
     chunk_rows = max(1, min(64, n))
 
@@ -248,9 +249,37 @@ def write_synth(path: str | os.PathLike[str], n: int, seed: int, *, mag: float =
         snr.append(float(np.median(params["snr"])))
 
     snr: list[float] = []
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError from a close that follows a failed write
+        error = normalise_os_error(exc if isinstance(exc, OSError) else OSError(None, str(exc)), path)
+        words = error.strerror if error.errno else str(exc).strip().splitlines()[0][:160]
+        raise HDF5WriteFailed(f"{path}: cannot write the HDF5 file ({words}); nothing was written: free some space "
+                              "or write elsewhere") from None
     return {"path": str(path), "n": n, "seed": seed, "mag": mag, "arrays": names, "snr_median": snr[0],
             "size": path.stat().st_size}
+
+
+PARAMS_BYTES = 400  # a params-table row (labels, seeds, S/N) as PyTables stores it, with room to spare
+
+
+class HDF5WriteFailed(FeatcacheError):
+    """Writing the HDF5 file failed (a full disk): the partial file is gone, but the HDF5 library may be left
+    in a state that crashes at interpreter exit, so a command-line caller should end its process at once."""
+
+
+def check_free_space(path: Path, need: int) -> None:
+    """Refuse before writing when the file cannot fit: HDF5 handles a full disk badly (a write that fails leaves
+    the library in a state that can crash the process), so the size is checked first."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
+    except OSError:
+        return
+    if need > free:
+        raise FeatcacheError(f"{path}: needs about {need / 1e6:.0f} MB and the disk has {free / 1e6:.0f} MB free; "
+                             "free some space, write elsewhere or give a smaller --n")
 
 
 def _iterate_blocks(jobs: list[tuple[int, int, int, float, float, bool, ObservingEffects]], workers: int):
