@@ -223,3 +223,13 @@ def command_line() -> str:
 def echo_result(text: str) -> None:
     """Results go to stdout (progress and status go to stderr)."""
     click.echo(text)
+
+
+def given_options(ctx: click.Context, fields: dict[str, str] | None = None) -> set[str]:
+    """The options given on the command line or in --config (not left at their defaults), by the library's
+    field names: on --resume the others are taken from the checkpoint (featcache.common.resume)."""
+    from click.core import ParameterSource
+
+    fields = fields or {}
+    return {fields.get(name, name) for name in ctx.params
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}

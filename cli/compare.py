@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .common import command, echo_result
 from .options import (
     binning_options,
+    head_option_values,
     head_options,
     make_recipe,
     parse_alphas,
@@ -73,8 +75,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: list[float], weight_decay: list[float], patience: int, grad_clip: float, hidden: list[int],
             dropout: list[float],
-            alphas: str | None, device: str, knn_k: str | None, knn_weights: str,
-            attn_heads: int, max_memory: str | None, bins: tuple[str, ...], giant_logg: float, out: Path) -> None:
+            alphas: str | None, device: str, max_memory: str | None, bins: tuple[str, ...], giant_logg: float,
+            out: Path, **head_values: Any) -> None:
     """Fit every (encoder, layer, pooling) x head cell on cached features and tabulate test R2 with its 95%
     bootstrap interval beside validation R2; the best cell by validation R2 is in bold.
 
@@ -89,7 +91,6 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
     """
     from featcache.common.progress import status
     from featcache.heads.binning import Binning
-    from featcache.heads.knn import parse_ks
     from featcache.reports.comparison import compare
 
     layers = tuple(layer for layer in layers if layer != "all")  # --layer all: every encoder layer (the default)
@@ -102,8 +103,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
                      shard=parse_shard(shard), batched=batched,
                      sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay},
-                     knn_ks=parse_ks(knn_k), knn_weights=knn_weights, attn_heads=attn_heads,
-                     max_memory=parse_max_memory(max_memory), full_spectrum=full_spectrum)
+                     head_options=head_option_values(head_values), max_memory=parse_max_memory(max_memory),
+                     full_spectrum=full_spectrum)
     echo_result(result.markdown.rstrip())
     if result.table is not None:
         status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

@@ -8,7 +8,7 @@ import click
 
 from featcache.finetune.options import BATCHNORM_MODES, FinetuneOptions
 
-from .common import UserError, command, command_line, echo_result, resolved_options
+from .common import UserError, command, command_line, echo_result, given_options, resolved_options
 from .options import (
     binning_options,
     data_option,
@@ -29,6 +29,9 @@ def resolve_unfreeze(freeze_encoder: bool, unfreeze: str | None) -> str:
     if freeze_encoder and unfreeze is not None:
         raise UserError("give --freeze-encoder or --unfreeze, not both")
     return "none" if freeze_encoder else (unfreeze or D["unfreeze"])
+
+
+FIELDS = {"hash_mode": "hash", "freeze_encoder": "unfreeze"}  # click parameters named apart from their option field
 
 
 @command("finetune", renames=RENAMES, short_help="Train encoder and head end to end (one process or torchrun).")
@@ -113,7 +116,7 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
         train_split=train_split, val_split=val_split or None, test_split=test_split or None, block_rows=block_rows,
         eval_batch_size=eval_batch_size, hash=hash_mode, device=device, resume=resume, overwrite=overwrite,
         check_sync=check_sync, binning=Binning.parse(bins, giant_logg),
-        command=command_line(), config=resolved_options(ctx))
+        command=command_line(), config=resolved_options(ctx), given=given_options(ctx, FIELDS))
     result = finetune(options)
     if result.rank == 0:
         echo_result(f"{result.summary()} -> {out}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .common import command, command_line, echo_result, resolved_options
 from .options import (
     binning_options,
+    head_option_values,
     head_options,
     make_recipe,
     parse_alphas,
@@ -38,9 +40,8 @@ from .options import (
 def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str | None, features: tuple[str, ...],
             targets: tuple[str, ...], head: str, train_split: str, val_split: str, test_split: str, seed: int,
             max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, grad_clip: float,
-            hidden: int, dropout: float, alphas: str | None, device: str, knn_k: str | None,
-            knn_weights: str, attn_heads: int, max_memory: str | None, bins: tuple[str, ...], giant_logg: float,
-            out: Path | None, overwrite: bool) -> None:
+            hidden: int, dropout: float, alphas: str | None, device: str, max_memory: str | None,
+            bins: tuple[str, ...], giant_logg: float, out: Path | None, overwrite: bool, **head_values: Any) -> None:
     """Fit a head on cached features: alpha or epochs chosen on validation, test reported once.
 
     Writes metrics.json, predictions.npz, head.pt, history.csv, config.yaml and binned.csv (test residuals
@@ -54,7 +55,6 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
     from featcache.cache.reader import open_cache
     from featcache.heads.binning import Binning
     from featcache.heads.fit import FitSpec, fit_head, parse_features
-    from featcache.heads.knn import parse_ks
     from featcache.heads.runs import RUN_FILES, check_run_dir, save_run
 
     feature_list = parse_features(layer, pool, features)
@@ -66,8 +66,8 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
     spec = FitSpec(features=feature_list, targets=list(targets), head=head, hidden=hidden, dropout=dropout,
                    recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
                    alphas=parse_alphas(alphas), train_split=train_split, val_split=val_split or None,
-                   test_split=test_split or None, device=device, knn_ks=parse_ks(knn_k), knn_weights=knn_weights,
-                   attn_heads=attn_heads, max_memory=parse_max_memory(max_memory))
+                   test_split=test_split or None, device=device, options=head_option_values(head_values),
+                   max_memory=parse_max_memory(max_memory))
     cache = open_cache(cache_path)
     if spec.test_split in cache.splits:  # fit_head names a missing split
         binning.check_axes([*cache.label_names(spec.test_split), *spec.targets])

@@ -159,11 +159,27 @@ def head_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def parse_max_memory(value: str | None) -> int | None:
-    """--max-memory SIZE in bytes (checked now, so a bad value fails before any work); None: the default."""
+HEAD_OPTION_PARAMS = ("knn_k", "knn_weights", "attn_heads")  # the click parameters head_options adds
+
+
+def head_option_values(values: dict[str, Any]) -> dict[str, Any]:
+    """FitSpec.options from the head options' click values, each parsed as its head's entry says (the entries'
+    schemas: heads.registry.head_option_schema; tests hold this group to them)."""
+    from featcache.heads.registry import head_option_schema
+
+    out = {}
+    for option in head_option_schema():
+        value = values[option.dest or option.name]
+        out[option.name] = option.parse(value) if option.parse is not None else value
+    return out
+
+
+def parse_max_memory(value: str | None) -> int:
+    """--max-memory SIZE in bytes, once (checked now, so a bad value fails before any work; None: half the RAM
+    available now): every fit of the command, and every --jobs worker, has this one budget."""
     from featcache.heads.streaming import parse_memory
 
-    return None if value is None else parse_memory(value)
+    return parse_memory(value)
 
 
 def make_recipe(seed: int, max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,

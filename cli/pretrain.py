@@ -5,37 +5,16 @@ from __future__ import annotations
 import math
 
 import click
-from click.core import ParameterSource
 
 from featcache.model.config import EncoderConfig
 from featcache.pretrain.recipe import PretrainRecipe
 
-from .common import command, echo_result
+from .common import command, echo_result, given_options
 from .options import data_option, defaults, device_option, noise_options, train_noise_option
 
 R, A = defaults(PretrainRecipe), defaults(EncoderConfig)
-ARCH_OPTIONS = ("num_layers", "embed_dim", "kernel_size", "dilation", "use_bn", "input_sigma")
-RECIPE_OPTIONS = tuple(R)
 RENAMES = {("--epochs", None): ("--max-epochs", None), ("--clip-grad", None): ("--grad-clip", None),
            ("--noise", "fresh"): ("--noise", "generated")}
-
-
-def _parse_data(values: tuple[str, ...]) -> dict[str, str]:
-    """--data train=FILE (and val=FILE): the split grammar of every command; pretrain reads whole files."""
-    from featcache.common.errors import FeatcacheError
-    from featcache.spectra.splits import parse_split_specs
-
-    splits: dict[str, str] = {}
-    for spec in parse_split_specs(list(values)):
-        if spec.name not in ("train", "val"):
-            raise FeatcacheError(f"--data {spec.text}: unknown split '{spec.name}'; choose from: train, val")
-        if spec.start is not None or spec.stop is not None:
-            raise FeatcacheError(f"--data {spec.text}: pretrain reads whole files; use --max-train / --max-val "
-                                 "for the first N rows")
-        splits[spec.name] = str(spec.path)
-    if "train" not in splits:
-        raise FeatcacheError("--data train=FILE is required (and optionally --data val=FILE)")
-    return splits
 
 
 @command("pretrain", renames=RENAMES, short_help="Train the blind-spot denoiser; write an encoder checkpoint.")
@@ -99,31 +78,11 @@ def command(ctx: click.Context, data: tuple[str, ...], out: str, threads: int | 
           --out encoders/demo.ckpt --embed-dim 16 --kernel-size 9 --max-epochs 20
       featcache pretrain ... --out ENC.ckpt --resume --max-epochs 40
     """
-    import torch
+    from featcache.pretrain.options import pretrain_options
+    from featcache.pretrain.run import run_pretrain
 
-    from featcache.common.device import configure_threads
-    from featcache.common.errors import FeatcacheError
-    from featcache.pretrain.files import load_resume_state, saved_settings
-    from featcache.pretrain.run import pretrain
-
-    splits = _parse_data(data)
-    if resume and overwrite:
-        raise FeatcacheError("--resume and --overwrite exclude each other")
-    if threads is not None:
-        configure_threads(torch.device("cpu"), threads)
-    given = {name for name in options if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
-    if resume:
-        saved_config, saved_recipe = saved_settings(load_resume_state(out))
-        saved = {**saved_config.as_dict(), **saved_recipe.as_dict()}
-        options = {k: (v if k in given else saved.get(k, v)) for k, v in options.items()}
-    if isinstance(options.get("loss"), str):
-        options["loss"] = str(options["loss"]).upper() if options["loss"] != "auto" else "auto"
-    for name, value, why in EncoderConfig.problems({k: options[k] for k in ARCH_OPTIONS}):
-        raise FeatcacheError(f"--{name.replace('_', '-')} {value}: {why}")
-    config = EncoderConfig(**{k: options[k] for k in ARCH_OPTIONS})  # type: ignore[arg-type]
-    recipe = PretrainRecipe(**{k: options[k] for k in RECIPE_OPTIONS})  # type: ignore[arg-type]
-    result = pretrain(splits["train"], splits.get("val"), out, config, recipe, resume=resume,
-                      overwrite=overwrite)
+    result = run_pretrain(pretrain_options(list(data), out, options, resume=resume, overwrite=overwrite,
+                                           threads=threads, given=given_options(ctx)))
     last = result.last
     line = (f"wrote {result.path} ({result.config.tag}, {result.epochs_done} epochs, {result.global_step} steps, "
             f"loss {result.recipe.loss}, {result.seconds / 60:.1f} min")

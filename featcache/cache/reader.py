@@ -27,6 +27,7 @@ from .layout import (
     open_root,
     row_path,
 )
+from .metadata import CacheMetadata, SplitMetadata
 
 
 def _reason(exc: BaseException) -> str:
@@ -63,46 +64,48 @@ class FeatureCache:
         if meta.get("format") not in READABLE_FORMATS:
             raise FeatcacheError(f"{self.path}: cache format {meta.get('format')!r} is not one featcache {__version__} "
                                  f"reads ({', '.join(map(str, READABLE_FORMATS))}); upgrade featcache")
-        self.meta: dict[str, Any] = meta
+        self.meta: dict[str, Any] = meta  # the attrs as stored (cache/ only; everything else asks `metadata`)
+        self.metadata = CacheMetadata.from_dict(meta, str(self.path))
         self.checked_roles: set[tuple[str, ...]] = set()  # role splits whose spectra were found disjoint
 
     # -- description --------------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
-        return str(self.meta["fingerprint"])
+        return self.metadata.fingerprint
 
     @property
     def format(self) -> int:
         """The layout version (FORMAT.md): 2 names every dimension for xarray; 1 is read the same way."""
-        return int(self.meta["format"])
+        return self.metadata.format
 
     @property
     def splits(self) -> list[str]:
-        return list(self.meta["splits"])
+        return list(self.metadata.splits)
 
-    def _split(self, split: str) -> dict[str, Any]:
-        if split not in self.meta["splits"]:
+    def split_info(self, split: str) -> SplitMetadata:
+        """A split's metadata (rows, spectra, draws, labels, blocks, file identity); an unknown name lists them."""
+        if split not in self.metadata.splits:
             raise FeatcacheError(f"{self.path}: " + choices_message("split", split, self.splits))
-        return self.meta["splits"][split]
+        return self.metadata.splits[split]
 
     def n_rows(self, split: str) -> int:
-        return int(self._split(split)["n_rows"])
+        return int(self.split_info(split).n_rows)
 
     def n_spectra(self, split: str) -> int:
         """Distinct spectra of a split (rows / draws)."""
-        return int(self._split(split)["n_source"])
+        return int(self.split_info(split).n_source)
 
     def _arrays(self, split: str) -> dict[str, dict[str, Any]]:
         """{array path: {generation, layer, pool, ...}} for a split."""
         out: dict[str, dict[str, Any]] = {}
-        for gen in self.meta["generations"]:
-            for item in gen["arrays"]:
+        for gen in self.metadata.generations:
+            for item in gen.arrays:
                 if item["split"] == split:
-                    out[item["path"]] = {**item, "generation": gen["id"]}
+                    out[item["path"]] = {**item, "generation": gen.id}
         return out
 
     def layers(self, split: str) -> list[str]:
-        self._split(split)
+        self.split_info(split)
         seen: list[str] = []
         for item in self._arrays(split).values():
             if item["kind"] == "features" and item["layer"] not in seen:
@@ -117,18 +120,18 @@ class FeatureCache:
 
     def split_rows(self, split: str) -> tuple[int, int]:
         """[start, stop) of the split's source rows in its file."""
-        entry = self._split(split)
-        return int(entry["start"]), int(entry["stop"])
+        entry = self.split_info(split)
+        return int(entry.start), int(entry.stop)
 
     def split_identity(self, split: str) -> str:
         """The split's file content hash (the same for copies of one file), else its real path."""
-        entry = self._split(split)
-        return str((entry.get("identity") or {}).get("hash") or os.path.realpath(entry["path"]))
+        entry = self.split_info(split)
+        return str((entry.identity or {}).get("hash") or os.path.realpath(entry.path))
 
     def row_hashes(self, split: str) -> np.ndarray | None:
         """(N, 2) uint64: the content hash of each spectrum of the split (draw 0's rows, in order), or None for
         a cache made before featcache kept them (FORMAT.md)."""
-        self._split(split)
+        self.split_info(split)
         try:
             array = self.root[row_path(split, ROW_HASH)]
         except KeyError:
@@ -136,7 +139,7 @@ class FeatureCache:
         return read_rows(array, self.row_selection(split, None, 0), self.path, np.uint64)
 
     def label_names(self, split: str) -> list[str]:
-        return list(self._split(split)["labels"])
+        return list(self.split_info(split).labels)
 
     # -- completion ---------------------------------------------------------------------------------
     def done_blocks(self, generation: int, split: str) -> np.ndarray:
@@ -144,16 +147,16 @@ class FeatureCache:
         try:
             return read_rows(self.array(marker_path(generation, split)), slice(None), self.path, bool)
         except KeyError:
-            return np.zeros(int(self._split(split)["n_blocks"]), dtype=bool)
+            return np.zeros(int(self.split_info(split).n_blocks), dtype=bool)
 
     def missing_blocks(self) -> dict[str, list[int]]:
         """{'g<k>/<split>': [block, ...]} for every block not yet done."""
         missing: dict[str, list[int]] = {}
-        for gen in self.meta["generations"]:
-            for split in gen["splits"]:
-                todo = np.flatnonzero(~self.done_blocks(gen["id"], split)).tolist()
+        for gen in self.metadata.generations:
+            for split in gen.splits:
+                todo = np.flatnonzero(~self.done_blocks(gen.id, split)).tolist()
                 if todo:
-                    missing[f"g{gen['id']}/{split}"] = todo
+                    missing[f"g{gen.id}/{split}"] = todo
         return missing
 
     def is_complete(self) -> bool:
@@ -174,7 +177,7 @@ class FeatureCache:
     def feature_array(self, split: str, layer: str, pool: str):
         """The lazy zarr array (R, D) of a feature (slicing reads only the chunks needed). Pool 'maps' is the
         raw (C, L') maps kept with --keep-maps, read flattened like --pool none (heads that pool the map)."""
-        self._split(split)
+        self.split_info(split)
         if pool == MAPS_POOL:
             return FlatMaps(self.maps(split, layer))
         path = feature_path(split, layer, pool)
@@ -212,14 +215,14 @@ class FeatureCache:
         """How these features were computed (encoder, mask, noise, direction, dtypes, each feature's
         definition), apart from which rows: what a head fitted on them records and predict compares."""
         attrs = {f"{layer}/{pool}": self.feature_info(split, layer, pool) for layer, pool in features}
-        return provenance(self.meta.get("parts") or {}, attrs)
+        return provenance(dict(self.metadata.parts or {}), attrs)
 
     def row_selection(self, split: str, rows: slice | np.ndarray | None = None, draw: int | None = None
                       ) -> slice | np.ndarray:
         """The split's rows to read: `rows` of all rows, or of draw `draw`'s rows (draw-major layout)."""
         if draw is not None:
             n = self.n_spectra(split)
-            draws = int(self._split(split)["draws"])
+            draws = int(self.split_info(split).draws)
             if not 0 <= draw < draws:
                 raise FeatcacheError(f"{self.path}: split '{split}' has draws 0..{draws - 1}, not {draw}")
             base = slice(draw * n, (draw + 1) * n)  # draw-major: draw d is one contiguous block of rows
@@ -245,12 +248,12 @@ class FeatureCache:
         return read_rows(self.array(label_path(split, name)), self.row_selection(split, None, draw), self.path)
 
     def index(self, split: str, draw: int | None = None) -> np.ndarray:
-        self._split(split)
+        self.split_info(split)
         return read_rows(self.array(row_path(split, "index")), self.row_selection(split, None, draw), self.path)
 
     def draws(self, split: str, draw: int | None = None) -> np.ndarray:
         """The noise draw of each row (of draw `draw`'s rows only, when given)."""
-        self._split(split)
+        self.split_info(split)
         return read_rows(self.array(row_path(split, "draw")), self.row_selection(split, None, draw), self.path)
 
     # -- information bounds (FORMAT.md "Bounds"; written by featcache bounds) ----------------------------
@@ -445,3 +448,12 @@ class StackedMatrix:
 
     def load(self) -> np.ndarray:
         return self[0:self.n]
+
+
+def read_metadata(path: str | os.PathLike[str]) -> CacheMetadata | None:
+    """A store's featcache metadata as it stands now, or None while there is none (a writer preparing it)."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        return None
+    meta = open_root(path, "r").attrs.get(META_KEY)
+    return CacheMetadata.from_dict(meta, str(path)) if isinstance(meta, dict) else None

@@ -15,13 +15,10 @@ xarray and dask are the optional extra `featcache[xarray]`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..common.errors import FeatcacheError
 from .layout import ROW_DIM
-
-if TYPE_CHECKING:
-    from .reader import FeatureCache
 
 XARRAY_EXTRA = "pip install 'featcache[xarray]'"
 
@@ -41,7 +38,7 @@ def feature_dim_name(layer: str, pool: str) -> str:
     return f"feature_{layer}_{pool}"
 
 
-def _chosen_features(cache: FeatureCache, split: str, features: Any) -> list[tuple[str, str]]:
+def _chosen_features(cache: Any, split: str, features: Any) -> list[tuple[str, str]]:
     """(layer, pool) pairs from 'LAYER/POOL' strings or pairs; every feature of the split by default."""
     if features is None:
         return [(layer, pool) for layer in cache.layers(split) for pool in cache.pools(split, layer)]
@@ -55,7 +52,7 @@ def _chosen_features(cache: FeatureCache, split: str, features: Any) -> list[tup
     return chosen
 
 
-def split_dataset(cache: FeatureCache, split: str, features: Any = None, draw: int | None = None) -> Any:
+def split_dataset(cache: Any, split: str, features: Any = None, draw: int | None = None) -> Any:
     """The Dataset FeatureCache.to_xarray returns (see the module docstring)."""
     xr, da = require_xarray()
     rows = cache.row_selection(split, None, draw)

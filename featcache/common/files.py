@@ -111,6 +111,31 @@ def save_torch(path: str | os.PathLike[str], payload: Any) -> Path:
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def load_torch(path: str | os.PathLike[str]) -> Any:
+    """torch.load with weights_only=True: a file that needs full unpickling (which can run code) is refused;
+    a file that is not a torch checkpoint is a one-line error naming it."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    from .errors import FeatcacheError
+
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip nor legacy pickle format
+        raise FeatcacheError(f"{path}: not a PyTorch checkpoint (expected a file written by torch.save)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling refused"
+        raise FeatcacheError(f"{path}: refused: the file needs full unpickling, which can run arbitrary code "
+                             f"(weights_only load failed: {first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise FeatcacheError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+
+
 def check_not_inside_store(path: str | os.PathLike[str], flag: str = "--out", *, folder: bool = False) -> None:
     """Refuse an output inside a Zarr store (a featcache cache): the cache's own arrays would be overwritten or a
     run's files taken for part of the cache, and --overwrite of the cache would delete them. folder: the output

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.constraints import StrOptions, at_least
+from ..model.taps import DIRECTIONS
+
 STORE_DTYPES = ("float32", "float16")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 HASH_MODES = ("full", "sampled")  # full: every byte (the default); sampled: 8 blocks, blind to other edits
@@ -50,6 +53,12 @@ class ExtractOptions:
     prepare_only: bool = False
     wait_seconds: float = 300.0  # --wait: how long shards 1..N-1 wait for shard 0 (or --prepare) to create the cache
     command: str = "featcache extract"
+
+    constraints = {"direction": StrOptions(DIRECTIONS, noun="direction"),
+                   "store_dtype": StrOptions(STORE_DTYPES, noun="dtype"),
+                   "dtype": StrOptions(COMPUTE_DTYPES, noun="dtype"), "batch_size": (at_least(1), None),
+                   "block_rows": at_least(1), "conv": StrOptions(CONV_MODES, noun="convolution"),
+                   "hash": StrOptions(HASH_MODES)}
 
     def __post_init__(self) -> None:  # the Python API takes str paths and any sequences, as the CLI gives
         self.out = Path(self.out)

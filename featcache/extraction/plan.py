@@ -18,6 +18,7 @@ import torch
 from ..cache.fingerprint import digest, feature_parts
 from ..cache.layout import ArraySpec
 from ..cache.writer import SplitLayout, StoreSpec
+from ..common.constraints import validate
 from ..common.device import resolve_device
 from ..common.errors import FeatcacheError, choices_message
 from ..common.overlap import SplitRows, check_rows_disjoint
@@ -25,19 +26,15 @@ from ..common.progress import status
 from ..model.checkpoint import LoadedEncoder, load_encoder, random_encoder
 from ..model.encoder import CODE_VERSION, EncoderConfig
 from ..model.lean import LeanEncoder, conv_plan
-from ..model.pooling import get_pooling, parse_poolings
-from ..model.taps import DIRECTIONS, PSEUDO_LAYERS, expand_layers
+from ..model.pooling import get_pooling, parse_poolings, pooled_width
+from ..model.taps import PSEUDO_LAYERS, expand_layers, tap_shape
 from ..spectra.inputs import NoiseSpec
 from ..spectra.mask import MaskSpec, make_mask, parse_mask_spec
 from ..spectra.pfsspec import PfsDataset, scan_file
-from ..spectra.splits import SplitSpec, check_disjoint, parse_split_specs
+from ..spectra.splits import check_disjoint, open_splits, parse_split_specs
 from .options import (
-    COMPUTE_DTYPES,
-    CONV_MODES,
     DEFAULT_BATCH,
-    HASH_MODES,
     MAX_MAP_SIZE,
-    STORE_DTYPES,
     ExtractOptions,
 )
 
@@ -114,20 +111,10 @@ def parse_draws(values: list[str], split_names: list[str]) -> dict[str, int]:
 
 
 def _check_options(opts: ExtractOptions) -> NoiseSpec:
-    if opts.direction not in DIRECTIONS:
-        raise FeatcacheError("--direction: " + choices_message("direction", opts.direction, DIRECTIONS))
-    if opts.store_dtype not in STORE_DTYPES:
-        raise FeatcacheError("--store-dtype: " + choices_message("dtype", opts.store_dtype, STORE_DTYPES))
-    if opts.dtype not in COMPUTE_DTYPES:
-        raise FeatcacheError("--dtype: " + choices_message("dtype", opts.dtype, COMPUTE_DTYPES))
-    if (opts.batch_size is not None and opts.batch_size < 1) or opts.block_rows < 1:
-        raise FeatcacheError("--batch-size and --block-rows must be positive")
-    if opts.conv not in CONV_MODES:
-        raise FeatcacheError("--conv: " + choices_message("convolution", opts.conv, CONV_MODES))
+    """The options' declared constraints (ExtractOptions.constraints), then what one option asks of another."""
+    validate(opts)
     if opts.conv == "fft" and opts.dtype != "float32":
         raise FeatcacheError(f"--conv fft computes in float32; use --conv direct (or auto) with --dtype {opts.dtype}")
-    if opts.hash not in HASH_MODES:
-        raise FeatcacheError(f"--hash {opts.hash}: expected full or sampled")
     return NoiseSpec(opts.noise, opts.noise_seed, opts.noise_level).validate()
 
 
@@ -150,40 +137,11 @@ def load_plan_encoder(opts: ExtractOptions, device: torch.device) -> LoadedEncod
     return load_encoder(opts.ckpt, dilation=opts.dilation, device=device)
 
 
-def _read_splits(specs: list[SplitSpec], draws: dict[str, int], noise: NoiseSpec
+def _read_splits(opts: ExtractOptions, draws: dict[str, int], noise: NoiseSpec
                  ) -> tuple[list[SplitLayout], np.ndarray]:
-    """Each split's rows and labels, every file on the first file's wavelength grid."""
-    splits: list[SplitLayout] = []
-    wave: np.ndarray | None = None
-    for spec in specs:
-        with PfsDataset(spec.path) as ds:
-            start, stop = spec.resolve(ds.n_rows)
-            if wave is None:
-                wave = ds.wave
-            else:
-                check_same_grid(ds.wave, wave, spec.path, specs[0].path)
-            if noise.generated and ds.observed:
-                raise FeatcacheError(f"{spec.path}: observed spectra (written by featcache import): their flux "
-                                     "already carries its noise; use --noise stored")
-            if not noise.generated and not ds.has_noisy:
-                raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
-                                     "(dataset/arrays/noisy/value); use --noise generated")
-            labels = ds.label_names() if ds.params_key else []
-        splits.append(SplitLayout(spec.name, spec.path, start, stop, draws[spec.name], labels, {}))
-    assert wave is not None
-    return splits, wave
-
-
-def check_same_grid(wave: np.ndarray, first: np.ndarray, path: Any, first_path: Any) -> None:
-    """Every split on the first split's wavelength grid (to 1e-6 A), saying how the grids differ."""
-    if wave.shape != first.shape:
-        raise FeatcacheError(f"{path}: wavelength grid has {wave.shape[0]} pixels, {first_path} has {first.shape[0]};"
-                             " every split must share one grid")
-    if not np.allclose(wave, first, rtol=0, atol=1e-6):
-        pixel = int(np.argmax(np.abs(wave - first)))
-        raise FeatcacheError(f"{path}: wavelength grid differs from {first_path}'s (both {wave.shape[0]} pixels; "
-                             f"pixel {pixel} is at {wave[pixel]:.6f} A vs {first[pixel]:.6f} A, a shift of "
-                             f"{wave[pixel] - first[pixel]:+.3g} A); every split must share one grid")
+    """Each split's rows and labels, every file on the first file's wavelength grid (spectra.splits)."""
+    opened, wave = open_splits(opts.data, stored_noise=not noise.generated, generated_noise=noise.generated)
+    return [SplitLayout(s.name, s.path, s.start, s.stop, draws[s.name], s.label_names, {}) for s in opened], wave
 
 
 def check_cache_size(out: Any, splits: list[SplitLayout]) -> None:
@@ -235,21 +193,14 @@ def scan_splits(splits: list[SplitLayout], mode: str) -> None:
 
 def _layers(model: Any, names: list[str], n_kept: int, direction: str, pools: list[str]) -> list[LayerPlan]:
     layers: list[LayerPlan] = []
-    channels = model.config.embed_dim * (2 if direction == "both" else 1)
     for name in names:
         if name in PSEUDO_LAYERS:
             layers.append(LayerPlan(name, 1, n_kept, True))
             continue
-        length = model.tap_length(name, n_kept)
-        if length < 1:
-            raise FeatcacheError(f"--layer {name}: the mask keeps {n_kept} pixels, too few for this depth")
-        layers.append(LayerPlan(name, channels, length, False))
+        layers.append(LayerPlan(name, *tap_shape(model, name, n_kept, direction), False))
     for layer in layers:
         for pool in pools:
-            try:
-                get_pooling(pool).width(layer.channels, layer.length)
-            except FeatcacheError as exc:
-                raise FeatcacheError(f"--pool {pool} on --layer {layer.name}: {exc}") from None
+            pooled_width(pool, layer.channels, layer.length, layer.name)
     return layers
 
 
@@ -260,7 +211,7 @@ def _arrays(splits: list[SplitLayout], layers: list[LayerPlan], pools: list[str]
         for layer in layers:
             for pool in pools:
                 pooling = get_pooling(pool)
-                width = pooling.width(layer.channels, layer.length)
+                width = pooled_width(pool, layer.channels, layer.length, layer.name)
                 arrays.append(ArraySpec(split.name, "features", layer.name, pool, (split.n_rows, width), {
                     "D": width, "C": layer.channels, "L": layer.length, "pooling": pool,
                     "definition": pooling.definition, "layer": layer.name,
@@ -308,7 +259,7 @@ def build_plan(opts: ExtractOptions) -> ExtractPlan:
         if name not in PSEUDO_LAYERS and name not in encoder.model.tap_names:
             raise FeatcacheError("--layer: " + choices_message("layer", name,
                                                                [*encoder.model.tap_names, *PSEUDO_LAYERS]))
-    splits, wave = _read_splits(specs, draws, noise)
+    splits, wave = _read_splits(opts, draws, noise)
     check_disjoint([(s.name, os.path.realpath(s.path), s.start, s.stop) for s in splits])
     check_cache_size(opts.out, splits)
     mask_spec = parse_mask_spec(opts.mask)

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from ..cache.fingerprint import describe_changes
-from ..cache.layout import META_KEY, open_root
+from ..cache.reader import read_metadata
 from ..common.errors import FeatcacheError
 from ..common.progress import status
 from .plan import ExtractPlan
@@ -44,18 +44,17 @@ def wait_until_prepared(plan: ExtractPlan, shard: tuple[int, int]) -> dict[str, 
     announced = False
     last_seen = None
     while True:
-        if (out / "zarr.json").exists():
-            meta = open_root(out, "r").attrs.get(META_KEY)
-            if isinstance(meta, dict):
-                last_seen = meta.get("fingerprint")
-                if last_seen != plan.fingerprint and not plan.options.overwrite:  # shard 0 refuses it too
-                    changes = describe_changes(meta.get("parts", {}), plan.parts)
-                    raise FeatcacheError(f"shard {shard[0]}/{shard[1]}: {out} was made from other inputs "
-                                         f"({'; '.join(changes)}); run every shard with the options that made it, "
-                                         "or --overwrite it from shard 0 (or --prepare)")
-                have = {a["path"] for g in meta.get("generations", []) for a in g["arrays"]}
-                if meta.get("prepared") and wanted <= have:
-                    return meta
+        meta = read_metadata(out)
+        if meta is not None:
+            last_seen = meta.fingerprint
+            if last_seen != plan.fingerprint and not plan.options.overwrite:  # shard 0 refuses it too
+                changes = describe_changes(dict(meta.parts), plan.parts)
+                raise FeatcacheError(f"shard {shard[0]}/{shard[1]}: {out} was made from other inputs "
+                                     f"({'; '.join(changes)}); run every shard with the options that made it, "
+                                     "or --overwrite it from shard 0 (or --prepare)")
+            have = {a["path"] for g in meta.generations for a in g.arrays}
+            if meta.prepared and wanted <= have:
+                return meta.to_dict()
         if time.monotonic() > deadline:
             why = ("a cache made from other inputs" if last_seen and last_seen != plan.fingerprint
                    else "a cache not yet prepared" if last_seen else "no cache")

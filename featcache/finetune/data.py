@@ -25,7 +25,7 @@ from ..spectra.inputs import NoiseSpec, read_inputs
 from ..spectra.noise import fresh_stream
 from ..spectra.order import contiguous_blocks, epoch_order, shard_range
 from ..spectra.pfsspec import PfsDataset
-from ..spectra.splits import parse_split_specs
+from ..spectra.splits import open_splits
 from .distributed import Dist
 from .options import FinetuneOptions
 
@@ -136,36 +136,22 @@ def _check_roles(opts: FinetuneOptions, names: list[str]) -> list[str]:
 def load_splits(opts: FinetuneOptions) -> tuple[dict[str, SplitData], tuple[Path, int, int]]:
     """The split roles' rows and labels, validated; and (file, start, stop) of the first --data split, which
     the mask is made from (as extract makes it)."""
-    specs = parse_split_specs(opts.data)
-    roles = _check_roles(opts, [s.name for s in specs])
+    opened, _ = open_splits(opts.data, stored_noise=opts.noise == "stored", generated_noise=opts.noise != "stored")
+    roles = _check_roles(opts, [s.name for s in opened])
     splits: dict[str, SplitData] = {}
-    wave: np.ndarray | None = None
-    first: tuple[Path, int, int] | None = None
-    for spec in specs:
+    first = (opened[0].path, opened[0].start, opened[0].stop)
+    for spec in opened:
+        if spec.name not in roles:
+            continue
         with PfsDataset(spec.path) as ds:
-            start, stop = spec.resolve(ds.n_rows)
-            if wave is None:
-                wave, first = ds.wave, (spec.path, start, stop)
-            elif ds.wave.shape != wave.shape or not np.allclose(ds.wave, wave, rtol=0, atol=1e-6):
-                raise FeatcacheError(f"{spec.path}: wavelength grid differs from {specs[0].path}; every split "
-                                     "must share one grid")
-            if opts.noise != "stored" and ds.observed:
-                raise FeatcacheError(f"{spec.path}: observed spectra (written by featcache import): their flux "
-                                     "already carries its noise; use --noise stored")
-            if opts.noise == "stored" and not ds.has_noisy:
-                raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
-                                     "(dataset/arrays/noisy/value); use --noise generated")
-            if spec.name not in roles:
-                continue
-            labels = ds.labels(list(opts.targets), start, stop)
+            labels = ds.labels(list(opts.targets), spec.start, spec.stop)
         y = np.stack([np.asarray(labels[t], dtype=np.float64) for t in opts.targets], axis=1)
         for j, target in enumerate(opts.targets):
             bad = int(np.count_nonzero(~np.isfinite(y[:, j])))
             if bad:
                 raise FeatcacheError(f"target '{target}' has {bad} NaN or inf values on the {spec.name} split; "
                                      "drop or fill those rows")
-        splits[spec.name] = SplitData(spec.name, spec.path, start, stop, y)
-    assert first is not None
+        splits[spec.name] = SplitData(spec.name, spec.path, spec.start, spec.stop, y)
     for role, word in ((opts.train_split, "train"), (opts.val_split, "validation")):
         if role is None:
             continue

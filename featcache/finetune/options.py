@@ -4,11 +4,14 @@ the settings a --resume must match. Torch-free, so the command line reads the de
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, fields
+from collections.abc import Collection
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..common.constraints import POSITIVE, Interval, StrOptions, at_least, validate
 from ..common.errors import FeatcacheError, choices_message
+from ..common.resume import check_resume_policy, resumed_settings
 from ..heads.binning import Binning
 from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
 from ..model.taps import DIRECTIONS, PSEUDO_LAYERS
@@ -60,6 +63,15 @@ class FinetuneOptions:
     progress: bool = True
     command: str = "featcache finetune"
     config: dict[str, Any] | None = None  # what config.yaml records (the CLI's resolved options)
+    # the options the caller set (the CLI: those on its command line); on --resume the others are the
+    # checkpoint's (common.resume: the one policy). None: every option counts as given
+    given: Collection[str] | None = None
+
+    constraints = {"train_noise": StrOptions(TRAIN_NOISE), "encoder_lr": POSITIVE,
+                   "batchnorm": StrOptions(BATCHNORM_MODES), "scale_floor": Interval(float, 0, 1, closed="left"),
+                   "block_rows": at_least(1), "eval_batch_size": at_least(1), "hash": StrOptions(("full", "sampled")),
+                   "n_boot": at_least(0)}
+    flags = {"n_boot": "n_boot"}
 
     def __post_init__(self) -> None:
         self.ckpt, self.out = Path(self.ckpt), Path(self.out)  # the Python API takes str paths too
@@ -76,7 +88,7 @@ class FinetuneOptions:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("config", "progress"):
+            if f.name in ("config", "progress", "given"):
                 continue
             if isinstance(value, TrainRecipe):
                 value = value.to_dict()
@@ -94,21 +106,16 @@ def validate_options(opts: FinetuneOptions) -> None:
     from ..model.pooling import get_pooling
     from ..spectra.inputs import NoiseSpec
 
+    check_resume_policy(opts.resume, opts.overwrite)
     opts.recipe.validate()
     NoiseSpec(opts.noise, opts.noise_seed, opts.noise_level).validate()
+    validate(opts)
     checks = [
-        (opts.train_noise in TRAIN_NOISE, f"--train-noise {opts.train_noise}: expected fresh or fixed"),
         (opts.noise == "generated" or opts.train_noise == "fixed",
          "--noise stored is one fixed draw per spectrum: use it with --train-noise fixed"),
         (opts.direction in DIRECTIONS, "--direction: " + choices_message("direction", opts.direction, DIRECTIONS)),
-        (opts.encoder_lr > 0, f"--encoder-lr must be positive, got {opts.encoder_lr}"),
-        (opts.batchnorm in BATCHNORM_MODES, f"--batchnorm {opts.batchnorm}: expected eval or train"),
-        (0 <= opts.scale_floor < 1, f"--scale-floor must be in [0, 1), got {opts.scale_floor}"),
-        (opts.block_rows >= 1, f"--block-rows must be >= 1, got {opts.block_rows}"),
-        (opts.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {opts.eval_batch_size}"),
         (bool(opts.targets), "give at least one --target"),
-            (len(set(opts.targets)) == len(opts.targets), "--target: a label is given twice"),
-        (opts.hash in ("full", "sampled"), f"--hash {opts.hash}: expected full or sampled"),
+        (len(set(opts.targets)) == len(opts.targets), "--target: a label is given twice"),
     ]
     for ok, message in checks:
         if not ok:
@@ -173,3 +180,21 @@ def upgrade_settings(saved: dict[str, Any]) -> dict[str, Any]:
     if saved.get("noise") in TRAIN_NOISE and "train_noise" not in saved:
         return {**saved, "noise": "generated", "train_noise": saved["noise"]}
     return saved
+
+
+# options a --resume never takes from the checkpoint: where the run is, how it is run and reported
+NOT_RESUMED = ("ckpt", "data", "out", "resume", "overwrite", "device", "check_sync", "progress", "command", "config",
+               "binning", "n_boot", "given")
+
+
+def resumed_options(opts: FinetuneOptions, saved: dict[str, Any] | None) -> FinetuneOptions:
+    """The options of a --resume under the one resume policy (common.resume): each option given, or the
+    checkpoint's (`saved`: the options its last.pt recorded; a checkpoint from before 0.2 recorded none, and
+    then every option must match as given)."""
+    if not opts.resume or opts.given is None or not saved:
+        return opts
+    current = {k: v for k, v in opts.as_dict().items() if k not in NOT_RESUMED}
+    merged = resumed_settings({k: v for k, v in saved.items() if k not in NOT_RESUMED}, current, opts.given)
+    recipe = resumed_settings(saved.get("recipe") or {}, opts.recipe.to_dict(), opts.given)
+    merged["recipe"] = TrainRecipe(**recipe)
+    return replace(opts, **merged)

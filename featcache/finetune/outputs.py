@@ -15,6 +15,7 @@ from ..heads.runs import save_run
 from ..heads.training import TrainResult
 from ..model.checkpoint import save_checkpoint, state_dict_digest
 from ..model.encoder import CODE_VERSION
+from ..model.taps import tap_shape
 from ..spectra.mask import parse_mask_spec
 from .data import SplitData
 from .distributed import Dist
@@ -77,8 +78,8 @@ def _provenance(opts: FinetuneOptions, model: FinetuneModel, encoder_sha: str, m
                           random_init_seed=None, mask=mask, noise_mode=opts.noise, noise_seed=opts.noise_seed,
                           noise_level=opts.noise_level, direction=opts.direction, compute_dtype="float32",
                           store_dtype="float32")
-    channels = config.embed_dim * (2 if opts.direction == "both" else 1)
-    attrs = {"D": in_dim, "C": channels, "L": model.encoder.tap_length(opts.layer, int(mask.sum())),
+    channels, length = tap_shape(model.encoder, opts.layer, int(mask.sum()), opts.direction)
+    attrs = {"D": in_dim, "C": channels, "L": length,
              "pooling": opts.pool, "definition": model.pooling.definition, "direction": opts.direction}
     return provenance(parts, {f"{opts.layer}/{opts.pool}": attrs})
 

@@ -28,13 +28,16 @@ from ..cache.fingerprint import describe_changes
 from ..common.errors import FeatcacheError
 from ..common.overlap import SplitRows, check_disjoint, check_rows_disjoint
 from ..common.progress import status
+from ..common.resume import load_resume_checkpoint
+from ..common.serialise import plain
 from ..common.settings import changes
 from ..heads.fit import FitResult
 from ..heads.registry import create_head, head_info, list_heads
 from ..heads.runs import LoadedHead, check_run_dir, clear_run_dir, load_head
 from ..heads.training import TrainResult
-from ..model.checkpoint import load_encoder, load_torch_file, state_dict_digest
-from ..model.pooling import get_pooling
+from ..model.checkpoint import load_encoder, state_dict_digest
+from ..model.pooling import get_pooling, pooled_width
+from ..model.taps import tap_shape
 from ..spectra.mask import make_mask
 from ..spectra.pfsspec import PfsDataset, scan_file
 from .data import RunContext, SplitData, load_splits
@@ -46,6 +49,7 @@ from .options import (
     describe_unfreeze,
     parse_unfreeze,
     resume_settings,
+    resumed_options,
     upgrade_settings,
     validate_options,
 )
@@ -81,7 +85,11 @@ class FinetuneResult:
 
 
 def finetune(opts: FinetuneOptions) -> FinetuneResult:
-    """Train encoder and head end to end on one process or many (torchrun / srun); rank 0 writes OUT."""
+    """Train encoder and head end to end on one process or many (torchrun / srun); rank 0 writes OUT. On
+    --resume the options not given (FinetuneOptions.given) are those last.pt recorded (common.resume)."""
+    if opts.resume and opts.given is not None:
+        state = load_resume_checkpoint(opts.out / "last.pt", "finetune", _is_finetune_checkpoint)
+        opts = resumed_options(opts, state.get("options"))
     validate_options(opts)
     dist = init_distributed(opts.device)
     try:
@@ -98,15 +106,13 @@ def _prepare_out(opts: FinetuneOptions) -> dict[str, Any] | None:
     if opts.out.exists() and not opts.out.is_dir():
         raise FeatcacheError(f"--out {opts.out}: is a file, expected a run directory")
     if opts.resume:
-        if not last.exists():
-            raise FeatcacheError(f"--resume: {last} does not exist (nothing to resume; drop --resume to start)")
-        state = load_torch_file(last)
-        if not isinstance(state, dict) or state.get("kind") != "finetune" \
-                or state.get("format") != CHECKPOINT_FORMAT:
-            raise FeatcacheError(f"--resume: {last} was not written by featcache finetune")
-        return state
+        return load_resume_checkpoint(last, "finetune", _is_finetune_checkpoint)
     check_run_dir(opts.out, overwrite=opts.overwrite)
     return None
+
+
+def _is_finetune_checkpoint(state: Any) -> bool:
+    return isinstance(state, dict) and state.get("kind") == "finetune" and state.get("format") == CHECKPOINT_FORMAT
 
 
 def _initial_head(opts: FinetuneOptions, source_sha: str, dist: Dist) -> tuple[LoadedHead | None, str]:
@@ -157,20 +163,13 @@ def _map_options(opts: FinetuneOptions, encoder: Any, mask: np.ndarray, head_nam
         return {}
     if opts.pool != "none":
         raise FeatcacheError(f"--head {head_name} pools the live map over its positions: give --pool none")
-    channels = encoder.config.embed_dim * (2 if opts.direction == "both" else 1)
-    return {"channels": channels, "length": encoder.tap_length(opts.layer, int(mask.sum()))}
+    channels, length = tap_shape(encoder, opts.layer, int(mask.sum()), opts.direction)
+    return {"channels": channels, "length": length}
 
 
 def _feature_width(opts: FinetuneOptions, encoder: Any, mask: np.ndarray, init: LoadedHead | None) -> int:
-    n_kept = int(mask.sum())
-    channels = encoder.config.embed_dim * (2 if opts.direction == "both" else 1)
-    length = encoder.tap_length(opts.layer, n_kept)
-    if length < 1:
-        raise FeatcacheError(f"--layer {opts.layer}: the mask keeps {n_kept} pixels, too few for this depth")
-    try:
-        in_dim = get_pooling(opts.pool).width(channels, length)
-    except FeatcacheError as exc:
-        raise FeatcacheError(f"--pool {opts.pool} on --layer {opts.layer}: {exc}") from None
+    channels, length = tap_shape(encoder, opts.layer, int(mask.sum()), opts.direction)
+    in_dim = pooled_width(opts.pool, channels, length, opts.layer)
     if init is not None and init.in_dim != in_dim:
         raise FeatcacheError(f"--init-head {opts.init_head}: the head takes {init.in_dim} features, "
                              f"{opts.layer}/{opts.pool} gives {in_dim} here (another mask or direction?)")
@@ -315,7 +314,7 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
         np.save(opts.out / "mask.npy", mask)
     # train, then score every role's split with the best weights
     extra = {"mask": torch.from_numpy(mask.copy()), "y_mean": torch.from_numpy(y_mean.copy()),
-             "y_scale": torch.from_numpy(y_scale.copy()), "settings": settings}
+             "y_scale": torch.from_numpy(y_scale.copy()), "settings": settings, "options": plain(opts.as_dict())}
     outcome = train(model, ctx, train_split, splits.get(opts.val_split or ""), y_mean, y_scale, state, extra)
     roles = [("train", opts.train_split), ("val", opts.val_split), ("test", opts.test_split)]
     outputs = {role: (name, *predict_rows(model, splits[name], ctx, y_mean, y_scale))

@@ -20,17 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..common.constraints import Interval, check
 from ..common.errors import FeatcacheError
 from .dropout import Dropout
+from .entry import HeadOption, register
+from .mlp import TorchHead
 from .recipe import DEFAULT_ATTN_HEADS
-
-DEFAULT_HEADS = DEFAULT_ATTN_HEADS
 
 
 class AttentionPool(nn.Module):
     """(B, C, L') -> (B, H*C): H softmax-weighted means over positions."""
 
-    def __init__(self, channels: int, length: int, heads: int = DEFAULT_HEADS, position: bool = True):
+    def __init__(self, channels: int, length: int, heads: int = DEFAULT_ATTN_HEADS, position: bool = True):
         super().__init__()
         self.channels, self.length, self.heads = int(channels), int(length), int(heads)
         self.score = nn.Linear(self.channels, self.heads)
@@ -52,7 +53,7 @@ class AttentionHead(nn.Module):
     """The flattened (C*L') map -> attention pooling -> mlp_1."""
 
     def __init__(self, channels: int, length: int, out_dim: int, hidden: int, dropout: float,
-                 heads: int = DEFAULT_HEADS, position: bool = True):
+                 heads: int = DEFAULT_ATTN_HEADS, position: bool = True):
         super().__init__()
         self.pool = AttentionPool(channels, length, heads, position)
         self.mlp = nn.Sequential(nn.Linear(heads * channels, hidden), nn.GELU(), Dropout(dropout),
@@ -76,3 +77,42 @@ def map_shape(feature: tuple[str, str], info: dict[str, Any], in_dim: int) -> tu
     if channels * length != in_dim:
         raise FeatcacheError(f"{layer}/none: width {in_dim} is not C x L' = {channels} x {length}")
     return channels, length
+
+
+class AttentionEntry(TorchHead):
+    """`attn`: attention pooling over a --pool none map, then mlp_1; the map's shape comes from the cache."""
+
+    name = "attn"
+    description = ("attention pooling over a --pool none feature map (learned scores + position embedding, "
+                   "softmax over positions, several heads), then mlp_1")
+    needs_map = True
+    build_keywords = ("channels", "length", "heads")
+    options = (HeadOption("attn_heads", "--attn-heads", DEFAULT_ATTN_HEADS, "attn: attention heads pooling the --pool "
+                          "none map.", constraint=Interval(int, 1, None, closed="left")),)
+
+    def build(self, in_dim: int, out_dim: int, hidden: int, dropout: float, channels: int | None = None,
+              length: int | None = None, heads: int = DEFAULT_ATTN_HEADS) -> AttentionHead:
+        if channels is None or length is None or channels * length != in_dim:
+            raise FeatcacheError(f"head attn needs the map shape (channels x length = {in_dim}), got {channels} x "
+                                 f"{length}")
+        check("--attn-heads", int(heads), Interval(int, 1, None, closed="left"))
+        return AttentionHead(channels, length, out_dim, hidden, dropout, heads=int(heads))
+
+    def describe_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {"attn": {"heads": options["attn_heads"]}}
+
+    def build_options_for(self, cache: Any, spec: Any, in_dim: int) -> dict[str, Any]:
+        if len(spec.features) != 1:
+            raise FeatcacheError(f"head {self.name} pools one feature map: give one --layer with --pool none, not "
+                                 f"{len(spec.features)} features")
+        layer, pool = spec.features[0]
+        channels, length = map_shape((layer, pool), cache.feature_info(spec.train_split, layer, pool), in_dim)
+        return {"channels": channels, "length": length,
+                "heads": self.resolve_options(spec.options)["attn_heads"]}
+
+    def saved_build_options(self, predictor: Any) -> dict[str, Any]:
+        pool = predictor.model.pool
+        return {"channels": pool.channels, "length": pool.length, "heads": pool.heads}
+
+
+register(AttentionEntry())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -22,14 +23,16 @@ class EarlyStopping:
         self.bad_epochs = 0
         self.best_state: dict[str, Any] | None = None
 
-    def step(self, epoch: int, score: float | None, model: nn.Module) -> bool:
-        """Record an epoch's score; True when training should stop."""
+    def step(self, epoch: int, score: float | None, model: nn.Module | Callable[[], dict[str, Any]]) -> bool:
+        """Record an epoch's score; True when training should stop. model: the module, or a function giving
+        its state dict (a head inside a stack of heads)."""
         if score is None:
             self.best_epoch = epoch
             return False
         if score > self.best_score:
             self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state = model.state_dict() if isinstance(model, nn.Module) else model()
+            self.best_state = {k: v.detach().clone() for k, v in state.items()}
             return False
         self.bad_epochs += 1
         return self.bad_epochs >= self.patience

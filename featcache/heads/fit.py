@@ -8,7 +8,9 @@ and test use draw 0.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Sequence
+from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,13 @@ from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
 from ..common.overlap import SplitRows, check_disjoint, check_rows_disjoint
 from ..common.progress import status
-from .attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
-from .attention import map_shape
-from .knn import KNNHead
+from .batched import HeadJob, batch_key, train_heads
+from .entry import FitRows
 from .metrics import split_metrics
 from .recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, TrainRecipe
-from .registry import create_head, head_info
-from .ridge import RidgeHead
+from .registry import create_head, head_info, list_heads
 from .selection import RoleRows, RowSelection, role_rows
 from .streaming import format_bytes
-from .training import TrainResult, train_head
 
 # Part of every fit's identity (compare's cell keys): bump when a change alters the numbers a fit produces.
 FIT_CODE_VERSION = 3  # 2: near-constant float32 feature columns are treated as constant; 3: dropout masks
@@ -71,28 +70,41 @@ class FitSpec:
     device: str = "auto"
     n_boot: int = 1000
     selection: RowSelection | None = None  # a nested train subset or one fold (heads.selection)
-    knn_ks: list[int] | None = None  # knn: the k grid (None: 1, 2, 4, ..., 256)
-    knn_weights: str = "uniform"     # knn: uniform | distance
-    attn_heads: int = DEFAULT_ATTN_HEADS  # attn: attention heads over the positions
+    # the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights, attn_heads, ...);
+    # each head takes its own and ignores the others', a missing one is its default
+    options: dict[str, Any] = field(default_factory=dict)
     # torch heads: above this many bytes (or '1GB', '25%'; None: half the available RAM) the train rows stream
     # from the cache (heads.streaming) instead of being loaded; not part of the fit's identity (the sampler
     # changes the batch order, not the recipe) but recorded in metrics.json
     max_memory: int | str | None = None
+    # the spellings before 0.2 (accepted until 0.3, with a warning): they go into `options`
+    knn_ks: InitVar[list[int] | None] = None
+    knn_weights: InitVar[str | None] = None
+    attn_heads: InitVar[int | None] = None
+
+    def __post_init__(self, knn_ks: list[int] | None, knn_weights: str | None, attn_heads: int | None) -> None:
+        old = {"knn_ks": knn_ks, "knn_weights": knn_weights, "attn_heads": attn_heads}
+        given = {k: v for k, v in old.items() if v is not None}
+        if given:
+            warnings.warn(f"FitSpec({', '.join(given)}=...) is deprecated: give options={{...}} with the same names",
+                          DeprecationWarning, stacklevel=3)
+            self.options = {**self.options, **given}
+
+    @property
+    def head_options(self) -> dict[str, Any]:
+        """This head's own options, each given or its default, checked against its constraint."""
+        return head_info(self.head).resolve_options(self.options)
 
     def describe(self) -> dict[str, Any]:
         """The recipe as plain data (keys of a compare cell, config.yaml)."""
-        recipe = self.recipe.to_dict() if head_info(self.head).trainable else {}
+        entry = head_info(self.head)
+        recipe = self.recipe.to_dict() if entry.trainable else {}
         out = {"features": [f"{layer}/{pool}" for layer, pool in self.features], "targets": list(self.targets),
-               "head": self.head, "hidden": self.hidden if head_info(self.head).trainable else None,
-               "dropout": self.dropout if head_info(self.head).trainable else None, "recipe": recipe,
+               "head": self.head, "hidden": self.hidden if entry.trainable else None,
+               "dropout": self.dropout if entry.trainable else None, "recipe": recipe,
                "alphas": self.alphas, "splits": [self.train_split, self.val_split, self.test_split],
                "code_version": FIT_CODE_VERSION}
-        if self.head == "knn":  # only for knn: the keys of the other heads' cells stay what they were
-            out["knn"] = {"ks": self.knn_ks, "weights": self.knn_weights}
-        if head_info(self.head).uncertainty:  # the sigma scale chosen on validation (since its first release)
-            out["uncertainty"] = {"sigma_scale": "validation"}
-        if self.head == "attn":
-            out["attn"] = {"heads": self.attn_heads}
+        out.update(entry.describe_options(self.head_options))  # only a head with options adds a key
         rows = self.selection.describe() if self.selection is not None else None
         if rows:  # only then: the keys of whole-split fits stay what they were
             out["rows"] = rows
@@ -102,7 +114,7 @@ class FitSpec:
 @dataclass
 class FitResult:
     spec: FitSpec
-    predictor: RidgeHead | KNNHead | TrainResult
+    predictor: Any  # what the head's entry fitted (RidgeHead, KNNHead, TrainResult, ...)
     in_dim: int
     metrics: dict[str, Any]
     predictions: dict[str, dict[str, np.ndarray]]
@@ -115,15 +127,8 @@ class FitResult:
 
     @property
     def chosen(self) -> dict[str, Any]:
-        if isinstance(self.predictor, RidgeHead):
-            return {"alpha": self.predictor.alpha_}
-        if isinstance(self.predictor, KNNHead):
-            return {"k": self.predictor.k_}
-        chosen = {"best_epoch": self.predictor.best_epoch, "epochs_run": len(self.predictor.history)}
-        if self.predictor.gaussian:  # the validation-chosen sigma scale, per target
-            scale = self.predictor.model.sigma_scale.tolist()
-            chosen["sigma_scale"] = scale[0] if len(scale) == 1 else scale
-        return chosen
+        """What validation chose (the head's entry says what: alpha, k, best epoch, sigma scale)."""
+        return head_info(self.spec.head).chosen(self.predictor)
 
     def summary(self) -> str:
         """The one-line summary `featcache fit` prints."""
@@ -176,7 +181,7 @@ def check_roles(cache: FeatureCache, train: str, val: str | None, test: str | No
     if key in cache.checked_roles:
         return
     rows = [SplitRows(split, f"rows {cache.split_rows(split)[0]}:{cache.split_rows(split)[1]} of "
-                             f"{cache.meta['splits'][split]['path']}",
+                             f"{cache.split_info(split).path}",
                       cache.split_rows(split)[0], cache.row_hashes(split)) for _, split in given]
     check_rows_disjoint(rows, what=f"{cache.path}: cache splits", flag="--cache")
     if len(rows) > 1 and any(r.hashes is None for r in rows):
@@ -185,7 +190,8 @@ def check_roles(cache: FeatureCache, train: str, val: str | None, test: str | No
     cache.checked_roles.add(key)
 
 
-def _check_request(cache: FeatureCache, spec: FitSpec) -> None:
+def check_request(cache: FeatureCache, spec: FitSpec) -> None:
+    """Everything a fit needs of the cache and the spec, checked before any row is read."""
     check_roles(cache, spec.train_split, spec.val_split, spec.test_split)
     if not spec.targets:
         raise FeatcacheError("give at least one --target")
@@ -193,22 +199,26 @@ def _check_request(cache: FeatureCache, spec: FitSpec) -> None:
         cache.labels(spec.train_split, target, draw=0)  # names the available labels if unknown
     for layer, pool in spec.features:
         cache.feature_array(spec.train_split, layer, pool)  # lists the cache's layers / pools if unknown
-    head_info(spec.head)
+    spec.head_options  # noqa: B018 - the head exists and its options meet their constraints
 
 
 def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool = True,
-             trained: TrainResult | None = None) -> FitResult:
+             trained: Any = None, rows: dict[str, RoleRows] | None = None) -> FitResult:
     """Fit spec.head on the cached features; choose on validation, score test once. trained: the head already
-    trained on these rows (heads.batched.fit_heads trains many in one pass), to be scored and reported."""
+    trained on these rows (fit_heads trains many in one pass), to be scored and reported; rows:
+    the fit's role rows when the caller has them already (the batched pass's loaded train and validation rows),
+    so they are not read again."""
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
-    _check_request(cache, spec)
+    check_request(cache, spec)
+    entry = head_info(spec.head)
     started = time.perf_counter()
-    data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
-                     spec.selection)
+    data = rows if rows is not None else role_rows(cache, spec.features, spec.targets, spec.train_split,
+                                                   spec.val_split, spec.test_split, spec.selection)
     if trained is None:
-        predictor, history = _fit_predictor(spec, {r: d.x for r, d in data.items()},
-                                            {r: d.y for r, d in data.items()}, progress,
-                                            _map_options(cache, spec, data["train"].x.shape[1]))
+        in_dim = data["train"].x.shape[1]
+        rows = FitRows({r: d.x for r, d in data.items()}, {r: d.y for r, d in data.items()}, spec, spec.head_options,
+                       progress, entry.build_options_for(cache, spec, in_dim) if entry.needs_map else {})
+        predictor, history = entry.fit(rows)
     else:
         predictor, history = trained, [dict(h) for h in trained.history]
     seconds = time.perf_counter() - started + (trained.seconds if trained is not None else 0.0)
@@ -219,7 +229,7 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
         if split is None:
             continue
         rows = data[role]
-        if getattr(predictor, "gaussian", False):  # uncertainty heads: a sigma per row and target
+        if entry.uncertainty:  # uncertainty heads: a sigma per row and target
             mean, sigma = predictor.predict_dist(rows.x)
             pred, sigma = (np.asarray(a).reshape(len(rows.x), -1) for a in (mean, sigma))
         else:
@@ -235,48 +245,58 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
                                  "true": rows.y, "pred": pred, **({} if sigma is None else {"sigma": sigma}),
                                  **{f"label_{name}": values for name, values in (rows.labels or {}).items()}}
     return FitResult(spec, predictor, data["train"].x.shape[1], metrics, predictions, history, seconds, str(cache.path),
-                     cache.fingerprint, str(cache.meta["parts"]["encoder"]["weights_sha256"]),
+                     cache.fingerprint, cache.metadata.encoder_sha256,
                      cache.provenance(spec.train_split, spec.features))
 
 
-def _map_options(cache: FeatureCache, spec: FitSpec, in_dim: int) -> dict[str, Any]:
-    """A head that pools the map itself (attn) gets its shape from the feature's attrs; others nothing."""
-    if not head_info(spec.head).needs_map:
-        return {}
-    if len(spec.features) != 1:
-        raise FeatcacheError(f"head {spec.head} pools one feature map: give one --layer with --pool none, not "
-                             f"{len(spec.features)} features")
-    layer, pool = spec.features[0]
-    channels, length = map_shape((layer, pool), cache.feature_info(spec.train_split, layer, pool), in_dim)
-    return {"channels": channels, "length": length, "heads": spec.attn_heads}
+# -- many fits of one cache ---------------------------------------------------------------------------------
+def fit_key(spec: Any, n_train: int) -> tuple[Any, ...]:
+    """Which FitSpecs of one cache can train in one pass: same targets, rows, splits and device, and a
+    batch_key-compatible recipe (features, seeds, widths, dropout, lr and weight decay may differ)."""
+    blocks = head_info(spec.head).depth
+    rows = spec.selection.describe() if spec.selection is not None else None
+    return (blocks, tuple(spec.targets), repr(rows), spec.train_split, spec.val_split, spec.test_split, spec.device,
+            batch_key(spec.recipe, blocks, n_train, len(spec.targets), spec.val_split is not None))
 
 
-def _fit_predictor(spec: FitSpec, x: dict[str, Any], y: dict[str, np.ndarray], progress: bool,
-                   head_kwargs: dict[str, Any] | None = None
-                   ) -> tuple[RidgeHead | KNNHead | TrainResult, list[dict[str, Any]]]:
-    """Ridge from streamed statistics (alpha by validation R2), kNN (k by validation R2), or a torch head
-    trained on loaded rows."""
-    in_dim, val_x, val_y = x["train"].shape[1], x.get("val"), y.get("val")
-    if spec.head == "knn":
-        knn = create_head("knn", in_dim, len(spec.targets), ks=spec.knn_ks, weights=spec.knn_weights)
-        knn.fit(x["train"], y["train"], val_x, val_y, target_names=spec.targets, max_memory=spec.max_memory)
-        curve = knn.val_r2_per_k_
-        history = [] if curve is None else [
-            {"k": k, **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(spec.targets)}}
-            for i, k in enumerate(knn.ks_)]
-        return knn, history
-    if spec.head == "ridge":
-        head = create_head("ridge", in_dim, len(spec.targets), alphas=spec.alphas)
-        ridge = head.fit(x["train"], y["train"], val_x, val_y, target_names=spec.targets, max_memory=spec.max_memory)
-        history: list[dict[str, Any]] = []
-        if ridge.val_r2_per_alpha_ is not None:
-            curve = np.asarray(ridge.val_r2_per_alpha_).reshape(len(ridge.alphas_), -1)
-            history = [{"alpha": float(a), **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(spec.targets)}}
-                       for i, a in enumerate(ridge.alphas_)]
-        return ridge, history
-    model = create_head(spec.head, in_dim, len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
-                        seed=spec.recipe.seed, **(head_kwargs or {}))
-    trained = train_head(model, x["train"], y["train"], val_x, val_y, recipe=spec.recipe,
-                         device=resolve_device(spec.device), progress=progress, target_names=spec.targets,
-                         desc=f"fit {spec.head}", max_memory=spec.max_memory)
-    return trained, [dict(h) for h in trained.history]
+def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False) -> list[Any]:
+    """fit_head for many FitSpecs of one cache: the MLP heads that can share a pass are trained together by
+    train_heads, then each is scored and reported exactly as fit_head reports it (FitResult per spec, in
+    order). Every feature a group needs is held in memory at once: group the specs to bound it."""
+    cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
+    for spec in specs:
+        if not head_info(spec.head).batchable:
+            batchable = ", ".join(name for name in list_heads() if head_info(name).batchable)
+            raise FeatcacheError(f"head '{spec.head}' is not trained in batches (batched: {batchable})")
+        check_request(cache, spec)
+    loaded: dict[Any, dict[str, Any]] = {}  # per feature and row selection: the role rows, train and val loaded
+    groups: dict[tuple[Any, ...], list[tuple[int, HeadJob]]] = {}
+    for i, spec in enumerate(specs):
+        rows_key = shared_rows_key(spec)
+        if rows_key not in loaded:
+            data = role_rows(cache, spec.features, spec.targets, spec.train_split, spec.val_split, spec.test_split,
+                             spec.selection)
+            loaded[rows_key] = {role: replace(r, x=r.x.load()) if role != "test" else r for role, r in data.items()}
+        data = loaded[rows_key]
+        X, y = data["train"].x, data["train"].y
+        Xv, yv = (data["val"].x, data["val"].y) if "val" in data else (None, None)
+        model = create_head(spec.head, X.shape[1], len(spec.targets), hidden=spec.hidden, dropout=spec.dropout,
+                            seed=spec.recipe.seed)
+        job = HeadJob(model, X, y, Xv, yv, spec.recipe, spec.targets, data_key=rows_key)
+        groups.setdefault(fit_key(spec, X.shape[0]), []).append((i, job))
+    trained: dict[int, Any] = {}
+    for members in groups.values():
+        device = resolve_device(specs[members[0][0]].device)  # one device per group (part of fit_key)
+        results = train_heads([job for _, job in members], device=device, progress=progress,
+                              desc=f"fit {len(members)} heads")
+        trained.update({i: result for (i, _), result in zip(members, results, strict=True)})
+    results = [fit_head(cache, spec, progress=False, trained=trained[i], rows=loaded[shared_rows_key(spec)])
+               for i, spec in enumerate(specs)]
+    loaded.clear()
+    return results
+
+
+def shared_rows_key(spec: Any) -> tuple[Any, ...]:
+    """The rows a fit of a batched pass shares with others: its features, targets, selection and splits."""
+    return (tuple(spec.features), tuple(spec.targets), repr(spec.selection), spec.train_split, spec.val_split,
+            spec.test_split)

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..common.constraints import StrOptions
 from ..common.errors import FeatcacheError
+from .entry import FitRows, HeadEntry, HeadOption, register
 from .recipe import KNN_WEIGHTS
 from .standardise import column_moments, is_constant, target_name
 from .streaming import parse_memory
@@ -312,3 +314,54 @@ def _reopen(source: dict[str, Any]) -> tuple[Any, int]:
     rows = None if source["rows"] is None else np.asarray(source["rows"], dtype=np.int64)
     matrix = FeatureMatrix(cache, source["split"], [tuple(f) for f in source["features"]], source["draw"], rows)
     return matrix, int(source["block_rows"])
+
+
+class KNNEntry(HeadEntry):
+    """`knn`: exact neighbours on standardised features, k chosen by validation R2 (a search, no training)."""
+
+    name = "knn"
+    description = "k nearest neighbours on standardised features (Euclidean), k chosen by validation R2"
+    options = (
+        HeadOption("knn_ks", "--knn-k", None, "knn: the k values validation R2 chooses from (default 1,2,4,...,256).",
+                   parse=parse_ks, metavar="K1,K2,...", show_default=False, dest="knn_k"),
+        HeadOption("knn_weights", "--knn-weights", "uniform",
+                   "knn: uniform (mean of the k targets) or distance (weights 1/d).",
+                   constraint=StrOptions(WEIGHTS), click_type=WEIGHTS),
+    )
+
+    def build(self, in_dim: int, out_dim: int, hidden: int, dropout: float, **kwargs: Any) -> KNNHead:
+        return KNNHead(**kwargs)
+
+    def resolve_options(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        options = dict(given or {})
+        if options.get("knn_weights") is not None:
+            check_weights(options["knn_weights"])  # the wording knn has always used
+        if options.get("knn_ks") is not None:
+            options["knn_ks"] = [int(k) for k in options["knn_ks"]] or None
+        return super().resolve_options(options)
+
+    def describe_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {"knn": {"ks": options["knn_ks"], "weights": options["knn_weights"]}}
+
+    def fit(self, rows: FitRows) -> tuple[KNNHead, list[dict[str, Any]]]:
+        knn = self.build(rows.in_dim, len(rows.targets), 0, 0.0, ks=rows.options["knn_ks"],
+                         weights=rows.options["knn_weights"])
+        knn.fit(rows.x["train"], rows.y["train"], rows.x.get("val"), rows.y.get("val"), target_names=rows.targets,
+                max_memory=rows.spec.max_memory)
+        curve = knn.val_r2_per_k_
+        history = [] if curve is None else [
+            {"k": k, **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(rows.targets)}}
+            for i, k in enumerate(knn.ks_)]
+        return knn, history
+
+    def chosen(self, predictor: KNNHead) -> dict[str, Any]:
+        return {"k": predictor.k_}
+
+    def from_state(self, saved: dict[str, Any]) -> KNNHead:
+        return KNNHead.from_state(saved["state"])  # holds the standardised train rows, or reopens their cache
+
+    def estimated_flop(self, n_train: int, n_eval: int, width: int, spec: Any, batched: bool = False) -> float:
+        return 2.0 * n_train * (n_train + n_eval) * width  # distances of every scored row to every train row
+
+
+register(KNNEntry())

@@ -29,7 +29,7 @@ def provenance_differences(loaded: LoadedHead, cache: FeatureCache, split: str, 
     """'' when the cache's features were made the way the head's were (apart from the `ignore` parts), else
     what differs, in words."""
     if loaded.provenance is None:
-        encoder = str(cache.meta["parts"]["encoder"]["weights_sha256"])
+        encoder = cache.metadata.encoder_sha256
         if encoder != loaded.encoder_sha256:
             return f"encoder.weights_sha256 {loaded.encoder_sha256[:12]} -> {encoder[:12]}"
         return "the head predates featcache 0.2's record of how its features were made (refit it to check)"

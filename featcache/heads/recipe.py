@@ -7,11 +7,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..common.constraints import FRACTION, NON_NEGATIVE, POSITIVE, SEED, SEED_MAX, at_least, validate
 from ..common.errors import FeatcacheError
 
 DEFAULT_HIDDEN = 256
 DEFAULT_DROPOUT = 0.1
-MAX_SEED = 2**63 - 1  # seeds go to torch.manual_seed and numpy's SeedSequence: non-negative, 64-bit signed
+MAX_SEED = SEED_MAX  # seeds go to torch.manual_seed and numpy's SeedSequence: non-negative, 64-bit signed
 KNN_WEIGHTS = ("uniform", "distance")  # knn's --knn-weights
 DEFAULT_ATTN_HEADS = 4                 # attn's --attn-heads
 
@@ -39,27 +40,18 @@ class TrainRecipe:
     seed: int = 0
     eval_batch_size: int = 16_384
 
+    constraints = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "batch_size": at_least(1), "max_epochs": at_least(1),
+                   "plateau_factor": FRACTION, "plateau_patience": at_least(0), "patience": at_least(1),
+                   "grad_clip": (NON_NEGATIVE, None), "seed": SEED, "eval_batch_size": at_least(1)}
+    flags = {"plateau_factor": "plateau factor", "plateau_patience": "plateau patience",
+             "eval_batch_size": "eval batch size"}
+
     def validate(self) -> None:
-        finite = all(math.isfinite(float(v)) for v in (self.lr, self.weight_decay, self.plateau_factor,
-                                                        self.grad_clip or 0.0))
-        checks = [
-            (finite, f"--lr, --weight-decay and --grad-clip must be finite numbers, got lr {self.lr}, weight decay "
-                     f"{self.weight_decay}, grad clip {self.grad_clip}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (is_seed(self.seed),
-             f"--seed must be an integer in 0..2**63-1, got {self.seed}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.max_epochs >= 1, f"--max-epochs must be >= 1, got {self.max_epochs}"),
-            (0 < self.plateau_factor < 1, f"plateau factor must be in (0, 1), got {self.plateau_factor}"),
-            (self.plateau_patience >= 0, f"plateau patience must be >= 0, got {self.plateau_patience}"),
-            (self.patience >= 1, f"--patience must be >= 1, got {self.patience}"),
-            (self.grad_clip is None or self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}"),
-            (self.eval_batch_size >= 1, f"eval batch size must be >= 1, got {self.eval_batch_size}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FeatcacheError(message)
+        if not all(math.isfinite(float(v)) for v in (self.lr, self.weight_decay, self.plateau_factor,
+                                                      self.grad_clip or 0.0)):  # one line for the three
+            raise FeatcacheError(f"--lr, --weight-decay and --grad-clip must be finite numbers, got lr {self.lr}, "
+                                 f"weight decay {self.weight_decay}, grad clip {self.grad_clip}")
+        validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

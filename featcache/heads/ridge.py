@@ -12,6 +12,7 @@ column sums and the cross-product matrices X^T X, X^T y, y^T y in float64. From 
   standardisation: SSE_val(alpha) = y^T y - 2 w^T X^T y + w^T X^T X w, without reading rows again.
 
 The result is the same as scikit-learn's `Ridge(alpha)` on `StandardScaler`-ed features (float64).
+Long because the statistics, the primal and dual forms and the head's registry entry are kept whole here.
 
 With fewer train rows than features (N < D: a `--pool none` map of a few dozen spectra) the D x D Gram is
 the wrong matrix to build (13,920 features: 1.5 GB each, minutes of eigendecomposition); `RidgeHead.fit`
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from ..common.errors import FeatcacheError
+from .entry import FitRows, HeadEntry, register
 from .standardise import is_constant, target_name
 
 DEFAULT_ALPHA_GRID: tuple[float, float, int] = (1e-4, 1e6, 21)
@@ -498,3 +500,38 @@ class RidgeHead:
         head.x_scale_ = array(state["x_scale"])
         head.n_train_ = state["n_train"]
         return head
+
+
+class RidgeEntry(HeadEntry):
+    """`ridge`: closed form from streamed statistics, alpha chosen by validation R2 (FitSpec.alphas)."""
+
+    name = "ridge"
+    description = "closed-form ridge on standardised features, alpha chosen by validation R2"
+
+    def build(self, in_dim: int, out_dim: int, hidden: int, dropout: float, **kwargs: Any) -> RidgeHead:
+        return RidgeHead(**kwargs)
+
+    def fit(self, rows: FitRows) -> tuple[RidgeHead, list[dict[str, Any]]]:
+        head = self.build(rows.in_dim, len(rows.targets), 0, 0.0, alphas=rows.spec.alphas)
+        ridge = head.fit(rows.x["train"], rows.y["train"], rows.x.get("val"), rows.y.get("val"),
+                         target_names=rows.targets, max_memory=rows.spec.max_memory)  # primal or dual form
+        history: list[dict[str, Any]] = []
+        if ridge.val_r2_per_alpha_ is not None:
+            curve = np.asarray(ridge.val_r2_per_alpha_).reshape(len(ridge.alphas_), -1)
+            history = [{"alpha": float(a), **{f"val_r2_{t}": float(curve[i, j]) for j, t in enumerate(rows.targets)}}
+                       for i, a in enumerate(ridge.alphas_)]
+        return ridge, history
+
+    def chosen(self, predictor: RidgeHead) -> dict[str, Any]:
+        return {"alpha": predictor.alpha_}
+
+    def from_state(self, saved: dict[str, Any]) -> RidgeHead:
+        return RidgeHead.from_state(saved["state"])
+
+    def estimated_flop(self, n_train: int, n_eval: int, width: int, spec: Any, batched: bool = False) -> float:
+        if n_train < width:  # the dual form: the N x N kernel
+            return n_train * n_train * width + 10.0 * n_train ** 3 + 2.0 * n_eval * n_train * width
+        return n_train * width * width + 10.0 * width ** 3 + 2.0 * n_eval * width  # Gram, eigh, scoring
+
+
+register(RidgeEntry())

@@ -24,9 +24,7 @@ from ..common.serialise import plain
 from .binning import Binning, binned_table
 from .fit import FitResult
 from .knn import KNNHead
-from .registry import create_head, head_info, head_options
-from .ridge import RidgeHead
-from .training import TrainResult
+from .registry import head_info, list_heads
 
 HEAD_FORMAT = 1
 # every file a fit or finetune run directory holds: --overwrite removes them all, so no mix of two runs remains
@@ -78,8 +76,8 @@ def save_run(result: FitResult, out: Path, *, config: dict[str, Any] | None = No
     arrays["targets"] = np.array(spec.targets)
     head = {"format": HEAD_FORMAT, "head": spec.head, "hidden": spec.hidden, "dropout": spec.dropout,
             "in_dim": result.in_dim, "targets": list(spec.targets), "features": [list(f) for f in spec.features],
-            "head_options": head_options(spec.head, getattr(result.predictor, "model", None)),
-            "state": result.predictor.to_state(), "cache_fingerprint": result.cache_fingerprint,
+            "head_options": head_info(spec.head).saved_build_options(result.predictor),
+            "state": head_info(spec.head).to_state(result.predictor), "cache_fingerprint": result.cache_fingerprint,
             "encoder_sha256": result.encoder_sha256, "provenance": plain(result.provenance)}
     writers: dict[str, Callable[[Path], Any]] = {
         "metrics.json": lambda tmp: tmp.write_text(json_text(metrics)),
@@ -137,7 +135,7 @@ class LoadedHead:
     """A fitted head read back from a run directory."""
 
     head: str
-    predictor: RidgeHead | KNNHead | TrainResult
+    predictor: Any  # what the head's entry loads (RidgeHead, KNNHead, TrainResult, ...)
     features: list[tuple[str, str]]
     targets: list[str]
     in_dim: int
@@ -166,7 +164,7 @@ def load_head(run_dir: str | Path) -> LoadedHead:
         raise FeatcacheError(f"{path}: {exc}") from None
     if not isinstance(saved["state"], dict):
         raise FeatcacheError(f"{path}: its 'state' is not a mapping; a damaged head file: refit the head")
-    closed_form = ("ridge", "knn")
+    closed_form = [name for name in list_heads() if not head_info(name).trainable]  # their states say their kind
     if (saved["head"] in closed_form or saved["state"].get("kind") in closed_form) and \
             saved["state"].get("kind") != saved["head"]:
         raise FeatcacheError(f"{path}: the head file says {saved['head']!r} but holds a {saved['state'].get('kind')!r} "
@@ -189,15 +187,8 @@ HEAD_KEYS = ("head", "hidden", "dropout", "in_dim", "targets", "features", "stat
 
 def _rebuild(saved: dict[str, Any]) -> LoadedHead:
     """The predictor a head.pt describes, with its kind and shapes checked."""
-    state, kind = saved["state"], saved["head"]
-    if kind == "ridge":
-        predictor: RidgeHead | KNNHead | TrainResult = RidgeHead.from_state(state)
-    elif kind == "knn":
-        predictor = KNNHead.from_state(state)  # holds the standardised train rows, or reopens their cache
-    else:
-        model = create_head(kind, int(saved["in_dim"]), len(saved["targets"]), hidden=saved["hidden"],
-                            dropout=saved["dropout"], **dict(saved.get("head_options") or {}))
-        predictor = TrainResult.from_state(model, state)
+    kind = saved["head"]
+    predictor = head_info(kind).from_state(saved)  # the head's entry knows its state
     return LoadedHead(kind, predictor, [tuple(f) for f in saved["features"]], list(saved["targets"]),
                       int(saved["in_dim"]), str(saved["encoder_sha256"]), str(saved["cache_fingerprint"]),
                       saved.get("provenance"))

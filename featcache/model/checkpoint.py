@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import torch
 
 from ..common.describe import Description
 from ..common.errors import FeatcacheError
-from ..common.files import atomic_write
+from ..common.files import atomic_write, load_torch
 from .encoder import BlindspotModel1D, EncoderConfig
 
 MODEL_PREFIX = "model."
@@ -55,19 +53,8 @@ def state_dict_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def load_torch_file(path: Path) -> Any:
-    """torch.load with weights_only=True: a file that needs full unpickling (which can run code) is refused."""
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip nor legacy pickle format
-        raise FeatcacheError(f"{path}: not a PyTorch checkpoint (expected a file written by torch.save)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling refused"
-        raise FeatcacheError(f"{path}: refused: the file needs full unpickling, which can run arbitrary code "
-                             f"(weights_only load failed: {first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise FeatcacheError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    """torch.load with weights_only=True (common.files.load_torch: the one weights-only reader)."""
+    return load_torch(path)
 
 
 def extract_model_state(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:

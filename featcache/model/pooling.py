@@ -88,6 +88,15 @@ def get_pooling(name: str) -> Pooling:
     raise FeatcacheError(choices_message("pooling", name, list_poolings()))
 
 
+def pooled_width(pool: str, channels: int, length: int, layer: str) -> int:
+    """The width of a pooled tap (what extract stores and finetune's head takes); a pooling the map cannot
+    take is a one-line error naming both options."""
+    try:
+        return get_pooling(pool).width(channels, length)
+    except FeatcacheError as exc:
+        raise FeatcacheError(f"--pool {pool} on --layer {layer}: {exc}") from None
+
+
 def list_poolings() -> list[str]:
     return [*FIXED, *PARAMETRIC]
 

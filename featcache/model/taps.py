@@ -9,6 +9,9 @@ and an error-only leak detector. A direction says which way the spectrum runs th
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from ..common.errors import FeatcacheError
 
 PSEUDO_LAYERS = ("input_flux", "input_error")
 DIRECTIONS = ("forward", "reverse", "both")
@@ -40,3 +43,18 @@ def expand_layers(names: list[str], num_layers: int) -> list[str]:
             if item not in out:
                 out.append(item)
     return out
+
+
+def tap_channels(embed_dim: int, direction: str) -> int:
+    """Channels of a tap's map: the encoder's width, twice with --direction both (forward and reverse maps
+    side by side)."""
+    return int(embed_dim) * (2 if direction == "both" else 1)
+
+
+def tap_shape(encoder: Any, layer: str, n_kept: int, direction: str) -> tuple[int, int]:
+    """(C, L') of a tap's map for an encoder (anything with `config.embed_dim` and `tap_length`) at a mask
+    that keeps n_kept pixels; a depth the mask cannot feed is refused."""
+    length = int(encoder.tap_length(layer, n_kept))
+    if length < 1:
+        raise FeatcacheError(f"--layer {layer}: the mask keeps {n_kept} pixels, too few for this depth")
+    return tap_channels(encoder.config.embed_dim, direction), length

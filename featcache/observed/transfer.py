@@ -122,7 +122,8 @@ class SplitResult:
 
 def transfer_report(options: TransferOptions) -> dict[str, Any]:
     """Apply the head to the observed split and to the simulated reference split; write report.md,
-    transfer.json and predictions.csv into options.out; return transfer.json's content."""
+    transfer.json and predictions.csv into options.out; return transfer.json's content. Long because the
+    report's sections are made in one place, in the order report.md shows them."""
     from ..cache.reader import FeatureMatrix, open_cache
     from ..common.files import write_json, write_text
     from ..heads.predict import DATA_SOURCE_PARTS, predict_split, provenance_differences
@@ -206,8 +207,8 @@ def transfer_report(options: TransferOptions) -> dict[str, Any]:
 
 def _observed_source(cache, split: str) -> dict[str, Any]:
     """What the observed split's file says of its origin (an imported file's provenance), if readable."""
-    entry = cache.meta["splits"].get(split, {})
-    path = entry.get("path")
+    entry = cache.metadata.splits.get(split)
+    path = entry.path if entry is not None else None
     if not path or not Path(path).exists():
         return {"file": path}
     try:

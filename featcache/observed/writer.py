@@ -273,7 +273,8 @@ class ExportOptions:
 
 def export_pfsspec(source: str | os.PathLike[str], out: str | os.PathLike[str], options: ExportOptions, *,
                    overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Write rows of a pfsspec file (its stored `noisy` flux and `error`) as a PFS product.
+    """Write rows of a pfsspec file (its stored `noisy` flux and `error`) as a PFS product. Long because the
+    unit conversions, the resampling and the product's layout are one pass over the rows, kept whole.
 
     The spectra are taken as median-normalised f_lambda on the file's grid (air or vacuum Angstrom), converted to
     vacuum nm and nJy (f_nu = f_lambda lambda^2 / c, scaled so the median is the AB flux of the file's `mag`),

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..common.errors import FeatcacheError
 from ..common.files import write_text
-from ..model.checkpoint import load_torch_file
+from ..common.resume import load_resume_checkpoint
 from ..model.config import EncoderConfig
 from .recipe import PretrainRecipe
 
@@ -63,16 +63,15 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, float]]:
 
 
 def load_resume_state(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint dict of an earlier pretrain run (with its 'featcache' metadata) to resume from."""
-    out = Path(out)
-    if not out.exists():
-        raise FeatcacheError(f"--resume: {out} does not exist (nothing to resume; drop --resume to start)")
-    state = load_torch_file(out)
+    """The checkpoint dict of an earlier pretrain run (with its 'featcache' metadata) to resume from
+    (common.resume: the helper finetune's --resume reads its last.pt with too)."""
+    return load_resume_checkpoint(out, "pretrain (no optimizer state and pretrain metadata to continue from)",
+                                  is_pretrain_checkpoint)
+
+
+def is_pretrain_checkpoint(state: Any) -> bool:
     meta = state.get("featcache") if isinstance(state, dict) else None
-    if not isinstance(meta, dict) or meta.get("kind") != "pretrain" or "optimizer_states" not in state:
-        raise FeatcacheError(f"--resume: {out} was not written by featcache pretrain (no optimizer state and "
-                             "pretrain metadata to continue from)")
-    return state
+    return isinstance(meta, dict) and meta.get("kind") == "pretrain" and "optimizer_states" in state
 
 
 def saved_settings(state: dict[str, Any]) -> tuple[EncoderConfig, PretrainRecipe]:

@@ -7,12 +7,11 @@ Torch-free, so the command line reads the defaults without importing torch.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..common.errors import FeatcacheError, choices_message
+from ..common.constraints import FRACTION, NON_NEGATIVE, POSITIVE, SEED, Interval, StrOptions, at_least, validate
 from ..common.settings import Change, changes, format_changes
 
 LOSSES = ("T1", "E1", "E2")
@@ -50,6 +49,13 @@ class PretrainRecipe:
     head_init: bool = True  # start mu_x and sigma_x at the data's flux level and spread (init_head)
     head_lr_mult: float = 10.0  # lr factor of the last BatchNorm (head_parameter_groups)
 
+    constraints = {"max_epochs": at_least(0), "batch_size": at_least(1), "lr": POSITIVE,
+                   "noise_level": Interval(float, 0, None, closed="neither", text="a positive finite number"),
+                   "block_rows": at_least(1), "save_every": (at_least(1), None), "max_train": (at_least(1), None),
+                   "max_val": (at_least(1), None), "seed": SEED, "noise_seed": (SEED, None), "grad_clip": NON_NEGATIVE,
+                   "plateau_factor": FRACTION, "loss": StrOptions(("auto", *LOSSES)),
+                   "noise": StrOptions(("auto", *NOISE_SOURCES)), "train_noise": StrOptions(TRAIN_NOISE)}
+
     def __post_init__(self) -> None:
         if self.noise == "fresh":  # the spelling before 0.2
             warnings.warn("PretrainRecipe(noise='fresh') is deprecated: use noise='generated'", DeprecationWarning,
@@ -77,34 +83,9 @@ class PretrainRecipe:
 
 def validate_recipe(recipe: PretrainRecipe) -> None:
     """Every check that needs no file: one line naming the option."""
-    level = float(recipe.noise_level)
-    checks = [(recipe.max_epochs >= 0, f"--max-epochs must be >= 0, got {recipe.max_epochs}"),
-              (recipe.batch_size >= 1, f"--batch-size must be >= 1, got {recipe.batch_size}"),
-              (math.isfinite(recipe.lr) and recipe.lr > 0, f"--lr must be a finite number > 0, got {recipe.lr}"),
-              (math.isfinite(level) and level > 0, f"--noise-level must be a positive finite number, got {level}"),
-              (recipe.block_rows >= 1, f"--block-rows must be >= 1, got {recipe.block_rows}"),
-              (recipe.save_every is None or recipe.save_every >= 1,
-               f"--save-every must be >= 1 epochs, got {recipe.save_every}"),
-              (recipe.max_train is None or recipe.max_train >= 1,
-               f"--max-train must be >= 1, got {recipe.max_train}"),
-              (recipe.max_val is None or recipe.max_val >= 1, f"--max-val must be >= 1, got {recipe.max_val}"),
-              (0 <= recipe.seed < 2**63, f"--seed must be in 0..2**63-1, got {recipe.seed}"),
-              (recipe.noise_seed is None or 0 <= recipe.noise_seed < 2**63,
-               f"--noise-seed must be in 0..2**63-1, got {recipe.noise_seed}"),
-              (math.isfinite(recipe.grad_clip) and recipe.grad_clip >= 0,
-               f"--grad-clip must be a finite number >= 0, got {recipe.grad_clip}"),
-              (0 < recipe.plateau_factor < 1, f"--plateau-factor must be in (0, 1), got {recipe.plateau_factor}")]
-    for ok, message in checks:
-        if not ok:
-            raise FeatcacheError(message)
-    if recipe.loss not in ("auto", *LOSSES):
-        raise FeatcacheError("--loss: " + choices_message("loss", recipe.loss, ("auto", *LOSSES)))
-    if recipe.noise not in ("auto", *NOISE_SOURCES):
-        raise FeatcacheError("--noise: " + choices_message("noise source", recipe.noise, ("auto", *NOISE_SOURCES)))
-    if recipe.train_noise not in TRAIN_NOISE:
-        raise FeatcacheError("--train-noise: " + choices_message("train noise", recipe.train_noise, TRAIN_NOISE))
     from ..spectra.mask import parse_mask_spec
 
+    validate(recipe)
     parse_mask_spec(recipe.mask)
 
 

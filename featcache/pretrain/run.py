@@ -33,6 +33,7 @@ from .data import flux_problem, noise_spec, read_block, training_batches
 from .files import epoch_path_for, load_resume_state, log_path_for, mask_path_for, saved_settings, write_log
 from .head_init import data_levels, head_parameter_groups, init_head
 from .losses import training_step
+from .options import SPLITS, PretrainOptions
 from .recipe import PretrainRecipe, recipe_differences, validate_recipe
 from .snr import evaluate
 
@@ -370,3 +371,17 @@ def _epoch_line(row: dict[str, float], epochs: int) -> str:
         text += (f", val loss {row['val_loss']:.4f}, val S/N {row['val_snr_noisy']:.2f} -> "
                  f"{row['val_snr_denoised']:.2f} ({row['val_snr_denoised'] / row['val_snr_noisy']:.2f}x)")
     return text + f", lr {row['lr']:.3g}, {row['seconds']:.1f} s"
+
+
+def run_pretrain(opts: PretrainOptions) -> PretrainResult:
+    """`featcache pretrain` in Python: the --data splits opened (spectra.splits), then `pretrain`."""
+    from ..common.device import configure_threads
+    from ..spectra.splits import open_splits
+
+    opts.validate()
+    if opts.threads is not None:
+        configure_threads(torch.device("cpu"), opts.threads)
+    opened, _ = open_splits(opts.data, names=SPLITS, required=("train",), whole_files="pretrain")
+    paths = {s.name: str(s.path) for s in opened}
+    return pretrain(paths["train"], paths.get("val"), opts.out, opts.config, opts.recipe, resume=opts.resume,
+                    overwrite=opts.overwrite)

@@ -178,14 +178,14 @@ def batch_groups(todo: list[Task], max_bytes: int, max_heads: int = MAX_BATCH_HE
     """The MLP fits that train in one pass (heads.batched): per cache and batch-compatible spec, cut so that
     the distinct features a group holds in memory stay under max_bytes (train + val rows, float32). A fit
     whose features exceed its memory budget (FitSpec.max_memory) is left out: it streams alone."""
-    from ..heads.batched import BATCHABLE, fit_key
+    from ..heads.fit import fit_key
     from ..heads.streaming import parse_memory
 
     budgets: dict[Any, int] = {}
     by_key: dict[tuple[Any, ...], list[Task]] = {}
     for task in todo:
         budget = budgets.setdefault(task.spec.max_memory, parse_memory(task.spec.max_memory))
-        if task.head in BATCHABLE and 2 * _feature_bytes(task) <= budget:  # else: alone, streamed
+        if head_info(task.head).batchable and 2 * _feature_bytes(task) <= budget:  # else: alone, streamed
             n_train = task.source.cache.n_rows(task.spec.train_split)
             # one hidden width per pass: a swept 128 beside a 512 would be padded to 512
             by_key.setdefault((str(task.source.path), task.spec.hidden, fit_key(task.spec, n_train)), []).append(task)
@@ -217,8 +217,8 @@ def _feature_bytes(task: Task) -> int:
 
 def _batch_records(cache: FeatureCache, specs: list[FitSpec], infos: list[dict[str, Any]]
                    ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """A batched pass (heads.batched.fit_heads) and its fits' records."""
-    from ..heads.batched import fit_heads
+    """A batched pass (heads.fit.fit_heads) and its fits' records."""
+    from ..heads.fit import fit_heads
 
     results = fit_heads(cache, specs)
     return [_record(r, spec, info) for r, spec, info in zip(results, specs, infos, strict=True)]
@@ -238,38 +238,24 @@ def _batch_in_worker(cache_path: str, specs: list[FitSpec], infos: list[dict[str
 
 # -- planning: units of work and their cost -----------------------------------------------------------------
 # Costs in FLOP-equivalents at one core's measured float32 rate (~70 GFLOP/s), from the reference grid's fits
-# (benchmarks/grid_compare.sh): a torch head's per-step cost beyond its arithmetic (autograd, AdamW, clip;
-# about 0.5 ms), which a batched pass pays once per step for all its heads, and the elementwise work per hidden
-# unit and row (GELU forward and backward, the dropout mask drawn and applied, the bias; about 7 ns)
-STEP_OVERHEAD_FLOP = 3.5e7
-UNIT_FLOP = 500.0
+# (benchmarks/grid_compare.sh): each head's entry estimates its own (heads.entry.HeadEntry.estimated_flop); a
+# torch head's per-step cost beyond its arithmetic (autograd, AdamW, clip; about 0.5 ms), which a batched pass
+# pays once per step for all its heads, is heads.mlp.STEP_OVERHEAD_FLOP
 
 
 def estimated_flop(task: Task, batched: bool = False) -> float:
-    """A fit's rough cost in FLOP (for ordering and balancing work, not for reporting): ridge's Gram and
-    eigendecomposition, kNN's distances, a torch head's matrix products, masks and per-step overhead at its
-    epoch budget (early stopping cuts that, which no estimate knows)."""
+    """A fit's rough cost in FLOP (for ordering and balancing work, not for reporting), as its head's entry
+    estimates it (early stopping cuts a torch head's, which no estimate knows)."""
     cache, spec = task.source.cache, task.spec
     n = cache.n_rows(spec.train_split)
     n_eval = sum(cache.n_rows(s) for s in (spec.val_split, spec.test_split) if s)
-    d = max(1, int(task.width))
-    if task.head == "ridge":
-        if n < d:  # the dual form: the N x N kernel (heads.ridge)
-            return n * n * d + 10.0 * n ** 3 + 2.0 * n_eval * n * d
-        return n * d * d + 10.0 * d ** 3 + 2.0 * n_eval * d
-    if not head_info(task.head).trainable:  # kNN: distances of every scored row to every train row
-        return 2.0 * n * (n + n_eval) * d
-    recipe, hidden = spec.recipe, int(spec.hidden or 256)
-    blocks = 2 if task.head == "mlp_2" else 1
-    # the first layer: forward and weight gradient (no gradient for the input); then the hidden layers
-    per_row = 4.0 * d * hidden + 6.0 * hidden * (hidden * (blocks - 1) + 1) + UNIT_FLOP * hidden * blocks
-    steps = -(-n // int(recipe.batch_size))
-    overhead = 0.0 if batched else STEP_OVERHEAD_FLOP
-    return recipe.max_epochs * (n * per_row + steps * overhead + 2.0 * n_eval * d * hidden)
+    return head_info(task.head).estimated_flop(n, n_eval, max(1, int(task.width)), spec, batched)
 
 
 def unit_flop(unit: list[Task]) -> float:
     """A unit of work's cost: one fit, or a batched pass (its heads' work plus one per-step overhead)."""
+    from ..heads.mlp import STEP_OVERHEAD_FLOP
+
     if len(unit) == 1:
         return estimated_flop(unit[0])
     spec = unit[0].spec

@@ -14,10 +14,9 @@ Why this shape:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,27 +27,22 @@ from ..common.errors import FeatcacheError, choices_message
 from ..common.files import atomic_write, check_not_inside_store, write_json, write_text
 from ..common.progress import progress, status
 from ..common.serialise import plain
-from ..heads.attention import DEFAULT_HEADS as DEFAULT_ATTN_HEADS
 from ..heads.binning import Binning
 from ..heads.fit import FitSpec, check_roles
-from ..heads.knn import check_weights
-from ..heads.recipe import DEFAULT_DROPOUT, DEFAULT_HIDDEN, MAX_SEED, TrainRecipe
+from ..heads.recipe import TrainRecipe
 from ..heads.registry import head_info
 from ..heads.selection import RowSelection
-from ..heads.streaming import parse_memory
 from ..model.taps import PSEUDO_LAYERS
 from . import sweep
 from .bounds import efficiency_columns, test_bound
 from .cells import CellStore, Fit, Task, cell_key, earlier_keys, run_fits
 from .fullspec import full_spectrum_rows
+from .options import CacheArgs, CompareOptions, check_shard
 from .populations import compared_members, section
 from .render import cell_label, render_markdown, source_info, write_plots
-from .rows import BOOT_SEED, CI_LEVEL, N_BOOT, RunRows, cell_row, read_run, run_row, run_targets
+from .rows import BOOT_SEED, CI_LEVEL, RunRows, cell_row, read_run, run_row, run_targets
 from .sources import Source, open_sources, test_rows_key
 from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
-
-DEFAULT_HEADS = ("ridge", "mlp_1")
-CacheArgs = Mapping[str, str | Path] | Sequence[str | Path | tuple[str | None, str | Path]]
 
 
 @dataclass
@@ -340,20 +334,11 @@ def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndar
     return out
 
 
-def _compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] = DEFAULT_HEADS,
-            layers: Sequence[str] | None = None, pools: Sequence[str] | None = None, seeds: int = 1,
-            recipe: TrainRecipe | None = None, hidden: int = DEFAULT_HIDDEN, dropout: float = DEFAULT_DROPOUT,
-            alphas: list[float] | None = None, runs: Sequence[str | Path] = (), out: str | Path = "reports/compare",
-            baselines: bool = True, device: str = "auto", train_split: str = "train", val_split: str = "val",
-            test_split: str = "test", n_boot: int = N_BOOT, plots: bool = True, show_progress: bool = True,
-            jobs: int = 1, fit: bool = True, binning: Binning | None = None, train_sizes: Sequence[int] = (),
-            folds: int = 0, subset_seed: int = 0, shard: tuple[int, int] | None = None,
-            sweep_values: Mapping[str, Sequence[float]] | None = None, batched: bool = True,
-            knn_ks: Sequence[int] | None = None,
-            knn_weights: str = "uniform", attn_heads: int = DEFAULT_ATTN_HEADS,
-            max_memory: int | str | None = None, full_spectrum: bool = False) -> CompareResult:
+def compare_into(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
-    write compare.md/.csv/.json, the plots and report.md into OUT. MLP heads use seeds recipe.seed + 0..N-1.
+    write compare.md/.csv/.json, the plots and report.md into OUT. The keywords are CompareOptions' fields
+    (reports.options: heads, layers, pools, seeds, recipe, hidden, dropout, alphas, runs, out, baselines, ...).
+    MLP heads use seeds recipe.seed + 0..N-1.
 
     jobs > 1 makes the fits in that many worker processes (each with cpus // jobs torch and BLAS threads),
     the costliest units first; an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread
@@ -379,6 +364,12 @@ def _compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] 
     On the reference grid's 32 fits, 2 CPU cores: batched with jobs 2 is the fastest setting (the README has
     the figures).
 
+    head_options: the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights,
+    attn_heads, ...); each head takes its own, a missing one is its default.
+
+    head_options: the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights,
+    attn_heads, ...); each head takes its own, a missing one is its default.
+
     max_memory (bytes, '1GB', '25%'; None: half the available RAM): an MLP cell whose features would exceed
     it is trained alone, its train rows streamed from the cache (heads.streaming), never batched.
 
@@ -386,83 +377,67 @@ def _compare(caches: CacheArgs, targets: Sequence[str], *, heads: Sequence[str] 
     every validation and test spectrum's labels and radial velocity fitted by weighted least squares, one row
     per target it fits. Where the caches hold bounds (featcache bounds), the per-population section shows
     each cell's scatter beside the information bound and the fraction of the information it recovers."""
-    out = Path(out)
+    return run_compare(CompareOptions(caches, targets, **options))
+
+
+def run_compare(opts: CompareOptions) -> CompareResult:
+    """compare() on an options object (validated here, once)."""
+    opts.validate()
+    out, splits = Path(opts.out), opts.splits
     _check_out(out)
-    batched = bool(batched)
-    if shard is not None:
-        check_shard(*shard)
-    targets = list(dict.fromkeys(targets))
-    heads = list(dict.fromkeys(heads or DEFAULT_HEADS))
-    for head in heads:
-        head_info(head)  # lists the registered heads if unknown
-    for value, flag in ((seeds, "--seeds"), (jobs, "--jobs")):
-        if value < 1:
-            raise FeatcacheError(f"{flag} must be at least 1, got {value}")
-    recipe = recipe or TrainRecipe()
-    recipe.validate()
-    if recipe.seed + seeds - 1 > MAX_SEED:
-        raise FeatcacheError(f"--seed {recipe.seed} with --seeds {seeds}: the seeds must stay within 0..2**63-1")
-    run_dirs = _read_runs(runs, targets)
-    sources = open_sources(caches, train_split)
-    splits = [train_split, val_split, test_split]
-    _check_labels(sources, targets, splits)
-    binning = binning or Binning()
+    run_dirs = _read_runs(opts.runs, list(opts.targets))
+    sources = open_sources(opts.caches, opts.train_split)
+    _check_labels(sources, list(opts.targets), splits)
     for src in sources:
-        binning.check_axes([*src.cache.label_names(test_split), *targets])
-    if not 0 <= int(subset_seed) <= MAX_SEED:
-        raise FeatcacheError(f"--subset-seed {subset_seed}: expected an integer in 0..2**63-1")
-    sizes = _check_study(sources, train_split, val_split, train_sizes, folds)
-    swept = sweep.check_sweep(sweep_values)
-    request = CompareRequest(sources, run_dirs, targets, heads, seeds, recipe, splits, n_boot, sizes, folds,
-                             subset_seed, swept)
-    spec = dict(hidden=hidden, dropout=dropout, alphas=alphas, train_split=train_split, val_split=val_split,
-                test_split=test_split, device=device, knn_ks=list(knn_ks) if knn_ks else None,
-                knn_weights=check_weights(knn_weights), attn_heads=attn_heads,
-                max_memory=None if max_memory is None else parse_memory(max_memory))
-    cells = _tasks(request, _grid(sources, layers, pools, baselines, train_split), spec)
-    if shard is not None:
-        share = shard_tasks(cells, *shard)
-        _, fitted, reused = _fill_cells([[t] for t in share], CellStore(out), jobs, show_progress, fit, batched)
+        opts.binning.check_axes([*src.cache.label_names(opts.test_split), *opts.targets])
+    sizes = _check_study(sources, opts.train_split, opts.val_split, opts.train_sizes, opts.folds)
+    swept = sweep.check_sweep(opts.sweep_values)
+    request = CompareRequest(sources, run_dirs, list(opts.targets), list(opts.heads), opts.seeds, opts.recipe,
+                             splits, opts.n_boot, sizes, opts.folds, opts.subset_seed, swept)
+    spec = dict(hidden=opts.hidden, dropout=opts.dropout, alphas=opts.alphas, train_split=opts.train_split,
+                val_split=opts.val_split, test_split=opts.test_split, device=opts.device,
+                options=opts.resolved_heads, max_memory=opts.max_memory)
+    cells = _tasks(request, _grid(sources, opts.layers, opts.pools, opts.baselines, opts.train_split), spec)
+    store = CellStore(out)
+    if opts.shard is not None:
+        share = shard_tasks(cells, *opts.shard)
+        _, fitted, reused = _fill_cells([[t] for t in share], store, opts.jobs, opts.show_progress, opts.fit,
+                                        opts.batched)
         total = len({t.key for group in cells for t in group})
-        note = (f"compare shard {shard[0]}/{shard[1]}: {len(share)} of {total} fits ({fitted} made, {reused} "
-                f"reused) in {out / 'cells'}; run compare without --shard once every shard is done to write the table")
+        note = (f"compare shard {opts.shard[0]}/{opts.shard[1]}: {len(share)} of {total} fits ({fitted} made, "
+                f"{reused} reused) in {out / 'cells'}; run compare without --shard once every shard is done to write "
+                "the table")
         return CompareResult(None, {}, note, out, fitted, reused, [])
-    done, fitted, reused = _fill_cells(cells, CellStore(out), jobs, show_progress, fit, batched)
+    done, fitted, reused = _fill_cells(cells, store, opts.jobs, opts.show_progress, opts.fit, opts.batched)
     cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
-    extra = full_spectrum_rows(sources, targets, splits, CellStore(out), fit=fit, n_boot=n_boot,
-                               show_progress=show_progress) if full_spectrum else []
+    extra = full_spectrum_rows(sources, list(opts.targets), splits, store, fit=opts.fit, n_boot=opts.n_boot,
+                               show_progress=opts.show_progress) if opts.full_spectrum else []
     table, best, predictions, sigmas = _table(request, cells, done, extra)
-    efficiency_columns(table, predictions, {str(s.path): s.cache for s in sources}, targets, test_split, n_boot)
-    settings = {"layers": list(layers) if layers else None, "pools": list(pools) if pools else None,
-                "baselines": baselines, "device": device, "binning": binning.describe(), "train_sizes": sizes,
-                "folds": folds, "subset_seed": subset_seed, "hidden": hidden, "dropout": dropout, "alphas": alphas,
-                "sweep": swept, "knn_ks": list(knn_ks) if knn_ks else None, "knn_weights": knn_weights,
-                "attn_heads": attn_heads, "full_spectrum": bool(full_spectrum)}
-    efficiency = label_efficiency(cells, done, n_boot) if sizes else []
-    return _write_outputs(request, table, best, predictions, efficiency, out, settings, binning, plots,
-                          (fitted, reused), sweep_rows, _calibration_cells(table, targets, sigmas))
+    efficiency_columns(table, predictions, {str(s.path): s.cache for s in sources}, list(opts.targets),
+                       opts.test_split, opts.n_boot)
+    settings = {"layers": list(opts.layers) if opts.layers else None,
+                "pools": list(opts.pools) if opts.pools else None, "baselines": opts.baselines,
+                "device": opts.device, "binning": opts.binning.describe(), "train_sizes": sizes, "folds": opts.folds,
+                "subset_seed": opts.subset_seed, "hidden": opts.hidden, "dropout": opts.dropout,
+                "alphas": opts.alphas, "sweep": swept, **opts.resolved_heads,
+                "full_spectrum": bool(opts.full_spectrum)}
+    efficiency = label_efficiency(cells, done, opts.n_boot) if sizes else []
+    return _write_outputs(request, table, best, predictions, efficiency, out, settings, opts.binning, opts.plots,
+                          (fitted, reused), sweep_rows, _calibration_cells(table, list(opts.targets), sigmas))
 
 
-@functools.wraps(_compare)
 def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
+    """compare() (the docstring above) that leaves no folder behind when it fails before storing a fit."""
     out = Path(options.get("out", "reports/compare"))
     created = not out.exists()
     try:
-        return _compare(caches, targets, **options)
+        return compare_into(caches, targets, **options)
     except BaseException:
         # a comparison that failed before any fit was stored leaves no folder behind (one with stored fits is
         # kept: a rerun resumes from its cells)
         if created and out.is_dir() and not any((out / "cells").glob("*.json")):
             shutil.rmtree(out, ignore_errors=True)
         raise
-
-
-def check_shard(i: int, n: int) -> tuple[int, int]:
-    """--shard I/N: 0 <= I < N, as extract's."""
-    if not 0 <= i < n:
-        raise FeatcacheError(f"--shard {i}/{n}: expected I/N with 0 <= I < N, e.g. --shard 0/4 (a job array: "
-                             "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
-    return i, n
 
 
 def shard_tasks(cells: list[list[Task]], i: int, n: int) -> list[Task]:

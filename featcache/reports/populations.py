@@ -26,8 +26,7 @@ from ..heads.binning import (
     unit,
 )
 from ..heads.metrics import percentile_interval, sigma_mad
-
-N_BOOT = 1000
+from .options import N_BOOT
 
 
 @dataclass

@@ -21,7 +21,7 @@ from .sources import Source
 def source_info(src: Source, splits: list[str]) -> dict[str, Any]:
     sizes = {split: {"spectra": src.cache.n_spectra(split), "rows": src.cache.n_rows(split)} for split in splits}
     return {"name": src.name, "path": str(src.path), "fingerprint": src.cache.fingerprint,
-            "encoder": (src.cache.meta.get("encoder") or {}).get("source"), "sizes": sizes}
+            "encoder": src.cache.metadata.encoder_source, "sizes": sizes}
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -143,7 +143,7 @@ def render_markdown(table: Any, targets: list[str], context: dict[str, Any]) -> 
     for src, size in zip(sources, sizes, strict=True):
         extra = f"; {size}" if len(set(sizes)) > 1 else ""
         lines.append(f"- `{src.name}`: {src.path}, fingerprint {src.cache.fingerprint}, encoder "
-                     f"{(src.cache.meta.get('encoder') or {}).get('source', '?')}{extra}")
+                     f"{src.cache.metadata.encoder_source or '?'}{extra}")
     baseline_names = [s.baseline_name for s in sources if s.baseline_name]
     if baseline_names and (table["kind"] == "baseline").any():
         owners = ", ".join(f"{s.baseline_name} from `{s.name}`" for s in sources if s.baseline_name)

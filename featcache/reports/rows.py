@@ -19,8 +19,8 @@ import numpy as np
 from ..common.errors import FeatcacheError
 from ..heads.metrics import CALIBRATION, bootstrap_r2, percentile_interval, regression_metrics
 from .cells import Task
+from .options import N_BOOT
 
-N_BOOT = 1000
 BOOT_SEED = 0
 CI_LEVEL = 0.95
 METRICS = ("r2", "rmse", "mae", "bias", "sigma_mad")

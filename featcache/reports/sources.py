@@ -44,14 +44,14 @@ def parse_cache_args(items: Iterable[str | Path]) -> list[tuple[str | None, Path
 
 def default_label(cache: FeatureCache) -> str:
     """The encoder tag (marked random-init when it is), else the cache's file stem."""
-    tag = str((cache.meta.get("encoder") or {}).get("tag") or cache.path.stem)
-    seed = ((cache.meta.get("parts") or {}).get("encoder") or {}).get("random_init_seed")
+    tag = str(cache.metadata.encoder_tag or cache.path.stem)
+    seed = cache.metadata.random_init_seed
     return f"{tag} random-init" if seed is not None else tag
 
 
 def data_identity(cache: FeatureCache) -> str:
     """What the raw-input pseudo-layers depend on: the fingerprint's parts without the encoder."""
-    parts = {k: v for k, v in (cache.meta.get("parts") or {}).items() if k not in ("encoder", "direction")}
+    parts = {k: v for k, v in (cache.metadata.parts or {}).items() if k not in ("encoder", "direction")}
     return digest(parts)
 
 
@@ -64,7 +64,7 @@ def test_rows_key(cache: FeatureCache, split: str) -> str:
     hashes = cache.row_hashes(split)
     rows = (hashlib.sha256(hashes.tobytes()).hexdigest() if hashes is not None
             else [cache.split_identity(split), *cache.split_rows(split)])
-    return digest({"rows": rows, "noise": (cache.meta.get("parts") or {}).get("noise")})
+    return digest({"rows": rows, "noise": (cache.metadata.parts or {}).get("noise")})
 
 
 def open_sources(caches: Mapping[str, str | Path] | Sequence[str | Path | tuple[str | None, str | Path]],

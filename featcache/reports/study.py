@@ -147,7 +147,7 @@ def stability_table(table: Any, target: str) -> list[str]:
 
 # -- depth and checkpoints -------------------------------------------------------------------------------
 def _num_layers(source: Any) -> int | None:
-    config = (source.cache.meta.get("encoder") or {})
+    config = dict(source.cache.metadata.encoder or {})
     return int(config["num_layers"]) if "num_layers" in config else None
 
 
@@ -175,7 +175,7 @@ def depth_rows(table: Any, sources: Sequence[Any], target: str) -> list[dict[str
 
 
 def _random_init(source: Any) -> bool:
-    encoder = (source.cache.meta.get("parts") or {}).get("encoder") or {}
+    encoder = source.cache.metadata.encoder_parts
     return encoder.get("random_init_seed") is not None
 
 
@@ -202,7 +202,7 @@ def checkpoint_rows(table: Any, sources: Sequence[Any], target: str) -> list[dic
     for src in sources:
         if _random_init(src):  # a random-init copy shares the tag but is no point of the pretraining
             continue
-        tag = (src.cache.meta.get("encoder") or {}).get("tag")
+        tag = src.cache.metadata.encoder_tag
         if tag:
             tags.setdefault(str(tag), []).append(src.name)
     names = next((v for v in tags.values() if len(v) > 1), None)

@@ -8,13 +8,12 @@ nearest valid pixel; noise drawn over all P pixels from (seed, file row, stream)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..common.errors import FeatcacheError
-from .noise import MAX_U64, add_noise
+from ..common.constraints import SEED, Interval, StrOptions, validate
+from .noise import add_noise
 from .pfsspec import PfsDataset
 
 NOISE_MODES = ("generated", "stored")
@@ -29,14 +28,12 @@ class NoiseSpec:
     seed: int = 42
     level: float = 1.0
 
+    constraints = {"mode": StrOptions(NOISE_MODES), "seed": SEED,
+                   "level": Interval(float, 0, None, closed="neither", text="a positive finite number")}
+    flags = {"mode": "--noise", "seed": "--noise-seed", "level": "--noise-level"}
+
     def validate(self) -> NoiseSpec:
-        if self.mode not in NOISE_MODES:
-            raise FeatcacheError(f"--noise {self.mode}: expected generated or stored")
-        if not 0 <= int(self.seed) <= MAX_U64:
-            raise FeatcacheError(f"--noise-seed must be an integer in 0..2**64-1, got {self.seed}")
-        level = float(self.level)
-        if not math.isfinite(level) or level <= 0:
-            raise FeatcacheError(f"--noise-level must be a positive finite number, got {self.level}")
+        validate(self)
         return self
 
     @property

@@ -1,4 +1,6 @@
-"""pfsspec HDF5 datasets: open, describe, and read row blocks with the original experiments' reading rules."""
+"""pfsspec HDF5 datasets: open, describe, and read row blocks with the original experiments' reading rules.
+
+Long because it is the one place the HDF5 layout, its reading rules and the identity pass over a file live."""
 
 from __future__ import annotations
 

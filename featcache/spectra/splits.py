@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..common.errors import FeatcacheError
 from ..common.overlap import check_disjoint  # noqa: F401 -- re-exported: where a reader looks for it
@@ -71,3 +72,80 @@ def parse_split_specs(values: list[str] | tuple[str, ...]) -> list[SplitSpec]:
         raise FeatcacheError("--data: give at least one split, e.g. --data train=train.h5")
     return specs
 
+
+
+@dataclass
+class OpenedSplit:
+    """A --data split whose file was opened and checked: its rows [start, stop) and what the file offers."""
+
+    spec: SplitSpec
+    start: int
+    stop: int
+    n_pixels: int
+    has_noisy: bool
+    label_names: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def path(self) -> Path:
+        return self.spec.path
+
+
+def check_same_grid(wave: Any, first: Any, path: Any, first_path: Any) -> None:
+    """Every split on the first split's wavelength grid (to 1e-6 A), saying how the grids differ."""
+    import numpy as np
+
+    if wave.shape != first.shape:
+        raise FeatcacheError(f"{path}: wavelength grid has {wave.shape[0]} pixels, {first_path} has {first.shape[0]};"
+                             " every split must share one grid")
+    if not np.allclose(wave, first, rtol=0, atol=1e-6):
+        pixel = int(np.argmax(np.abs(wave - first)))
+        raise FeatcacheError(f"{path}: wavelength grid differs from {first_path}'s (both {wave.shape[0]} pixels; "
+                             f"pixel {pixel} is at {wave[pixel]:.6f} A vs {first[pixel]:.6f} A, a shift of "
+                             f"{wave[pixel] - first[pixel]:+.3g} A); every split must share one grid")
+
+
+def open_splits(values: list[str] | tuple[str, ...], *, stored_noise: bool = False, generated_noise: bool = False,
+                names: tuple[str, ...] | None = None, required: tuple[str, ...] = (),
+                whole_files: str | None = None) -> tuple[list[OpenedSplit], Any]:
+    """The --data splits of every command that reads spectra, parsed and opened once each: rows resolved in
+    their file, every file on the first one's wavelength grid, a stored noisy array in each where `stored_noise`
+    (--noise stored) needs one, and no observed spectra (featcache import) where `generated_noise` would add
+    noise to flux that carries its own. names: the split names the command knows (None: any); required: names that
+    must be given; whole_files: the command's name when it reads whole files (row slices refused). Returns the
+    splits and the first file's wavelength grid."""
+    from .pfsspec import PfsDataset
+
+    specs = parse_split_specs(values)
+    for spec in specs:
+        if names is not None and spec.name not in names:
+            raise FeatcacheError(f"--data {spec.text}: unknown split '{spec.name}'; choose from: {', '.join(names)}")
+        if whole_files and (spec.start is not None or spec.stop is not None):
+            raise FeatcacheError(f"--data {spec.text}: {whole_files} reads whole files; use --max-train / --max-val "
+                                 "for the first N rows")
+    missing = [name for name in required if name not in [s.name for s in specs]]
+    if missing:
+        others = [n for n in names or () if n not in required]
+        raise FeatcacheError(f"--data {missing[0]}=FILE is required"
+                             + (f" (and optionally {', '.join(f'--data {n}=FILE' for n in others)})" if others else ""))
+    opened: list[OpenedSplit] = []
+    wave: Any = None
+    for spec in specs:
+        with PfsDataset(spec.path) as ds:
+            start, stop = spec.resolve(ds.n_rows)
+            if wave is None:
+                wave = ds.wave
+            else:
+                check_same_grid(ds.wave, wave, spec.path, specs[0].path)
+            if generated_noise and ds.observed:
+                raise FeatcacheError(f"{spec.path}: observed spectra (written by featcache import): their flux "
+                                     "already carries its noise; use --noise stored")
+            if stored_noise and not ds.has_noisy:
+                raise FeatcacheError(f"{spec.path}: --noise stored but the file has no 'noisy' array "
+                                     "(dataset/arrays/noisy/value); use --noise generated")
+            labels = ds.label_names() if ds.params_key else []
+            opened.append(OpenedSplit(spec, start, stop, int(ds.n_pixels), bool(ds.has_noisy), labels))
+    return opened, wave

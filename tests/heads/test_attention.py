@@ -70,7 +70,8 @@ def test_attn_fit_predict_and_refusals(map_cache, tmp_path, one_torch_thread):
     np.testing.assert_allclose(again["pred_log_g"], saved["test_pred"][:, 0], rtol=1e-6, atol=1e-9)
 
     # the maps kept with --keep-maps are the same numbers: the same fit, the same predictions
-    kept = fit_head(cache, FitSpec(features=[("enc_last", "maps")], targets=["log_g"], head="attn", attn_heads=2,
+    kept = fit_head(cache, FitSpec(features=[("enc_last", "maps")], targets=["log_g"], head="attn",
+                                   options={"attn_heads": 2},
                                    recipe=TrainRecipe(max_epochs=4)), progress=False)
     np.testing.assert_array_equal(kept.predictions["test"]["pred"], saved["test_pred"])
     run_cli("fit", "--cache", map_cache, "--layer", "enc_last", "--pool", "maps", "--target", "log_g", "--head",

@@ -86,7 +86,8 @@ def test_knn_fit_run_and_predict(labelled_caches, tmp_path):
     again = predict_split(out, cache, "test")
     np.testing.assert_allclose(again["pred_log_g"], saved["test_pred"][:, 0], rtol=0, atol=1e-9)
     # the Python API gives the same k and the same predictions
-    spec = FitSpec(features=[("enc_last", "seg_mean_K4")], targets=["log_g"], head="knn", knn_weights="distance")
+    spec = FitSpec(features=[("enc_last", "seg_mean_K4")], targets=["log_g"], head="knn",
+                   options={"knn_weights": "distance"})
     api = fit_head(cache, spec, progress=False)
     assert api.chosen == metrics["chosen"]
     np.testing.assert_allclose(api.predictions["test"]["pred"][:, 0], saved["test_pred"][:, 0], atol=1e-12)

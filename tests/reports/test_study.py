@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import r2_score
 
 import featcache
+from featcache.cache.metadata import CacheMetadata
 from featcache.heads.selection import RowSelection, fold_of, nested_subset, role_rows
 from featcache.reports.study import checkpoint_rows, depth_rows, depth_table, study_sections
 
@@ -144,7 +145,9 @@ def test_label_efficiency_curves_and_report(labelled_caches, tmp_path):
 def _source(name, num_layers, tag="l5e8k5", random_init_seed=None):
     meta = {"encoder": {"num_layers": num_layers, "tag": tag},
             "parts": {"encoder": {"random_init_seed": random_init_seed}}}
-    return SimpleNamespace(name=name, cache=SimpleNamespace(meta=meta))
+    metadata = CacheMetadata(format=2, fingerprint="f", splits={}, generations=(), parts=meta["parts"],
+                             encoder=meta["encoder"])
+    return SimpleNamespace(name=name, cache=SimpleNamespace(meta=meta, metadata=metadata))
 
 
 def test_depth_picks_the_pooling_on_validation_and_reports_its_test():
