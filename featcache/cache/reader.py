@@ -259,7 +259,7 @@ class FeatureCache:
     # -- information bounds (FORMAT.md "Bounds"; written by featcache bounds) ----------------------------
     def bound_sources(self, split: str) -> list[str]:
         """The complete bound sources of a split, the exact one (synth) first; [] when it has none."""
-        self._split(split)
+        self.split_info(split)
         try:
             group = self.root[bounds_group(split)]
         except KeyError:

@@ -32,8 +32,8 @@ BOUNDS_FORMAT = 1
 
 def cache_noise(cache: FeatureCache) -> tuple[str, float, int]:
     """(mode, level, seed) of the noise the cache's encoder saw (format 1 and 2 metadata alike)."""
-    noise = cache.meta.get("noise") or {}
-    parts = (cache.meta.get("parts") or {}).get("noise") or {}
+    noise = cache.metadata.noise or {}
+    parts = (cache.metadata.parts or {}).get("noise") or {}
     mode = str(noise.get("mode") or parts.get("mode") or "generated")
     level = noise.get("level") if noise.get("level") is not None else parts.get("level")
     seed = noise.get("seed") if noise.get("seed") is not None else parts.get("seed")
@@ -42,8 +42,8 @@ def cache_noise(cache: FeatureCache) -> tuple[str, float, int]:
 
 def split_source(cache: FeatureCache, split: str) -> tuple[Path, int, int]:
     """The file and [start, stop) rows a split was extracted from, checked against the cache's labels."""
-    entry = cache.meta["splits"][split]
-    path, start, stop = Path(entry["path"]), int(entry["start"]), int(entry["stop"])
+    entry = cache.split_info(split)
+    path, start, stop = Path(entry.path), int(entry.start), int(entry.stop)
     if not path.exists():
         raise FeatcacheError(f"{cache.path}: split '{split}' was extracted from {path}, which no longer exists")
     with PfsDataset(path) as ds:
@@ -140,8 +140,8 @@ def write_bounds(cache: FeatureCache, split: str, result: Bounds, request: dict[
     """Store one split's bounds (tiled over its noise draws, like the labels) under a temporary group, then
     move it into place. The caller holds the cache's lock."""
     root = open_root(cache.path, "a")
-    draws = int(cache.meta["splits"][split]["draws"])
-    rows = max(1, min(int(cache.meta.get("block_rows") or 1024), cache.n_rows(split)))
+    draws = int(cache.split_info(split).draws)
+    rows = max(1, min(int(cache.metadata.extra.get("block_rows") or 1024), cache.n_rows(split)))
     final = bounds_group(split, result.source)
     temp = bounds_group(split, f"_new_{result.source}")
     root.require_group(bounds_group(split))

@@ -34,14 +34,14 @@ from ..heads.registry import head_info
 from ..heads.selection import RowSelection
 from ..model.taps import PSEUDO_LAYERS
 from . import sweep
-from .bounds import efficiency_columns, test_bound
+from .bounds import efficiency_columns
 from .cells import CellStore, Fit, Task, cell_key, earlier_keys, run_fits
 from .fullspec import full_spectrum_rows
 from .options import CacheArgs, CompareOptions, check_shard
-from .populations import compared_members, section
+from .populations import population_sections
 from .render import cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, RunRows, cell_row, read_run, run_row, run_targets
-from .sources import Source, open_sources, test_rows_key
+from .sources import Source, open_sources
 from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
 
 
@@ -299,41 +299,6 @@ def _calibration_cells(table: Any, targets: list[str], sigmas: dict[int, Any]
     return out
 
 
-def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], sources: list[Source],
-                         targets: list[str], test_split: str, n_boot: int, binning: Binning
-                         ) -> dict[str, Any]:
-    """Per target: the best cell of each encoder and the raw-flux baseline, binned by S/N and the target,
-    with paired differences (populations.section)."""
-    by_path = {str(s.path): s for s in sources}
-    cached: dict[str, dict[str, np.ndarray]] = {}
-    keys = {str(s.path): test_rows_key(s.cache, test_split) for s in sources}
-
-    def labels_of(row: Any) -> dict[str, np.ndarray]:
-        path = str(row["source"])
-        if path not in cached:
-            cache = by_path[path].cache
-            cached[path] = {n: cache.labels(test_split, n, draw=0) for n in cache.label_names(test_split)}
-        return cached[path]
-
-    out = {}
-    for target in targets:
-        members, reference, unpaired = compared_members(table, predictions, labels_of, target,
-                                                        lambda row: keys[str(row["source"])])
-        if members:
-            paths = [p for p in table.loc[(table["target"] == target) & (table["kind"] != "run"), "source"]
-                     if p in by_path]
-            bound = test_bound(by_path[paths[0]].cache, test_split, target, len(members[0].truth)) if paths else None
-            lines, data, results = section(members, target, reference, n_boot, binning, bound)
-            if unpaired:
-                note = (f"Not paired: {', '.join(unpaired)} scored other test spectra than {members[0].label} (another "
-                        "file, other rows or other noise), so their rows cannot be paired with its; they are left out "
-                        "of this section (the table above scores each on its own test rows).")
-                lines = lines[:2] + [note, ""] + lines[2:]
-                data["unpaired"] = unpaired
-            out[target] = {"lines": lines, "data": data, "results": results, "members": members}
-    return out
-
-
 def compare_into(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. The keywords are CompareOptions' fields
@@ -363,9 +328,6 @@ def compare_into(caches: CacheArgs, targets: Sequence[str], **options: Any) -> C
     order); with jobs > 1 a pass is cut into passes of about equal cost, one per worker (cells.plan_units).
     On the reference grid's 32 fits, 2 CPU cores: batched with jobs 2 is the fastest setting (the README has
     the figures).
-
-    head_options: the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights,
-    attn_heads, ...); each head takes its own, a missing one is its default.
 
     head_options: the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights,
     attn_heads, ...); each head takes its own, a missing one is its default.
@@ -480,7 +442,7 @@ def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str
 
     sources, targets, splits = request.sources, request.targets, request.splits
     best_pred = {t: predictions[int(table[(table["target"] == t) & table["best"]].index[0])] for t in best}
-    pops = _population_sections(table, predictions, sources, targets, splits[2], request.n_boot, binning)
+    pops = population_sections(table, predictions, sources, targets, splits[2], request.n_boot, binning)
     study = study_sections(table, efficiency, sources, targets, request.folds, request.train_sizes)
     all_heads = request.heads + [h for h in dict.fromkeys(table["head"]) if h not in request.heads]
     markdown = render_markdown(table, targets, {"sources": sources, "runs": request.runs, "heads": all_heads,

@@ -311,3 +311,42 @@ def compared_members(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]
     if len(members) < 2:
         reference = None
     return members, reference, unpaired
+
+
+def population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], sources: list[Any],
+                         targets: list[str], test_split: str, n_boot: int, binning: Binning
+                         ) -> dict[str, Any]:
+    """Per target: the best cell of each encoder, the raw-flux baseline and the full-spectrum fit, binned by S/N
+    and the target, with paired differences (section) and, where the caches hold bounds, the information bound
+    (compare's per-population section)."""
+    from .bounds import test_bound
+    from .sources import test_rows_key
+
+    by_path = {str(s.path): s for s in sources}
+    cached: dict[str, dict[str, np.ndarray]] = {}
+    keys = {str(s.path): test_rows_key(s.cache, test_split) for s in sources}
+
+    def labels_of(row: Any) -> dict[str, np.ndarray]:
+        path = str(row["source"])
+        if path not in cached:
+            cache = by_path[path].cache
+            cached[path] = {n: cache.labels(test_split, n, draw=0) for n in cache.label_names(test_split)}
+        return cached[path]
+
+    out = {}
+    for target in targets:
+        members, reference, unpaired = compared_members(table, predictions, labels_of, target,
+                                                        lambda row: keys[str(row["source"])])
+        if members:
+            paths = [p for p in table.loc[(table["target"] == target) & (table["kind"] != "run"), "source"]
+                     if p in by_path]
+            bound = test_bound(by_path[paths[0]].cache, test_split, target, len(members[0].truth)) if paths else None
+            lines, data, results = section(members, target, reference, n_boot, binning, bound)
+            if unpaired:
+                note = (f"Not paired: {', '.join(unpaired)} scored other test spectra than {members[0].label} (another "
+                        "file, other rows or other noise), so their rows cannot be paired with its; they are left out "
+                        "of this section (the table above scores each on its own test rows).")
+                lines = lines[:2] + [note, ""] + lines[2:]
+                data["unpaired"] = unpaired
+            out[target] = {"lines": lines, "data": data, "results": results, "members": members}
+    return out
