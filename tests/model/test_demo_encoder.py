@@ -1,6 +1,6 @@
 """The demo encoder embedded in the package (featcache/data/encoders/): loads with featcache, has the real
-checkpoint's depth, and really denoises fresh synthetic spectra (reconstruction S/N at least 7x the noisy
-input's; measured 2.98 -> 26.5, 8.9x)."""
+checkpoint's depth, and really denoises fresh synthetic spectra (reconstruction S/N at least 10x the noisy
+input's; measured 3.00 -> 39.3, 13.1x with the encoder trained on generator version 2)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_demo_denoises_fresh_synthetic_spectra(demo, tmp_path: Path):
     result = evaluate(demo, path, None, checkpoint_mask(DEMO), seed=TEST_SEED,
                       noise_level=float(config["noise"]["noise_level"]), batch_size=32)
     assert np.isfinite(result.snr_denoised).all()
-    assert result.gain >= 7.0, (f"reconstruction S/N {result.median_noisy:.2f} -> {result.median_denoised:.2f} "
+    assert result.gain >= 10.0, (f"reconstruction S/N {result.median_noisy:.2f} -> {result.median_denoised:.2f} "
                                 f"is only {result.gain:.2f}x")
 
 
