@@ -28,8 +28,10 @@ def describe_cache(path: Path) -> Description:
         shown = ", ".join(map(str, blocks[:20])) + (" ..." if len(blocks) > 20 else "")
         lines.append(f"    missing {key}: {len(blocks)} blocks ({shown})")
     for split, entry in info["splits"].items():
+        world = (entry.get("identity") or {}).get("generator")
         lines.append(f"  split {split}: {entry['n_rows']} rows = {entry['n_source']} spectra x {entry['draws']} "
-                     f"draws, from {entry['path']}[{entry['start']}:{entry['stop']}]")
+                     f"draws, from {entry['path']}[{entry['start']}:{entry['stop']}]"
+                     + (f" (written by {world})" if world else ""))
         lines.append(f"    labels         {', '.join(entry['labels'])}")
         for layer, pools in entry["features"].items():
             widths = []

@@ -138,6 +138,10 @@ def render_markdown(table: Any, targets: list[str], context: dict[str, Any]) -> 
     sizes = [_sizes_text(src, train_split, val_split, test_split) for src in sources]
     if len(set(sizes)) == 1:
         lines.append(f"Data: {sizes[0]}.")
+    worlds = data_worlds(sources)
+    if worlds:
+        lines.append(f"Synthetic spectra: written by {', '.join(worlds)} (a synthetic world, not observed stars; "
+                     "data/README.md says what that generator's physics is).")
     lines.append("")
     lines.append("Caches:")
     for src, size in zip(sources, sizes, strict=True):
@@ -189,6 +193,18 @@ def _is_trainable(head: str) -> bool:
         return head_info(head).trainable
     except FeatcacheError:
         return False
+
+
+def data_worlds(sources: list[Source]) -> list[str]:
+    """Which synthetic generators wrote the caches' spectra ("featcache.synth v2"), from each split's file
+    identity; empty when none says (the user's own pfsspec files)."""
+    found: dict[str, None] = {}
+    for src in sources:
+        for split in src.cache.splits:
+            world = (src.cache.split_info(split).identity or {}).get("generator")
+            if world:
+                found[str(world)] = None
+    return list(found)
 
 
 def _sizes_text(src: Source, train_split: str, val_split: str, test_split: str) -> str:

@@ -25,6 +25,9 @@ def test_quick_demo_fills_every_cell(tmp_path):
     cells = [c.strip().strip("*") for c in baseline[0].strip("|").split("|")][4:]
     assert cells[:4] == ["—"] * 4 and all(re.fullmatch(number, cell) for cell in cells[4:]), cells
     assert "of the log_g information the test spectra hold" in result.output  # the information bound
+    from featcache.synth.physics import GENERATOR_VERSION
+
+    assert f"written by featcache.synth v{GENERATOR_VERSION}" in result.output  # which synthetic world
     assert "**" in result.output and (out / "report.md").exists() and (out / "heatmap_ridge_log_g.png").exists()
     again = run_cli("demo", "--size", "quick", "--out", out, "--data-dir", tmp_path / "data", "-q")
     assert "0 cells fitted, 20 reused" in again.output
