@@ -26,7 +26,7 @@ from .physics import (
     observed_wave,
     oh_lines,
 )
-from .profiles import gauss_rows
+from .profiles import gauss_rows, line_spread
 
 
 class SynthModel:
@@ -45,25 +45,13 @@ class SynthModel:
         self._setup_sky()
 
     def _setup_line_spread(self) -> None:
-        """The instrument's Gaussian line spread (FWHM lambda / R) from the grid's 1 A monochromatic samples to
-        the rest-frame pixels: one sparse (rest pixel, sample) matrix whose rows sum to 1."""
-        from scipy import sparse
-
+        """The instrument's line spread from the grid's 1 A monochromatic samples to the rest-frame pixels."""
         samples = self.emulator.grid.wave
-        sigma = self.rest_wave / (self.physics.resolution * 2.0 * math.sqrt(2.0 * math.log(2.0)))
-        reach = self.physics.lsf_sigmas * sigma
-        if self.rest_wave[0] - reach[0] < samples[0] or self.rest_wave[-1] + reach[-1] > samples[-1]:
+        spread, covered = line_spread(samples, self.rest_wave, self.physics.resolution, self.physics.lsf_sigmas)
+        if len(covered) < len(self.rest_wave):
             raise ValueError(f"the reference grid ({samples[0]:.0f}-{samples[-1]:.0f} A) does not cover the "
                              f"rest frame {self.rest_wave[0]:.0f}-{self.rest_wave[-1]:.0f} A")
-        lo = np.searchsorted(samples, self.rest_wave - reach)
-        hi = np.searchsorted(samples, self.rest_wave + reach, side="right")
-        rows = np.repeat(np.arange(len(self.rest_wave)), hi - lo)
-        cols = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-        vals = np.exp(-0.5 * ((samples[cols] - self.rest_wave[rows]) / sigma[rows]) ** 2)
-        norm = np.bincount(rows, weights=vals, minlength=len(self.rest_wave))
-        vals /= norm[rows]
-        self.line_spread = sparse.csr_matrix((vals.astype(np.float32), (rows, cols)),
-                                             shape=(len(self.rest_wave), len(samples)))
+        self.line_spread = spread.astype(np.float32)
 
     def _setup_sky(self) -> None:
         """The sky (observed frame): a smooth continuum, the throughput, and the OH lines per band."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..common.errors import FeatcacheError
 from .physics import DEFAULT_MAG, N_OH_BANDS, NOISE, RESOLUTION, air_from_vacuum, observed_wave
+from .profiles import line_spread
 
 PWV_REFERENCE = 2.0  # mm: the water column of the tabulated depths
 FINE_STEP = 0.02     # A
@@ -130,22 +131,6 @@ def _water_lines(lo: float, hi: float, n: int, seed: int) -> tuple[np.ndarray, n
     return wave, strength
 
 
-def _line_spread(fine: np.ndarray, wave: np.ndarray):
-    """Sparse (pixel, fine sample) matrix of the instrument's Gaussian line spread, rows summing to 1; pixels
-    outside the fine grid get no row (they see no absorption)."""
-    from scipy import sparse
-
-    sigma = wave / (RESOLUTION * 2.0 * math.sqrt(2.0 * math.log(2.0)))
-    inside = np.flatnonzero((wave - 5 * sigma > fine[0]) & (wave + 5 * sigma < fine[-1]))
-    lo = np.searchsorted(fine, wave[inside] - 5 * sigma[inside])
-    hi = np.searchsorted(fine, wave[inside] + 5 * sigma[inside])
-    rows = np.repeat(inside, hi - lo)
-    cols = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-    vals = np.exp(-0.5 * ((fine[cols] - wave[rows]) / sigma[rows]) ** 2)
-    vals /= np.bincount(rows, weights=vals, minlength=len(wave))[rows]
-    return sparse.csr_matrix((vals, (rows, cols)), shape=(len(wave), len(fine))), inside
-
-
 def _seen(spread, inside: np.ndarray, transmission: np.ndarray) -> np.ndarray:
     """Fine-grid transmission (columns of ``transmission``) seen through the line spread: (P, k)."""
     out = spread @ transmission
@@ -180,7 +165,7 @@ def telluric_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                for (lo, hi, n, seed), target in zip(WATER_BANDS, WATER_TARGETS, strict=True)]
     for k, ((centres, strengths), (lo, hi), target) in enumerate(pieces):
         fine = np.arange(lo, hi, FINE_STEP)
-        spread, inside = _line_spread(fine, wave)
+        spread, inside = line_spread(fine, wave, RESOLUTION)
         tau = _scaled(spread, inside, _lorentz_optical_depth(centres, strengths, fine, 0.04), target)
         table = -np.log(_seen(spread, inside, np.exp(-np.outer(tau, columns)))).T
         if k <= 1:
