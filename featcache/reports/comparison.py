@@ -198,7 +198,7 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
 
 
 def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progress: bool, fit: bool = True,
-                batched: bool = True) -> tuple[dict[str, Fit], int, int]:
+                batched: bool = True, threads: int | None = None) -> tuple[dict[str, Fit], int, int]:
     """Every fit of the table, reused from the store or made now. Returns (fits by key, fitted, reused)."""
     done: dict[str, Fit] = {}
     todo: list[Task] = []
@@ -236,7 +236,7 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
         done[task.key] = (record, arrays)
 
     try:
-        run_fits(todo, jobs, save, bar, batched=batched)
+        run_fits(todo, jobs, save, bar, batched=batched, threads=threads)
     finally:
         if bar is not None:
             bar.close()
@@ -305,10 +305,11 @@ def compare_into(caches: CacheArgs, targets: Sequence[str], **options: Any) -> C
     (reports.options: heads, layers, pools, seeds, recipe, hidden, dropout, alphas, runs, out, baselines, ...).
     MLP heads use seeds recipe.seed + 0..N-1.
 
-    jobs > 1 makes the fits in that many worker processes (each with cpus // jobs torch and BLAS threads),
-    the costliest units first; an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread
-    count changes the order of float32 sums, and training amplifies such differences a little); ridge cells
-    agree to about 1e-12 (the BLAS thread count orders their float64 sums). fit=False
+    jobs > 1 makes the fits in that many worker processes, the costliest units first. Every process fitting
+    heads takes `threads` torch and BLAS threads (None: one, common.device.WORKLOAD_THREADS: the fastest
+    setting for small heads, by far on a busy machine), so jobs does not change the numbers; another
+    `threads` can change an MLP cell's slightly (the thread count orders float32 sums, and training amplifies
+    such differences a little); ridge cells agree to about 1e-12. fit=False
     only draws: every cell must be in OUT/cells already (featcache report). binning: the per-population
     section's bin edges and giant / dwarf split (quantile edges and log_g 3.5 by default).
 
@@ -364,13 +365,14 @@ def run_compare(opts: CompareOptions) -> CompareResult:
     if opts.shard is not None:
         share = shard_tasks(cells, *opts.shard)
         _, fitted, reused = _fill_cells([[t] for t in share], store, opts.jobs, opts.show_progress, opts.fit,
-                                        opts.batched)
+                                        opts.batched, opts.threads)
         total = len({t.key for group in cells for t in group})
         note = (f"compare shard {opts.shard[0]}/{opts.shard[1]}: {len(share)} of {total} fits ({fitted} made, "
                 f"{reused} reused) in {out / 'cells'}; run compare without --shard once every shard is done to write "
                 "the table")
         return CompareResult(None, {}, note, out, fitted, reused, [])
-    done, fitted, reused = _fill_cells(cells, store, opts.jobs, opts.show_progress, opts.fit, opts.batched)
+    done, fitted, reused = _fill_cells(cells, store, opts.jobs, opts.show_progress, opts.fit, opts.batched,
+                                       opts.threads)
     cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
     extra = full_spectrum_rows(sources, list(opts.targets), splits, store, fit=opts.fit, n_boot=opts.n_boot,
                                show_progress=opts.show_progress) if opts.full_spectrum else []

@@ -46,6 +46,7 @@ class CompareOptions:
     plots: bool = True
     show_progress: bool = True
     jobs: int = 1
+    threads: int | None = None  # CPU threads of each process fitting heads (None: common.device's default, 1)
     fit: bool = True
     binning: Binning | None = None
     train_sizes: Sequence[int] = ()
@@ -65,6 +66,7 @@ class CompareOptions:
 
     constraints = {"seeds": Interval(int, 1, None, closed="left", text="at least 1"),
                    "jobs": Interval(int, 1, None, closed="left", text="at least 1"),
+                   "threads": (Interval(int, 1, None, closed="left", text="at least 1"), None),
                    "folds": Interval(int, 0, None, closed="left"), "n_boot": Interval(int, 0, None, closed="left")}
     flags = {"n_boot": "n_boot"}
 
