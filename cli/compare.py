@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import command, echo_result, elapsed
+from .common import command, command_line, echo_result, elapsed
 from .options import (
     binning_options,
     head_option_values,
@@ -107,7 +107,7 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      shard=parse_shard(shard), batched=batched,
                      sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay},
                      head_options=head_option_values(head_values), max_memory=parse_max_memory(max_memory),
-                     full_spectrum=full_spectrum)
+                     full_spectrum=full_spectrum, command=command_line())
     echo_result(result.markdown.rstrip())
     if result.table is not None:
         status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out} ({elapsed()} in all)")

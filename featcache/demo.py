@@ -89,5 +89,5 @@ def run_demo(size: str = "quick", out: Path | None = None, data_dir: Path | None
     recipe = TrainRecipe() if max_epochs is None else TrainRecipe(max_epochs=max_epochs)
     status(f"demo: fitting {' and '.join(heads)} on every cell (finished cells are reused)")
     result = compare({"demo encoder": cache}, ["log_g"], heads=list(heads), recipe=recipe, out=out, device=device,
-                     threads=threads, jobs=jobs)
+                     threads=threads, jobs=jobs, command=f"featcache demo --size {size}")
     return DemoResult(out, cache, result.markdown, out / "report.md", result.fitted, result.reused)

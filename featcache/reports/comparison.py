@@ -387,7 +387,8 @@ def run_compare(opts: CompareOptions) -> CompareResult:
                 "full_spectrum": bool(opts.full_spectrum)}
     efficiency = label_efficiency(cells, done, opts.n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, opts.binning, opts.plots,
-                          (fitted, reused), sweep_rows, _calibration_cells(table, list(opts.targets), sigmas))
+                          (fitted, reused), sweep_rows, _calibration_cells(table, list(opts.targets), sigmas),
+                          opts.command)
 
 
 def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
@@ -437,13 +438,13 @@ def _check_study(sources: list[Source], train_split: str, val_split: str, train_
 def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str, Any]],
                    predictions: list[tuple[np.ndarray, np.ndarray]], efficiency: list[dict[str, Any]], out: Path,
                    settings: dict[str, Any], binning: Binning, plots: bool, counts: tuple[int, int],
-                   sweep_rows: list[dict[str, Any]], calibration: dict[str, Any] | None = None
-                   ) -> CompareResult:
+                   sweep_rows: list[dict[str, Any]], calibration: dict[str, Any] | None = None,
+                   command: str | None = None) -> CompareResult:
     """compare.md/.csv/.json, label_efficiency.csv, the plots and report.md."""
     import pandas as pd
 
     sources, targets, splits = request.sources, request.targets, request.splits
-    best_pred = {t: predictions[int(table[(table["target"] == t) & table["best"]].index[0])] for t in best}
+    best_pred = {t: best_panels(table, predictions, t) for t in best}
     pops = population_sections(table, predictions, sources, targets, splits[2], request.n_boot, binning)
     study = study_sections(table, efficiency, sources, targets, request.folds, request.train_sizes)
     all_heads = request.heads + [h for h in dict.fromkeys(table["head"]) if h not in request.heads]
@@ -479,5 +480,26 @@ def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str
     write_json(files[2], summary, indent=1, finite_only=True)
     if plots:
         extra = draw_study(study, out)
-        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops, extra, calibration)
+        from .html import report_header
+
+        header = report_header(command, sources, splits)
+        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops, extra, calibration,
+                             header, splits[2])
     return CompareResult(table, best, markdown, out, fitted, reused, files)
+
+
+def best_panels(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], target: str
+                ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """What best_<target>.png draws, one row each: every encoder's best cell by validation R2, then the best
+    raw-input baseline (or, with no encoder, the best cell of the table): (label, truth, prediction)."""
+    sub = table[(table["target"] == target) & table["val_r2"].notna()]
+    picks = []
+    for encoder in dict.fromkeys(sub.loc[sub["kind"] == "encoder", "encoder"]):
+        rows = sub[(sub["kind"] == "encoder") & (sub["encoder"] == encoder)]
+        picks.append(int(rows["val_r2"].idxmax()))
+    raw = sub[(sub["kind"] == "baseline") & (sub["layer"] == "input_flux")]
+    if len(raw):
+        picks.append(int(raw["val_r2"].idxmax()))
+    if not picks:
+        picks = [int(table[(table["target"] == target) & table["best"]].index[0])]
+    return [(cell_label(table.loc[i]), *predictions[i]) for i in picks[:4]]  # at most four rows: one figure
