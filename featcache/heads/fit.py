@@ -204,7 +204,17 @@ def check_request(cache: FeatureCache, spec: FitSpec) -> None:
 
 def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool = True,
              trained: Any = None, rows: dict[str, RoleRows] | None = None) -> FitResult:
-    """Fit spec.head on the cached features; choose on validation, score test once. trained: the head already
+    """Fit spec.head on the cached features; choose on validation, score test once: what `featcache fit` runs.
+
+    Returns a FitResult: the fitted predictor, metrics (per split and target, with 95% bootstrap intervals on
+    test), the validation and test predictions, the history and what validation chose (`chosen`);
+    `heads.runs.save_run` writes it as a run folder. Example::
+
+        spec = featcache.FitSpec(features=[("enc_3", "seg_mean_K8")], targets=["log_g"], head="mlp_1")
+        result = featcache.fit_head("reports/demo-standard/cache.zarr", spec)
+        result.metrics["splits"]["test"]["targets"]["log_g"]["r2_ci95"]
+
+    trained: the head already
     trained on these rows (fit_heads trains many in one pass), to be scored and reported; rows:
     the fit's role rows when the caller has them already (the batched pass's loaded train and validation rows),
     so they are not read again."""

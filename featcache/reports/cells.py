@@ -310,7 +310,7 @@ def run_fits(todo: list[Task], jobs: int, save: Any, bar: Any, batched: bool = F
     CPU the heads are compute-bound, and whole processes on their own cores beat threads sharing one head's
     small matrix products. Every process fitting heads (this one or a worker) takes `threads` torch and BLAS
     threads (None: common.device's default for heads, one). The bar counts fits as they finish training,
-    inside a batched pass too."""
+    inside a batched pass too (long because both paths, here and in the workers, feed that one count)."""
     from ..common.device import default_threads, torch_threads
 
     threads = default_threads("heads") if threads is None else int(threads)

@@ -39,7 +39,7 @@ from .cells import CellStore, Fit, Task, cell_key, earlier_keys, run_fits
 from .fullspec import full_spectrum_rows
 from .options import CacheArgs, CompareOptions, check_shard
 from .populations import population_sections
-from .render import cell_label, render_markdown, source_info, write_plots
+from .render import best_panels, cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, RunRows, cell_row, read_run, run_row, run_targets
 from .sources import Source, open_sources
 from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
@@ -300,46 +300,7 @@ def _calibration_cells(table: Any, targets: list[str], sigmas: dict[int, Any]
 
 
 def compare_into(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
-    """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
-    write compare.md/.csv/.json, the plots and report.md into OUT. The keywords are CompareOptions' fields
-    (reports.options: heads, layers, pools, seeds, recipe, hidden, dropout, alphas, runs, out, baselines, ...).
-    MLP heads use seeds recipe.seed + 0..N-1.
-
-    jobs > 1 makes the fits in that many worker processes, the costliest units first. Every process fitting
-    heads takes `threads` torch and BLAS threads (None: one, common.device.WORKLOAD_THREADS: the fastest
-    setting for small heads, by far on a busy machine), so jobs does not change the numbers; another
-    `threads` can change an MLP cell's slightly (the thread count orders float32 sums, and training amplifies
-    such differences a little); ridge cells agree to about 1e-12. fit=False
-    only draws: every cell must be in OUT/cells already (featcache report). binning: the per-population
-    section's bin edges and giant / dwarf split (quantile edges and log_g 3.5 by default).
-
-    The probing study (study.py): train_sizes refits every cell on nested random subsets of the train
-    spectra (label_efficiency.csv); folds=K refits it on each of K folds over train + val (the test split
-    untouched) for the fold std beside the seed std and the bootstrap interval; subset_seed draws both.
-
-    shard=(i, n) fits only share i of n of the fits (0 <= i < n; a Slurm job array's tasks into one shared
-    OUT/cells) and writes no table: a later compare without shard assembles it from the cells, fitting
-    nothing that a shard made.
-
-    sweep_values={"hidden": [128, 256, 512], "lr": [1e-3, 3e-4]} fits every trainable cell once per setting
-    (hidden, dropout, lr, weight_decay) and keeps per cell the one with the best validation R2 (sweep.py).
-
-    batched (the default) trains the MLP fits that share their rows (seeds, settings, features of one cache)
-    in one pass of stacked heads (heads.batched; each fit's numbers are its own, up to float32 summation
-    order); with jobs > 1 a pass is cut into passes of about equal cost, one per worker (cells.plan_units).
-    On the reference grid's 32 fits, 2 CPU cores: batched with jobs 2 is the fastest setting (the README has
-    the figures).
-
-    head_options: the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights,
-    attn_heads, ...); each head takes its own, a missing one is its default.
-
-    max_memory (bytes, '1GB', '25%'; None: half the available RAM): an MLP cell whose features would exceed
-    it is trained alone, its train rows streamed from the cache (heads.streaming), never batched.
-
-    full_spectrum adds the field's baseline (reports.fullspec): a Cannon model fitted on the train split,
-    every validation and test spectrum's labels and radial velocity fitted by weighted least squares, one row
-    per target it fits. Where the caches hold bounds (featcache bounds), the per-population section shows
-    each cell's scatter beside the information bound and the fraction of the information it recovers."""
+    """compare() without its clean-up on failure (run_compare on CompareOptions(caches, targets, **options))."""
     return run_compare(CompareOptions(caches, targets, **options))
 
 
@@ -392,7 +353,57 @@ def run_compare(opts: CompareOptions) -> CompareResult:
 
 
 def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
-    """compare() (the docstring above) that leaves no folder behind when it fails before storing a fit."""
+    """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
+    write compare.md/.csv/.json, the plots and report.md into OUT. The keywords are CompareOptions' fields
+    (reports.options: heads, layers, pools, seeds, recipe, hidden, dropout, alphas, runs, out, baselines, ...).
+    MLP heads use seeds recipe.seed + 0..N-1.
+
+    jobs > 1 makes the fits in that many worker processes, the costliest units first. Every process fitting
+    heads takes `threads` torch and BLAS threads (None: one, common.device.WORKLOAD_THREADS: the fastest
+    setting for small heads, by far on a busy machine), so jobs does not change the numbers; another
+    `threads` can change an MLP cell's slightly (the thread count orders float32 sums, and training amplifies
+    such differences a little); ridge cells agree to about 1e-12. fit=False
+    only draws: every cell must be in OUT/cells already (featcache report). binning: the per-population
+    section's bin edges and giant / dwarf split (quantile edges and log_g 3.5 by default).
+
+    The probing study (study.py): train_sizes refits every cell on nested random subsets of the train
+    spectra (label_efficiency.csv); folds=K refits it on each of K folds over train + val (the test split
+    untouched) for the fold std beside the seed std and the bootstrap interval; subset_seed draws both.
+
+    shard=(i, n) fits only share i of n of the fits (0 <= i < n; a Slurm job array's tasks into one shared
+    OUT/cells) and writes no table: a later compare without shard assembles it from the cells, fitting
+    nothing that a shard made.
+
+    sweep_values={"hidden": [128, 256, 512], "lr": [1e-3, 3e-4]} fits every trainable cell once per setting
+    (hidden, dropout, lr, weight_decay) and keeps per cell the one with the best validation R2 (sweep.py).
+
+    batched (the default) trains the MLP fits that share their rows (seeds, settings, features of one cache)
+    in one pass of stacked heads (heads.batched; each fit's numbers are its own, up to float32 summation
+    order); with jobs > 1 a pass is cut into passes of about equal cost, one per worker (cells.plan_units).
+    On the reference grid's 32 fits, 2 CPU cores: batched with jobs 2 is the fastest setting (the README has
+    the figures).
+
+    head_options: the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights,
+    attn_heads, ...); each head takes its own, a missing one is its default.
+
+    max_memory (bytes, '1GB', '25%'; None: half the available RAM): an MLP cell whose features would exceed
+    it is trained alone, its train rows streamed from the cache (heads.streaming), never batched.
+
+    full_spectrum adds the field's baseline (reports.fullspec): a Cannon model fitted on the train split,
+    every validation and test spectrum's labels and radial velocity fitted by weighted least squares, one row
+    per target it fits. Where the caches hold bounds (featcache bounds), the per-population section shows
+    each cell's scatter beside the information bound and the fraction of the information it recovers.
+
+    A comparison that fails before it stored any fit leaves no folder behind (stored fits stay; a rerun resumes).
+    Returns a CompareResult: the table (one row per cell), compare.md's text, the fits made and reused.
+
+    Example, after `make demo`::
+
+        import featcache
+        result = featcache.compare({"demo": "reports/demo-standard/cache.zarr"}, ["log_g"],
+                                   heads=["ridge", "mlp_1"], layers=["enc_3"], out="reports/x")
+        result.table[["layer", "pool", "head", "test_r2", "test_r2_lo", "test_r2_hi", "val_r2"]]
+    """
     out = Path(options.get("out", "reports/compare"))
     created = not out.exists()
     try:
@@ -482,24 +493,8 @@ def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str
         extra = draw_study(study, out)
         from .html import report_header
 
-        header = report_header(command, sources, splits)
+        header = report_header(command, sources, splits, title=f"featcache report: {out.name}")
         files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops, extra, calibration,
                              header, splits[2])
     return CompareResult(table, best, markdown, out, fitted, reused, files)
 
-
-def best_panels(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], target: str
-                ) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """What best_<target>.png draws, one row each: every encoder's best cell by validation R2, then the best
-    raw-input baseline (or, with no encoder, the best cell of the table): (label, truth, prediction)."""
-    sub = table[(table["target"] == target) & table["val_r2"].notna()]
-    picks = []
-    for encoder in dict.fromkeys(sub.loc[sub["kind"] == "encoder", "encoder"]):
-        rows = sub[(sub["kind"] == "encoder") & (sub["encoder"] == encoder)]
-        picks.append(int(rows["val_r2"].idxmax()))
-    raw = sub[(sub["kind"] == "baseline") & (sub["layer"] == "input_flux")]
-    if len(raw):
-        picks.append(int(raw["val_r2"].idxmax()))
-    if not picks:
-        picks = [int(table[(table["target"] == target) & table["best"]].index[0])]
-    return [(cell_label(table.loc[i]), *predictions[i]) for i in picks[:4]]  # at most four rows: one figure

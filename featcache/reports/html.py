@@ -134,7 +134,7 @@ def write_html(path: Path, markdown: str, folder: Path, header: dict[str, Any]) 
     return write_text(path, page)
 
 
-def report_header(command: str | None, sources: list[Any], splits: list[str], title: str = "featcache compare"
+def report_header(command: str | None, sources: list[Any], splits: list[str], title: str = "featcache report"
                   ) -> dict[str, Any]:
     """The header facts of a comparison's report.html: its command (as typed, or that it came from Python),
     featcache's version, the date (UTC) and each cache's spectra per split."""

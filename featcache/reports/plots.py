@@ -71,7 +71,7 @@ def r2_heatmap(cells: Any, path: Path, title: str = "") -> Path:
 
             ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
     if image is not None:
-        fig.colorbar(image, ax=list(axes), shrink=0.9, label="test R2 (red box: best by validation R2)")
+        fig.colorbar(image, ax=list(axes), shrink=0.9, label="test R2; red box: best by validation")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path)

@@ -270,3 +270,20 @@ def _n_test(cells: Any) -> str:
     if "n_test" in cells and cells["n_test"].notna().any():
         return f", N = {int(cells['n_test'].dropna().iloc[0])} spectra"
     return ""
+
+
+def best_panels(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], target: str
+                ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """What best_<target>.png draws, one row each: every encoder's best cell by validation R2, then the best
+    raw-input baseline (or, with no encoder, the best cell of the table): (label, truth, prediction)."""
+    sub = table[(table["target"] == target) & table["val_r2"].notna()]
+    picks = []
+    for encoder in dict.fromkeys(sub.loc[sub["kind"] == "encoder", "encoder"]):
+        rows = sub[(sub["kind"] == "encoder") & (sub["encoder"] == encoder)]
+        picks.append(int(rows["val_r2"].idxmax()))
+    raw = sub[(sub["kind"] == "baseline") & (sub["layer"] == "input_flux")]
+    if len(raw):
+        picks.append(int(raw["val_r2"].idxmax()))
+    if not picks:
+        picks = [int(table[(table["target"] == target) & table["best"]].index[0])]
+    return [(cell_label(table.loc[i]), *predictions[i]) for i in picks[:4]]  # at most four rows: one figure
