@@ -26,9 +26,9 @@ FC = [sys.executable, "-m", "featcache"]
 PRETRAIN_TRAIN = REPO / "data" / "synth" / "pilot-train-n100000-s1.h5"
 PRETRAIN_VAL = REPO / "data" / "synth" / "pilot-val-n1000-s2.h5"
 # name: (architecture options, loss, train spectra, epochs)
-COMMITTED = "e16k9-T1-20k-2ep (the demo encoder)"
+COMMITTED = "e32k9-E2-20k-3ep (the demo encoder)"
 CANDIDATES = {
-    COMMITTED: (["--embed-dim", "16", "--kernel-size", "9"], "T1", 20_000, 2),
+    COMMITTED: (["--embed-dim", "32", "--kernel-size", "9"], "E2", 20_000, 3),
     "e16k9-T1-10k-1ep": (["--embed-dim", "16", "--kernel-size", "9"], "T1", 10_000, 1),
     "e16k9-E2-10k-1ep": (["--embed-dim", "16", "--kernel-size", "9"], "E2", 10_000, 1),
     "e16k15-T1-10k-1ep": (["--embed-dim", "16", "--kernel-size", "15"], "T1", 10_000, 1),
@@ -89,7 +89,7 @@ def main() -> None:
             continue
         ckpt = work / f"{name}.ckpt"
         if name == COMMITTED:  # trained before the pilot: its CPU time is in featcache/data/encoders/README.md
-            ckpt, minutes = REPO / "featcache" / "data" / "encoders" / "demo-l9e16k9s1bn1d1.ckpt", 24.5
+            ckpt, minutes = REPO / "featcache" / "data" / "encoders" / "demo-l9e32k9s1bn1d1.ckpt", 62.0
         else:
             minutes = run(["pretrain", "--data", f"train={PRETRAIN_TRAIN}", "--data", f"val={PRETRAIN_VAL}",
                        "--out", str(ckpt), "--overwrite", "--num-layers", "9", *arch, "--loss", loss,
