@@ -9,6 +9,7 @@ statement about the same resampled test sets for both cells.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,8 @@ def axis_result(members: list[Member], axis: str, target: str, reference: str | 
             keep = bins == k
             stats["sigma_mad"].append(float(sigma_mad(r[keep])) if keep.any() else math.nan)
             stats["bias"].append(float(r[keep].mean()) if keep.any() else math.nan)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an empty bin's draws are all NaN: flagged below
             s_lo, s_hi = percentile_interval(draws[m.label]["sigma_mad"], 0.95)
             b_lo, b_hi = percentile_interval(draws[m.label]["bias"], 0.95)
         counts = [int((bins == k).sum()) for k in range(n_bins)]
@@ -131,7 +133,8 @@ def axis_result(members: list[Member], axis: str, target: str, reference: str | 
         for m, curve in zip(members, curves, strict=True):
             if m.label == reference:
                 continue
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 lo, hi = percentile_interval(draws[m.label]["sigma_mad"] - draws[reference]["sigma_mad"], 0.95)
             result.differences[m.label] = [(a - b, float(x), float(y)) if n >= MIN_BIN_SPECTRA else
                                            (math.nan, math.nan, math.nan) for a, b, x, y, n in

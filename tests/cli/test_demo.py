@@ -22,3 +22,12 @@ def test_quick_demo_fills_every_cell(quick_demo):
     assert (out / "report.html").exists()
     again = run_cli("demo", "--size", "quick", "--out", out, "--data-dir", quick_demo.root / "data" / "synth", "-q")
     assert "0 cells fitted, 20 reused" in again.output
+
+
+def test_report_html_is_one_self_contained_file_with_a_header(quick_demo):
+    page = (quick_demo.out / "report.html").read_text(encoding="utf-8")
+    images = re.findall(r'<img src="([^"]*)"', page)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)  # every figure inlined
+    assert "featcache demo --size quick" in page and "featcache" in page and "UTC" in page  # command, date
+    assert "train 400, val 150, test 150 spectra" in page  # data sizes
+    assert "<table>" in page and "nan [nan" not in page
