@@ -15,7 +15,7 @@ from featcache.extraction.options import (
     ExtractOptions,
 )
 
-from .common import command, command_line, echo_result
+from .common import command, command_line, echo_result, elapsed
 from .options import data_option, defaults, device_option, noise_options, parse_shard, threads_option
 
 D = defaults(ExtractOptions)
@@ -108,4 +108,5 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
     else:
         echo_result(f"{out}: {report.rows_done} rows in {report.seconds:.1f} s "
                     f"({report.spectra_per_second:.0f} spectra/s), {len(report.arrays_added)} arrays added, "
-                    f"{state}; fingerprint {report.fingerprint[:12]}")
+                    f"{state}; fingerprint {report.fingerprint[:12]}; {elapsed()} in all (reading and hashing the "
+                    "inputs included)")

@@ -8,7 +8,7 @@ import click
 
 from featcache.finetune.options import BATCHNORM_MODES, FinetuneOptions
 
-from .common import UserError, command, command_line, echo_result, given_options, resolved_options
+from .common import UserError, command, command_line, echo_result, elapsed, given_options, resolved_options
 from .options import (
     binning_options,
     data_option,
@@ -123,4 +123,4 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
         command=command_line(), config=resolved_options(ctx), given=given_options(ctx, FIELDS))
     result = finetune(options)
     if result.rank == 0:
-        echo_result(f"{result.summary()} -> {out}")
+        echo_result(f"{result.summary()} -> {out} ({elapsed()} in all)")
