@@ -37,7 +37,7 @@ from .options import N_BOOT
 MIN_BIN_SPECTRA = 10
 # an S/N axis spanning less than this (snr: max / min; magnitudes: max - min) shows no S/N trend, only noise:
 # it is named, not binned (a set whose S/N spans 2.6-2.8 has one S/N); --bins AXIS=... bins it anyway
-NARROW_AXES = {"snr": ("ratio", 1.5), "mag": ("span", 0.5)}
+NARROW_AXES = {"snr": ("ratio", 1.3), "mag": ("span", 0.3)}
 
 
 def narrow_axis(axis: str, values: np.ndarray) -> str | None:
