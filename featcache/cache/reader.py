@@ -355,7 +355,7 @@ def open_cache(path: str | os.PathLike[str]) -> FeatureCache:
     `featcache inspect` prints) and, with the xarray extra, `to_xarray(split)`. A missing, incomplete or newer
     cache is refused with a one-line FeatcacheError naming it.
 
-    Example, after `make demo`::
+    Example, after `make demo`:
 
         cache = featcache.open_cache("reports/demo-standard/cache.zarr")
         X = cache.features("train", "enc_3", "seg_mean_K8")   # (rows, 256) float32

@@ -208,7 +208,7 @@ def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool 
 
     Returns a FitResult: the fitted predictor, metrics (per split and target, with 95% bootstrap intervals on
     test), the validation and test predictions, the history and what validation chose (`chosen`);
-    `heads.runs.save_run` writes it as a run folder. Example::
+    `heads.runs.save_run` writes it as a run folder. Example:
 
         spec = featcache.FitSpec(features=[("enc_3", "seg_mean_K8")], targets=["log_g"], head="mlp_1")
         result = featcache.fit_head("reports/demo-standard/cache.zarr", spec)

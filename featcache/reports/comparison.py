@@ -397,7 +397,7 @@ def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> Compar
     A comparison that fails before it stored any fit leaves no folder behind (stored fits stay; a rerun resumes).
     Returns a CompareResult: the table (one row per cell), compare.md's text, the fits made and reused.
 
-    Example, after `make demo`::
+    Example, after `make demo`:
 
         import featcache
         result = featcache.compare({"demo": "reports/demo-standard/cache.zarr"}, ["log_g"],
