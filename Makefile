@@ -5,14 +5,17 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo demo-quick bench wheel-check clean
+.PHONY: setup test lint docs docs-serve demo demo-quick bench wheel-check clean
 
 setup: $(VENV)/.installed
 
+# pip prints what it collects and installs (a quiet pip looked stuck for minutes in a log)
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "setup: installing $(TORCH) (the CPU wheel, 190 MB)"; \
+		$(BIN)/pip install --progress-bar off "$(TORCH)"; }
+	@echo "setup: installing featcache with its test extras (xarray, parquet, docs) into $(VENV)"
+	$(BIN)/pip install --progress-bar off -e ".[test]"
 	@touch $@
 
 test: setup
@@ -21,6 +24,13 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# the documentation site into site/, strictly: a broken link or an unresolved reference fails the build
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 demo: setup
 	$(BIN)/featcache demo --size standard
@@ -36,4 +46,4 @@ bench: setup
 	$(BIN)/featcache bench --overwrite
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build site

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,7 @@ def command(name: str, renames: Renames | None = None, **settings: Any
     def decorate(func: Callable[..., Any]) -> click.Command:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            _STARTED[:] = [time.perf_counter()]
             try:
                 return func(*args, **kwargs)
             except FeatcacheError as exc:
@@ -197,6 +199,19 @@ def command(name: str, renames: Renames | None = None, **settings: Any
         return click.command(name, cls=FeatcacheCommand, renames=renames, **settings)(wrapped)
 
     return decorate
+
+
+_STARTED: list[float] = []  # when the running command started (its summaries time the whole command)
+
+
+def elapsed() -> str:
+    """Wall time since the running command started: imports aside, everything its summary line covers
+    (reading, fitting, scoring, writing), as '12.3 s' or '4 min 05 s'."""
+    seconds = time.perf_counter() - (_STARTED[0] if _STARTED else time.perf_counter())
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest:02d} s"
 
 
 def resolved_options(ctx: click.Context) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import command, echo_result
+from .common import command, command_line, echo_result, elapsed
 from .options import (
     binning_options,
     head_option_values,
@@ -19,6 +19,7 @@ from .options import (
     parse_sizes,
     recipe_options,
     split_role_options,
+    threads_option,
 )
 
 
@@ -35,8 +36,9 @@ from .options import (
 @click.option("--seeds", type=int, default=1, show_default=True,
               help="Fit trainable heads with seeds SEED..SEED+N-1; cells show mean ± std.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Train MLP cells in this many processes at once, cpus/N torch threads each (small heads use "
-                   "cores better this way than with more threads).")
+              help="Make the fits in this many processes at once, --threads each (small heads use cores better "
+                   "this way than with more threads: on a quiet 2-core machine --jobs 2).")
+@threads_option("heads")
 @click.option("--run", "runs", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
               help="Add rows from a featcache fit / finetune run directory (repeatable).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
@@ -69,7 +71,7 @@ from .options import (
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/compare"), show_default=True,
               help="Report directory (finished fits are kept in OUT/cells and reused).")
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
-            pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool,
+            pools: tuple[str, ...], seeds: int, jobs: int, threads: int | None, runs: tuple[Path, ...], baselines: bool,
             train_sizes: str, folds: int, subset_seed: int, shard: str | None, batched: bool, full_spectrum: bool,
             plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
@@ -99,12 +101,13 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      recipe=make_recipe(seed, max_epochs, batch_size, lr[0], weight_decay[0], patience, grad_clip),
                      hidden=hidden[0], dropout=dropout[0], alphas=parse_alphas(alphas), runs=list(runs), out=out,
                      baselines=baselines, device=device, train_split=train_split, val_split=val_split,
-                     test_split=test_split, plots=plots, jobs=jobs, binning=Binning.parse(bins, giant_logg),
+                     test_split=test_split, plots=plots, jobs=jobs, threads=threads,
+                     binning=Binning.parse(bins, giant_logg),
                      train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
                      shard=parse_shard(shard), batched=batched,
                      sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay},
                      head_options=head_option_values(head_values), max_memory=parse_max_memory(max_memory),
-                     full_spectrum=full_spectrum)
+                     full_spectrum=full_spectrum, command=command_line())
     echo_result(result.markdown.rstrip())
     if result.table is not None:
-        status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")
+        status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out} ({elapsed()} in all)")

@@ -15,8 +15,8 @@ from featcache.extraction.options import (
     ExtractOptions,
 )
 
-from .common import command, command_line, echo_result
-from .options import data_option, defaults, device_option, noise_options, parse_shard
+from .common import command, command_line, echo_result, elapsed
+from .options import data_option, defaults, device_option, noise_options, parse_shard, threads_option
 
 D = defaults(ExtractOptions)
 
@@ -43,6 +43,7 @@ D = defaults(ExtractOptions)
 @click.option("--block-rows", type=int, default=D["block_rows"], show_default=True,
               help="Rows per Zarr chunk and per resumable block.")
 @device_option(D["device"])
+@threads_option("encoder")
 @click.option("--dtype", type=click.Choice(COMPUTE_DTYPES), default=D["dtype"], show_default=True,
               help="Compute dtype (autocast) of the encoder.")
 @click.option("--conv", type=click.Choice(CONV_MODES), default=D["conv"], show_default=True,
@@ -71,7 +72,8 @@ D = defaults(ExtractOptions)
               help="Output cache (a .zarr directory).")
 def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], pools: tuple[str, ...], mask: str,
             noise: str, noise_level: float, noise_seed: int, noise_draws: tuple[str, ...], direction: str,
-            dilation: int | None, batch_size: int | None, block_rows: int, device: str, dtype: str, conv: str,
+            dilation: int | None, batch_size: int | None, block_rows: int, device: str, threads: int | None, dtype: str,
+            conv: str,
             store_dtype: str,
             keep_maps: bool, random_init: bool, init_seed: int, arch: str | None, hash_mode: str,
             shard: str | None, prepare_only: bool, wait_seconds: float, overwrite: bool, out: Path) -> None:
@@ -92,7 +94,8 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
     options = ExtractOptions(
         data=list(data), out=out, ckpt=ckpt, layers=list(layers), pools=list(pools), mask=mask, noise=noise,
         noise_level=noise_level, noise_seed=noise_seed, noise_draws=list(noise_draws), direction=direction,
-        dilation=dilation, batch_size=batch_size, block_rows=block_rows, device=device, dtype=dtype, conv=conv,
+        dilation=dilation, batch_size=batch_size, block_rows=block_rows, device=device, threads=threads, dtype=dtype,
+        conv=conv,
         store_dtype=store_dtype, keep_maps=keep_maps, random_init=random_init, init_seed=init_seed, arch=arch,
         hash=hash_mode, overwrite=overwrite, shard=parse_shard(shard), prepare_only=prepare_only,
         wait_seconds=wait_seconds, command=command_line())
@@ -105,4 +108,5 @@ def command(ckpt: Path | None, data: tuple[str, ...], layers: tuple[str, ...], p
     else:
         echo_result(f"{out}: {report.rows_done} rows in {report.seconds:.1f} s "
                     f"({report.spectra_per_second:.0f} spectra/s), {len(report.arrays_added)} arrays added, "
-                    f"{state}; fingerprint {report.fingerprint[:12]}")
+                    f"{state}; fingerprint {report.fingerprint[:12]}; {elapsed()} in all (reading and hashing the "
+                    "inputs included)")

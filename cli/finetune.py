@@ -8,7 +8,7 @@ import click
 
 from featcache.finetune.options import BATCHNORM_MODES, FinetuneOptions
 
-from .common import UserError, command, command_line, echo_result, given_options, resolved_options
+from .common import UserError, command, command_line, echo_result, elapsed, given_options, resolved_options
 from .options import (
     binning_options,
     data_option,
@@ -17,6 +17,7 @@ from .options import (
     noise_options,
     recipe_options,
     split_role_options,
+    threads_option,
     train_noise_option,
 )
 
@@ -65,6 +66,7 @@ FIELDS = {"hash_mode": "hash", "freeze_encoder": "unfreeze"}  # click parameters
 @split_role_options()
 @recipe_options
 @binning_options
+@threads_option("encoder")
 @click.option("--block-rows", type=int, default=D["block_rows"], show_default=True,
               help="Rows per HDF5 read (and shuffle block).")
 @click.option("--eval-batch-size", type=int, default=D["eval_batch_size"], show_default=True,
@@ -84,7 +86,8 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
             noise_seed: int, train_noise: str, direction: str, init_head: Path | None, train_split: str,
             val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int, lr: float,
             weight_decay: float, patience: int, grad_clip: float, hidden: int, dropout: float, alphas: str | None,
-            device: str, block_rows: int, eval_batch_size: int, hash_mode: str, resume: bool, overwrite: bool,
+            device: str, threads: int | None,
+            block_rows: int, eval_batch_size: int, hash_mode: str, resume: bool, overwrite: bool,
             check_sync: bool, out: Path | None, bins: tuple[str, ...], giant_logg: float) -> None:
     """Fine-tune: encoder and head trained together on fresh noise, straight from the HDF5 files.
 
@@ -114,9 +117,10 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
         scale_floor=scale_floor, noise=noise, train_noise=train_noise, noise_level=noise_level,
         noise_seed=noise_seed, mask=mask, direction=direction, dilation=dilation, init_head=init_head,
         train_split=train_split, val_split=val_split or None, test_split=test_split or None, block_rows=block_rows,
-        eval_batch_size=eval_batch_size, hash=hash_mode, device=device, resume=resume, overwrite=overwrite,
+        eval_batch_size=eval_batch_size, hash=hash_mode, device=device, threads=threads,
+        resume=resume, overwrite=overwrite,
         check_sync=check_sync, binning=Binning.parse(bins, giant_logg),
         command=command_line(), config=resolved_options(ctx), given=given_options(ctx, FIELDS))
     result = finetune(options)
     if result.rank == 0:
-        echo_result(f"{result.summary()} -> {out}")
+        echo_result(f"{result.summary()} -> {out} ({elapsed()} in all)")

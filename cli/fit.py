@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import command, command_line, echo_result, resolved_options
+from .common import command, command_line, echo_result, elapsed, resolved_options
 from .options import (
     binning_options,
     head_option_values,
@@ -17,6 +17,7 @@ from .options import (
     parse_max_memory,
     recipe_options,
     split_role_options,
+    threads_option,
 )
 
 
@@ -36,12 +37,14 @@ from .options import (
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory (default reports/runs/<layer>-<pool>-<head>-<target>).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out (all of its files).")
+@threads_option("heads")
 @click.pass_context
 def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str | None, features: tuple[str, ...],
             targets: tuple[str, ...], head: str, train_split: str, val_split: str, test_split: str, seed: int,
             max_epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int, grad_clip: float,
             hidden: int, dropout: float, alphas: str | None, device: str, max_memory: str | None,
-            bins: tuple[str, ...], giant_logg: float, out: Path | None, overwrite: bool, **head_values: Any) -> None:
+            bins: tuple[str, ...], giant_logg: float, out: Path | None, overwrite: bool, threads: int | None,
+            **head_values: Any) -> None:
     """Fit a head on cached features: alpha or epochs chosen on validation, test reported once.
 
     Writes metrics.json, predictions.npz, head.pt, history.csv, config.yaml and binned.csv (test residuals
@@ -53,6 +56,7 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
         --head mlp_1 --target log_g --out reports/runs/pre_latent-K8-mlp_1
     """
     from featcache.cache.reader import open_cache
+    from featcache.common.device import use_threads
     from featcache.heads.binning import Binning
     from featcache.heads.fit import FitSpec, fit_head, parse_features
     from featcache.heads.runs import RUN_FILES, check_run_dir, save_run
@@ -68,9 +72,10 @@ def command(ctx: click.Context, cache_path: Path, layer: str | None, pool: str |
                    alphas=parse_alphas(alphas), train_split=train_split, val_split=val_split or None,
                    test_split=test_split or None, device=device, options=head_option_values(head_values),
                    max_memory=parse_max_memory(max_memory))
+    use_threads(threads, "heads")
     cache = open_cache(cache_path)
     if spec.test_split in cache.splits:  # fit_head names a missing split
         binning.check_axes([*cache.label_names(spec.test_split), *spec.targets])
     result = fit_head(cache, spec)
     save_run(result, out, config=resolved_options(ctx), command=command_line(), binning=binning, replaces=RUN_FILES)
-    echo_result(f"{result.summary()} -> {out}")
+    echo_result(f"{result.summary()} -> {out} ({elapsed()} in all: loading, fitting, scoring, writing)")

@@ -34,10 +34,23 @@ def cli() -> None:
     """featcache: run a frozen spectrum encoder once, cache its features, fit heads in seconds.
 
     \b
-    Typical session:
-      featcache synth data/train.h5 --n 20000 --seed 1
-      featcache extract --ckpt ENC.ckpt --data train=train.h5 --data val=val.h5 --out cache/x.zarr
-      featcache fit --cache cache/x.zarr --layer enc_pre_latent --pool seg_mean_K8 --head ridge
+    Typical session (runs as written in an empty folder, about a minute on 2 cores;
+    tests/docs/test_help_session.py runs it):
+      featcache synth data/train.h5 --n 500 --seed 1
+      featcache synth data/val.h5 --n 100 --seed 2
+      featcache synth data/test.h5 --n 100 --seed 3
+      featcache pretrain --data train=data/train.h5 --data val=data/val.h5 --out ckpt/enc.ckpt \\
+        --num-layers 4 --embed-dim 8 --kernel-size 5 --max-epochs 1
+      featcache extract --ckpt ckpt/enc.ckpt --data train=data/train.h5 --data val=data/val.h5 \\
+        --data test=data/test.h5 --layer enc_pre_latent --layer input_flux \\
+        --pool global_mean,seg_mean_K8 --out cache/x.zarr
+      featcache fit --cache cache/x.zarr --layer enc_pre_latent --pool seg_mean_K8 \\
+        --head ridge --target log_g --out reports/runs/x-ridge
+      featcache compare --cache cache/x.zarr --target log_g --out reports/x
+
+    \b
+    With an encoder of your own: featcache inspect ENC.ckpt, then extract --ckpt ENC.ckpt.
+    Docs: docs/ (mkdocs serve), or start with `featcache demo --size quick`.
     """
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from featcache.common.device import DEVICE_HELP
+from featcache.common.device import DEVICE_HELP, THREADS_HELP
 from featcache.common.errors import FeatcacheError
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -47,6 +47,13 @@ def data_option(help_text: str = "A split: name, pfsspec HDF5 file, optional row
 
 def device_option(default: str = "auto") -> Decorator:
     return click.option("--device", default=default, show_default=True, help=DEVICE_HELP + ".")
+
+
+def threads_option(workload: str) -> Decorator:
+    """--threads N: this process's CPU threads (torch and BLAS), by default the workload's
+    (common.device.WORKLOAD_THREADS: one per head-fitting process, every core for the encoder's work)."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                        help=THREADS_HELP[workload] + ".")
 
 
 def noise_options(values: dict[str, Any], sources: tuple[str, ...] = ("generated", "stored")) -> Decorator:

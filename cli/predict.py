@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, command, echo_result
+from .common import UserError, command, echo_result, elapsed
+from .options import threads_option
 
 
 @command("predict", short_help="Apply a fitted head to a split of a feature cache.")
@@ -18,7 +19,9 @@ from .common import UserError, command, echo_result
 @click.option("--force", is_flag=True,
               help="Apply the head even to features made another way (another encoder, mask, noise, ...); says so.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def command(run_dir: Path, cache_path: Path, split: str, out: Path, force: bool, overwrite: bool) -> None:
+@threads_option("heads")
+def command(run_dir: Path, cache_path: Path, split: str, out: Path, force: bool, overwrite: bool,
+            threads: int | None) -> None:
     """Apply a fitted head to SPLIT of a feature cache with the same features (draw 0 rows).
 
     Refuses a cache whose features were made another way than the head's (another encoder, mask, noise,
@@ -29,6 +32,7 @@ def command(run_dir: Path, cache_path: Path, split: str, out: Path, force: bool,
       featcache predict --head reports/runs/pre_latent-K8-mlp_1 --cache cache/new.zarr \\
         --split test --out reports/new-test-predictions.csv
     """
+    from featcache.common.device import use_threads
     from featcache.common.files import atomic_write, check_not_inside_store
     from featcache.heads.metrics import r2
     from featcache.heads.predict import predict_split
@@ -40,6 +44,7 @@ def command(run_dir: Path, cache_path: Path, split: str, out: Path, force: bool,
     if out.exists() and not overwrite:
         raise UserError(f"--out {out}: exists; pass --overwrite to replace it")
     check_not_inside_store(out)
+    use_threads(threads, "heads")
     result = predict_split(run_dir, cache_path, split, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
@@ -52,7 +57,7 @@ def command(run_dir: Path, cache_path: Path, split: str, out: Path, force: bool,
     scores = [f"{t} R2 {r2(result[f'true_{t}'], result[f'pred_{t}']):.3f}" for t in result["targets"]
               if f"true_{t}" in result]
     echo_result(f"{len(result['index'])} predictions for split '{split}' -> {out}"
-                + (f" ({', '.join(scores)})" if scores else ""))
+                + (f" ({', '.join(scores)})" if scores else "") + f"; {elapsed()} in all")
 
 
 def _save_npz(path: Path, arrays: dict) -> None:

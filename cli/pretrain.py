@@ -10,7 +10,7 @@ from featcache.model.config import EncoderConfig
 from featcache.pretrain.recipe import PretrainRecipe
 
 from .common import command, echo_result, given_options
-from .options import data_option, defaults, device_option, noise_options, train_noise_option
+from .options import data_option, defaults, device_option, noise_options, threads_option, train_noise_option
 
 R, A = defaults(PretrainRecipe), defaults(EncoderConfig)
 RENAMES = {("--epochs", None): ("--max-epochs", None), ("--clip-grad", None): ("--grad-clip", None),
@@ -63,7 +63,7 @@ RENAMES = {("--epochs", None): ("--max-epochs", None), ("--clip-grad", None): ("
                    "and bias) instead of softplus(0); saves thousands of early steps.")
 @click.option("--head-lr-mult", type=float, default=R["head_lr_mult"], show_default=True,
               help="LR factor of the head's last BatchNorm (its outputs sit on LeakyReLU's 0.1 slope).")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@threads_option("encoder")
 @click.option("--resume", is_flag=True, help="Continue from --out's last epoch; options not given are taken "
                                              "from it, options given must match it.")
 @click.option("--overwrite", is_flag=True, help="Start again even if --out exists.")

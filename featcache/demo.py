@@ -58,9 +58,11 @@ def synth_files(size: str, data_dir: Path) -> dict[str, Path]:
 
 def run_demo(size: str = "quick", out: Path | None = None, data_dir: Path | None = None,
              encoder: Path | None = None, heads: tuple[str, ...] = ("ridge", "mlp_1"), device: str = "auto",
-             max_epochs: int | None = None) -> DemoResult:
+             max_epochs: int | None = None, threads: int | None = None, jobs: int = 1) -> DemoResult:
     """The whole pipeline on the embedded default; safe to re-run (everything is reused). out defaults to
-    reports/demo-<size> and data_dir to data/synth, both under the current folder."""
+    reports/demo-<size> and data_dir to data/synth, both under the current folder. threads: CPU threads of
+    the extraction and of each process fitting heads (None: each workload's default, common.device: every
+    core for the encoder, one per head-fitting process); jobs: processes making the fits."""
     from .extraction.options import ExtractOptions
     from .extraction.run import run_extract
     from .heads.recipe import TrainRecipe
@@ -81,8 +83,8 @@ def run_demo(size: str = "quick", out: Path | None = None, data_dir: Path | None
     common = dict(data=[f"{split}={path}" for split, path in files.items()], out=cache, ckpt=encoder,
                   mask="quantile:0.85", noise_seed=NOISE_SEED, device=device, command=f"featcache demo --size {size}")
     status(f"demo: extracting {', '.join(LAYERS)} x {', '.join(POOLS)} and the raw-flux baseline -> {cache}")
-    run_extract(ExtractOptions(layers=LAYERS, pools=POOLS, **common))
-    run_extract(ExtractOptions(layers=["input_flux"], pools=["none"], **common))
+    run_extract(ExtractOptions(layers=LAYERS, pools=POOLS, threads=threads, **common))
+    run_extract(ExtractOptions(layers=["input_flux"], pools=["none"], threads=threads, **common))
     if max_epochs is None and size == "quick":
         max_epochs = QUICK_MAX_EPOCHS
     recipe = TrainRecipe() if max_epochs is None else TrainRecipe(max_epochs=max_epochs)
@@ -91,5 +93,5 @@ def run_demo(size: str = "quick", out: Path | None = None, data_dir: Path | None
     status(f"demo: fitting {' and '.join(heads)} on every cell and the full-spectrum baseline (finished cells are "
            "reused)")
     result = compare({"demo encoder": cache}, ["log_g"], heads=list(heads), recipe=recipe, out=out, device=device,
-                     full_spectrum=True)
+                     full_spectrum=True, threads=threads, jobs=jobs, command=f"featcache demo --size {size}")
     return DemoResult(out, cache, result.markdown, out / "report.md", result.fitted, result.reused)

@@ -3,12 +3,14 @@ caches that fit, predict and compare tests read (built once per session)."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .helpers import CKPT, FIXTURE, learnable_pfs, run_cli
+from .helpers import CKPT, FIXTURE, REPO, learnable_pfs, run_cli
 
 LABELLED_SPLITS = {"train": (0, 200), "val": (200, 250), "test": (250, 300)}
 
@@ -46,3 +48,28 @@ def labelled_caches(tmp_path_factory) -> dict[str, Path]:
     run_cli("extract", "--random-init", "--ckpt", CKPT, *splits, "--layer", "enc_last", *common,
             "--out", root / "rand.zarr")
     return {"pretrained": root / "pre.zarr", "random": root / "rand.zarr"}
+
+
+@dataclass
+class QuickDemo:
+    """The quick demo's outputs in a folder laid out as a clone's root after `make demo`."""
+
+    root: Path
+    output: str  # what the first run printed
+
+    @property
+    def out(self) -> Path:
+        return self.root / "reports" / "demo-quick"
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> QuickDemo:
+    """`featcache demo --size quick`, run once per session from a folder laid out as a clone's root:
+    reports/demo-quick/, data/synth/, and featcache/data/ (a link to the package's embedded files, so examples
+    naming featcache/data/encoders/... run). The demo test and the docs' examples read it."""
+    root = tmp_path_factory.mktemp("clone")
+    (root / "featcache").mkdir()
+    (root / "featcache" / "data").symlink_to(REPO / "featcache" / "data", target_is_directory=True)
+    with contextlib.chdir(root):
+        result = run_cli("demo", "--size", "quick", "-q")
+    return QuickDemo(root, result.output)

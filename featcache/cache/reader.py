@@ -348,7 +348,19 @@ class FlatMaps:
 
 
 def open_cache(path: str | os.PathLike[str]) -> FeatureCache:
-    """Open a feature cache written by `featcache extract` for reading."""
+    """Open a feature cache written by `featcache extract` for reading (nothing is loaded until asked for).
+
+    The FeatureCache gives its splits, layers and poolings, features as NumPy arrays (`features`) or lazily
+    as Zarr arrays (`feature_array`), labels (`labels`), its fingerprint and typed metadata, `info()` (what
+    `featcache inspect` prints) and, with the xarray extra, `to_xarray(split)`. A missing, incomplete or newer
+    cache is refused with a one-line FeatcacheError naming it.
+
+    Example, after `make demo`:
+
+        cache = featcache.open_cache("reports/demo-standard/cache.zarr")
+        X = cache.features("train", "enc_3", "seg_mean_K8")   # (rows, 256) float32
+        y = cache.labels("train", "log_g")
+    """
     path = Path(path)
     if not path.exists():
         raise FeatcacheError(f"{path}: no such cache (run featcache extract first)")

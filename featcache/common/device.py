@@ -63,16 +63,51 @@ def process_cpus() -> int:
     return max(1, cores)
 
 
-def configure_threads(device: torch.device, threads: int | None = None) -> None:
-    """Set torch's CPU threads for the work on `device`: `threads` if given, else this process's share."""
+# CPU threads per process when --threads is not given, by workload (docs/guides/threads.md has the measurement,
+# benchmarks/threads.py makes it): a head's small matrix products gain little from a second thread on a quiet
+# machine and lose ~10x on a busy one (two OpenMP threads spinning against other work: fit mlp_1 took 40-56 s
+# on two threads and 3.8-4.8 s on one, with the same metrics); the encoder's convolutions use every core they
+# get (extraction at 384 spectra/s on two threads against 122 on one). None: this process's share of the cores.
+WORKLOAD_THREADS: dict[str, int | None] = {"heads": 1, "encoder": None}
+THREADS_HELP = {"heads": "CPU threads of this process's head fits (default 1: small heads are fastest on one "
+                         "thread per process, by far on a busy machine; use --jobs for more cores)",
+                "encoder": "CPU threads of the encoder's work (default: every core this process may use)"}
+
+
+def default_threads(workload: str) -> int:
+    """The threads a process of this workload ('heads' or 'encoder') takes when none are asked for."""
+    if workload not in WORKLOAD_THREADS:
+        raise FeatcacheError(f"unknown workload '{workload}': choose from {', '.join(WORKLOAD_THREADS)}")
+    fixed = WORKLOAD_THREADS[workload]
+    return process_cpus() if fixed is None else fixed
+
+
+def use_threads(threads: int | None = None, workload: str = "heads") -> int:
+    """Set this process's CPU threads, torch's and NumPy's BLAS alike, to `threads` (None: the workload's
+    default) and return the number. The command line's --threads; call it first in a script or notebook."""
     import torch
 
-    if threads is not None:
-        if int(threads) < 1:
-            raise FeatcacheError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(int(threads))
-    elif device.type == "cpu":
-        torch.set_num_threads(process_cpus())
+    count = default_threads(workload) if threads is None else int(threads)
+    if count < 1:
+        raise FeatcacheError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(count)
+    try:  # NumPy's BLAS (ridge's Gram, kNN's distances) to the same count
+        from threadpoolctl import threadpool_limits
+
+        _BLAS_LIMITS[:] = [threadpool_limits(count, user_api="blas")]
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        pass
+    return count
+
+
+_BLAS_LIMITS: list[object] = []  # the limit in force (a threadpool_limits object lasts as long as it is held)
+
+
+def configure_threads(device: torch.device, threads: int | None = None, workload: str = "encoder") -> None:
+    """Set the CPU threads for the work on `device`: `threads` if given, else (on the CPU) the workload's
+    default; on a GPU an unasked count leaves torch's setting alone."""
+    if threads is not None or device.type == "cpu":
+        use_threads(threads, workload)
 
 
 @contextlib.contextmanager

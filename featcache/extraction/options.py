@@ -40,6 +40,7 @@ class ExtractOptions:
     batch_size: int | None = None  # None: DEFAULT_BATCH of the device
     block_rows: int = 1024
     device: str = "auto"
+    threads: int | None = None  # CPU threads (None: every core this process may use; common.device)
     dtype: str = "float32"
     conv: str = "auto"  # auto: FFT convolutions where they win (CPU, long maps), direct elsewhere
     store_dtype: str = "float32"
@@ -57,8 +58,8 @@ class ExtractOptions:
     constraints = {"direction": StrOptions(DIRECTIONS, noun="direction"),
                    "store_dtype": StrOptions(STORE_DTYPES, noun="dtype"),
                    "dtype": StrOptions(COMPUTE_DTYPES, noun="dtype"), "batch_size": (at_least(1), None),
-                   "block_rows": at_least(1), "conv": StrOptions(CONV_MODES, noun="convolution"),
-                   "hash": StrOptions(HASH_MODES)}
+                   "block_rows": at_least(1), "threads": (at_least(1), None),
+                   "conv": StrOptions(CONV_MODES, noun="convolution"), "hash": StrOptions(HASH_MODES)}
 
     def __post_init__(self) -> None:  # the Python API takes str paths and any sequences, as the CLI gives
         self.out = Path(self.out)

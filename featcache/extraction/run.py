@@ -287,7 +287,7 @@ def run_extract(opts: ExtractOptions) -> ExtractReport:
     check_out(out)  # cheap: before the plan reads and hashes every input
     check_not_inside_store(out, "--out")
     plan = build_plan(opts)
-    configure_threads(plan.device)
+    configure_threads(plan.device, opts.threads, "encoder")
     started = time.perf_counter()
     store = plan.store_spec()
     if shard is None or shard[0] == 0 or opts.prepare_only:

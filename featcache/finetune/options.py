@@ -55,6 +55,7 @@ class FinetuneOptions:
     eval_batch_size: int = 256
     hash: str = "full"  # data identity for --resume: every byte (full) or sampled blocks
     device: str = "auto"
+    threads: int | None = None  # CPU threads (None: this process's share of the cores; common.device)
     resume: bool = False
     overwrite: bool = False
     check_sync: bool = False
@@ -70,7 +71,7 @@ class FinetuneOptions:
     constraints = {"train_noise": StrOptions(TRAIN_NOISE), "encoder_lr": POSITIVE,
                    "batchnorm": StrOptions(BATCHNORM_MODES), "scale_floor": Interval(float, 0, 1, closed="left"),
                    "block_rows": at_least(1), "eval_batch_size": at_least(1), "hash": StrOptions(("full", "sampled")),
-                   "n_boot": at_least(0)}
+                   "n_boot": at_least(0), "threads": (at_least(1), None)}
     flags = {"n_boot": "n_boot"}
 
     def __post_init__(self) -> None:
@@ -183,8 +184,8 @@ def upgrade_settings(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 # options a --resume never takes from the checkpoint: where the run is, how it is run and reported
-NOT_RESUMED = ("ckpt", "data", "out", "resume", "overwrite", "device", "check_sync", "progress", "command", "config",
-               "binning", "n_boot", "given")
+NOT_RESUMED = ("ckpt", "data", "out", "resume", "overwrite", "device", "threads", "check_sync", "progress", "command",
+               "config", "binning", "n_boot", "given")
 
 
 def resumed_options(opts: FinetuneOptions, saved: dict[str, Any] | None) -> FinetuneOptions:

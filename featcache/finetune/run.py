@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..cache.fingerprint import describe_changes
+from ..common.device import configure_threads
 from ..common.errors import FeatcacheError
 from ..common.overlap import SplitRows, check_disjoint, check_rows_disjoint
 from ..common.progress import status
@@ -92,6 +93,7 @@ def finetune(opts: FinetuneOptions) -> FinetuneResult:
         opts = resumed_options(opts, state.get("options"))
     validate_options(opts)
     dist = init_distributed(opts.device)
+    configure_threads(dist.device, opts.threads, "encoder")
     try:
         result = _finetune(opts, dist)
         dist.barrier()  # rank 0 has written OUT before anyone reports success

@@ -17,7 +17,7 @@ the batch size and the epoch budget; `batch_key` says which recipes can share a 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -322,13 +322,15 @@ def mask_pool(threads: int) -> Any:
 
 
 def train_heads(jobs: Sequence[HeadJob], device: str | torch.device = "cpu", progress: bool = False,
-                desc: str = "fit heads", num_threads: int | None = None) -> list[TrainResult]:
-    """Train every job's head in one pass over the rows; each result as `train_head` would give it."""
+                desc: str = "fit heads", num_threads: int | None = None,
+                on_finished: Callable[[int], None] | None = None) -> list[TrainResult]:
+    """Train every job's head in one pass over the rows; each result as `train_head` would give it.
+    on_finished(k): told whenever k of the heads finish training (heads.loop.train_loop)."""
     if not jobs:
         return []
     order = sorted(range(len(jobs)), key=lambda i: linear_layers(jobs[i].model)[0][0].in_features)
     if order != list(range(len(jobs))):  # the stack wants heads of one input width side by side
-        results = train_heads([jobs[i] for i in order], device, progress, desc, num_threads)
+        results = train_heads([jobs[i] for i in order], device, progress, desc, num_threads, on_finished)
         back = {i: r for i, r in zip(order, results, strict=True)}
         return [back[i] for i in range(len(jobs))]
     started = time.perf_counter()
@@ -351,7 +353,7 @@ def train_heads(jobs: Sequence[HeadJob], device: str | torch.device = "cpu", pro
         group = StackedMLPs([j.model for j in jobs], rows, recipes, device)
         bar = progress_bar(total=recipes[0].max_epochs, desc=desc, unit="epoch") if progress else None
         try:
-            histories, stoppers = train_loop(group, recipes, device, bar)
+            histories, stoppers = train_loop(group, recipes, device, bar, on_finished)
         finally:
             if bar is not None:
                 bar.close()

@@ -20,6 +20,12 @@ from ..common.errors import FeatcacheError
 from .metrics import MAD_TO_SIGMA, OUTLIER_SIGMAS, percentile_interval, resamples, sigma_mad
 
 UNITS = {"log_g": "dex", "M_H": "dex", "a_M": "dex", "C_M": "dex", "T_eff": "K", "snr": "", "mag": "mag"}
+# how plots and reports name a label (the params column's name is what options and files use)
+NAMES = {"log_g": "log g", "M_H": "[M/H]", "a_M": "[alpha/M]", "C_M": "[C/M]", "T_eff": "T_eff", "snr": "S/N",
+         "mag": "magnitude", "redshift": "radial velocity"}
+# a column plots and report tables show in other units than it is stored in (binned.csv keeps the stored
+# units): redshift z = v / c, shown as the radial velocity v in km/s
+SHOWN_AS = {"redshift": ("km/s", 299_792.458)}
 GIANT_LOGG = 3.5  # giants: log_g below this (dex); dwarfs at or above
 MIN_PER_BIN = 50
 MAX_BINS = 8
@@ -86,6 +92,27 @@ class Binning:
 def unit(label: str) -> str:
     """The label's unit as a report prints it ('' for dimensionless)."""
     return UNITS.get(label, "")
+
+
+def display_name(label: str) -> str:
+    """The label as astronomers write it ([M/H], log g, radial velocity); unknown columns as they are."""
+    return NAMES.get(label, label)
+
+
+def display_unit(label: str) -> str:
+    """The unit a plot or report table shows the label in (redshift: km/s)."""
+    return SHOWN_AS[label][0] if label in SHOWN_AS else unit(label)
+
+
+def display_scale(label: str) -> float:
+    """The factor from the stored column to the shown values (redshift -> km/s), 1 for the others."""
+    return SHOWN_AS[label][1] if label in SHOWN_AS else 1.0
+
+
+def axis_label(label: str, what: str = "") -> str:
+    """An axis title: the label's name, what is shown of it, and its unit: '[M/H] sigma_MAD (dex)'."""
+    text = f"{display_name(label)} {what}".strip()
+    return f"{text} ({display_unit(label)})" if display_unit(label) else text
 
 
 def quantile_edges(values: np.ndarray, min_count: int = MIN_PER_BIN, max_bins: int = MAX_BINS) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,7 @@ class FitResult:
         elif rows.get("sampler") == "streamed-search":
             chosen += (f"; train rows searched in the cache in {rows['block_rows']}-row blocks (over the memory "
                        "budget; head.pt refers to the cache's rows)")
-        return "; ".join(parts) + f"; {chosen}; {self.seconds:.1f} s"
+        return "; ".join(parts) + f"; {chosen}; training {self.seconds:.1f} s"
 
 
 def _n_spectra(cache: FeatureCache, split: str, rows: RoleRows) -> int:
@@ -204,7 +204,17 @@ def check_request(cache: FeatureCache, spec: FitSpec) -> None:
 
 def fit_head(cache: FeatureCache | str | Path, spec: FitSpec, *, progress: bool = True,
              trained: Any = None, rows: dict[str, RoleRows] | None = None) -> FitResult:
-    """Fit spec.head on the cached features; choose on validation, score test once. trained: the head already
+    """Fit spec.head on the cached features; choose on validation, score test once: what `featcache fit` runs.
+
+    Returns a FitResult: the fitted predictor, metrics (per split and target, with 95% bootstrap intervals on
+    test), the validation and test predictions, the history and what validation chose (`chosen`);
+    `heads.runs.save_run` writes it as a run folder. Example:
+
+        spec = featcache.FitSpec(features=[("enc_3", "seg_mean_K8")], targets=["log_g"], head="mlp_1")
+        result = featcache.fit_head("reports/demo-standard/cache.zarr", spec)
+        result.metrics["splits"]["test"]["targets"]["log_g"]["r2_ci95"]
+
+    trained: the head already
     trained on these rows (fit_heads trains many in one pass), to be scored and reported; rows:
     the fit's role rows when the caller has them already (the batched pass's loaded train and validation rows),
     so they are not read again."""
@@ -259,10 +269,12 @@ def fit_key(spec: Any, n_train: int) -> tuple[Any, ...]:
             batch_key(spec.recipe, blocks, n_train, len(spec.targets), spec.val_split is not None))
 
 
-def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False) -> list[Any]:
+def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False,
+              on_finished: Callable[[int], None] | None = None) -> list[Any]:
     """fit_head for many FitSpecs of one cache: the MLP heads that can share a pass are trained together by
     train_heads, then each is scored and reported exactly as fit_head reports it (FitResult per spec, in
-    order). Every feature a group needs is held in memory at once: group the specs to bound it."""
+    order). Every feature a group needs is held in memory at once: group the specs to bound it.
+    on_finished(k): told whenever k of the heads finish training (a progress bar's count)."""
     cache = cache if isinstance(cache, FeatureCache) else open_cache(cache)
     for spec in specs:
         if not head_info(spec.head).batchable:
@@ -288,7 +300,7 @@ def fit_heads(cache: Any, specs: Sequence[Any], *, progress: bool = False) -> li
     for members in groups.values():
         device = resolve_device(specs[members[0][0]].device)  # one device per group (part of fit_key)
         results = train_heads([job for _, job in members], device=device, progress=progress,
-                              desc=f"fit {len(members)} heads")
+                              desc=f"fit {len(members)} heads", on_finished=on_finished)
         trained.update({i: result for (i, _), result in zip(members, results, strict=True)})
     results = [fit_head(cache, spec, progress=False, trained=trained[i], rows=loaded[shared_rows_key(spec)])
                for i, spec in enumerate(specs)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -191,11 +191,13 @@ class MemoryRows:
 
 
 # -- the loop ------------------------------------------------------------------------------------------------
-def train_loop(group: Any, recipes: Sequence[TrainRecipe], device: torch.device, bar: Any = None
+def train_loop(group: Any, recipes: Sequence[TrainRecipe], device: torch.device, bar: Any = None,
+               on_finished: Callable[[int], None] | None = None
                ) -> tuple[list[list[dict[str, float]]], list[EarlyStopping]]:
     """Train every head of `group` (ModuleGroup or StackedMLPs) for at most max_epochs; each head leaves the
     group when its early stopping says so. Returns each head's history and its early stopping (best epoch,
-    score and weights); the group holds each head's last weights."""
+    score and weights); the group holds each head's last weights. on_finished(k) is told whenever k heads
+    finish training (compare's progress counts the fits of a batched pass as they finish)."""
     n_heads, n, bs = group.n_heads, group.n_train, int(recipes[0].batch_size)
     has_val, eval_bs = group.has_val, int(recipes[0].eval_batch_size)
     gens = [torch.Generator(device="cpu").manual_seed(r.seed) for r in recipes]
@@ -238,11 +240,15 @@ def train_loop(group: Any, recipes: Sequence[TrainRecipe], device: torch.device,
         lr_changed = [plateaus[h].lr for h in active] != lrs
         if stopped:
             active = [h for h in active if h not in stopped]
+            if on_finished is not None:
+                on_finished(len(stopped))
             if not active:
                 break
             group.leave(active)
         if stopped or lr_changed:  # the parameter groups follow the heads still training and their rates
             opt = group.optimizer(active, [plateaus[h].lr for h in active], [wds[h] for h in active], device, opt)
+    if active and on_finished is not None:  # the heads that ran to max_epochs
+        on_finished(len(active))
     return histories, stoppers
 
 

@@ -379,8 +379,7 @@ def run_pretrain(opts: PretrainOptions) -> PretrainResult:
     from ..spectra.splits import open_splits
 
     opts.validate()
-    if opts.threads is not None:
-        configure_threads(torch.device("cpu"), opts.threads)
+    configure_threads(torch.device("cpu"), opts.threads, "encoder")  # None: this process's share of the cores
     opened, _ = open_splits(opts.data, names=SPLITS, required=("train",), whole_files="pretrain")
     paths = {s.name: str(s.path) for s in opened}
     return pretrain(paths["train"], paths.get("val"), opts.out, opts.config, opts.recipe, resume=opts.resume,

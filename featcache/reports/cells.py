@@ -4,7 +4,7 @@ OUT/cells/<key>.json (+ <key>.npz with the validation and test predictions). The
 cache fingerprint and FitSpec.describe() (feature, target, head, recipe incl. seed, alphas, splits), so a
 changed recipe refits, a re-run refits nothing, and a larger --seeds fits only the new seeds. Both files are
 written atomically, the .json last, so a killed compare resumes. Trainable fits can run in --jobs worker
-processes with cpus // jobs torch threads each.
+processes, each (like this one) with --threads torch and BLAS threads (one by default).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from ..cache.reader import FeatureCache, open_cache
-from ..common.device import available_cpus
 from ..common.files import atomic_write, write_json
 from ..common.progress import status
 from ..heads.fit import FitSpec, fit_head
@@ -150,20 +149,26 @@ def _fit_once(task: Task) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 _WORKER_CACHES: dict[str, FeatureCache] = {}
 
 
-def _worker_init(threads: int) -> None:
-    import torch
+def _worker_init(threads: int, finished_heads: Any = None) -> None:
+    from ..common.device import use_threads
 
-    torch.set_num_threads(threads)
-    try:  # NumPy's BLAS (ridge's Gram) to the same share of the cores
-        from threadpoolctl import threadpool_limits
-
-        _WORKER_LIMITS.append(threadpool_limits(threads))
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-        pass
+    use_threads(threads)  # torch's and NumPy's BLAS (ridge's Gram) alike, for the worker's life
+    _WORKER_QUEUE[:] = [finished_heads]
     os.environ["FEATCACHE_QUIET"] = "1"
 
 
-_WORKER_LIMITS: list[Any] = []  # kept for the worker's life
+_WORKER_QUEUE: list[Any] = []  # where a worker's batched passes say how many heads finished training
+
+
+def _blas_threads(threads: int) -> Any:
+    """NumPy's BLAS limited to `threads` inside the block (ridge's Gram, kNN's distances), then restored."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(threads, user_api="blas")
 
 
 def _fit_in_worker(cache_path: str, spec: FitSpec, info: dict[str, Any]) -> tuple[dict[str, Any],
@@ -215,25 +220,29 @@ def _feature_bytes(task: Task) -> int:
     return 4 * rows * task.width
 
 
-def _batch_records(cache: FeatureCache, specs: list[FitSpec], infos: list[dict[str, Any]]
-                   ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """A batched pass (heads.fit.fit_heads) and its fits' records."""
+def _batch_records(cache: FeatureCache, specs: list[FitSpec], infos: list[dict[str, Any]],
+                   on_finished: Any = None) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """A batched pass (heads.fit.fit_heads) and its fits' records; on_finished(k) as k heads finish training."""
     from ..heads.fit import fit_heads
 
-    results = fit_heads(cache, specs)
+    results = fit_heads(cache, specs, on_finished=on_finished)
     return [_record(r, spec, info) for r, spec, info in zip(results, specs, infos, strict=True)]
 
 
-def _fit_batch(tasks: list[Task]) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    return _batch_records(tasks[0].source.cache, [t.spec for t in tasks], [_task_info(t) for t in tasks])
+def _fit_batch(tasks: list[Task], on_finished: Any = None) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    return _batch_records(tasks[0].source.cache, [t.spec for t in tasks], [_task_info(t) for t in tasks],
+                          on_finished)
 
 
-def _batch_in_worker(cache_path: str, specs: list[FitSpec], infos: list[dict[str, Any]]
+def _batch_in_worker(cache_path: str, specs: list[FitSpec], infos: list[dict[str, Any]], unit_id: int = 0
                      ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """A batched pass in a --jobs worker process (the cache opened once per process)."""
+    """A batched pass in a --jobs worker process (the cache opened once per process); it tells the parent,
+    through the worker's queue, how many of its heads finished training as they do."""
     if cache_path not in _WORKER_CACHES:
         _WORKER_CACHES[cache_path] = open_cache(cache_path)
-    return _batch_records(_WORKER_CACHES[cache_path], specs, infos)
+    queue = _WORKER_QUEUE[0] if _WORKER_QUEUE else None
+    report = (lambda k: queue.put((unit_id, k))) if queue is not None else None
+    return _batch_records(_WORKER_CACHES[cache_path], specs, infos, report)
 
 
 # -- planning: units of work and their cost -----------------------------------------------------------------
@@ -294,55 +303,82 @@ def plan_units(todo: list[Task], jobs: int, batched: bool, max_bytes: int = DEFA
 
 
 def run_fits(todo: list[Task], jobs: int, save: Any, bar: Any, batched: bool = False,
-             max_bytes: int = DEFAULT_BATCH_BYTES) -> None:
+             max_bytes: int = DEFAULT_BATCH_BYTES, threads: int | None = None) -> None:
     """Make the fits. With jobs == 1, here, one after another: the closed-form fits first (a partial run has
     their table), then the batched passes (heads.batched), then the other trainable fits. With jobs > 1 every
-    unit of work (a fit, or a batched pass) goes to `jobs` worker processes with cpus // jobs torch and BLAS
-    threads each, the costliest first: on a small CPU the heads are compute-bound, and whole processes on
-    their own cores beat threads sharing one head's small matrix products."""
+    unit of work (a fit, or a batched pass) goes to `jobs` worker processes, the costliest first: on a small
+    CPU the heads are compute-bound, and whole processes on their own cores beat threads sharing one head's
+    small matrix products. Every process fitting heads (this one or a worker) takes `threads` torch and BLAS
+    threads (None: common.device's default for heads, one). The bar counts fits as they finish training,
+    inside a batched pass too (long because both paths, here and in the workers, feed that one count)."""
+    from ..common.device import default_threads, torch_threads
 
-    def done(task: Task, result: tuple[dict[str, Any], dict[str, np.ndarray]]) -> None:
-        save(task, *result)
+    threads = default_threads("heads") if threads is None else int(threads)
+    counted: dict[int, int] = {}  # fits of each unit the bar has counted (a pass reports its heads as they stop)
+
+    def trained(unit_id: int, k: int) -> None:
+        counted[unit_id] = counted.get(unit_id, 0) + k
         if bar is not None:
-            bar.update(1)
+            bar.update(k)
+
+    def finish(unit_id: int, unit: list[Task], results: list[tuple[dict[str, Any], dict[str, np.ndarray]]]) -> None:
+        for task, result in zip(unit, results, strict=True):
+            save(task, *result)
+        if bar is not None and len(unit) > counted.get(unit_id, 0):
+            bar.update(len(unit) - counted.get(unit_id, 0))
 
     units = plan_units(todo, jobs, batched, max_bytes)
     if jobs <= 1 or len(units) < 2:
-        for unit in sorted(units, key=lambda u: (head_info(u[0].head).trainable, len(u) == 1)):
-            if bar is not None:
-                what = (f"{unit[0].encoder}: {len(unit)} {unit[0].head} fits in one pass" if len(unit) > 1 else
-                        f"{unit[0].encoder} {unit[0].layer}/{unit[0].pool} {unit[0].head} {unit[0].target}")
-                bar.set_postfix_str(what, refresh=False)
-            results = _fit_batch(unit) if len(unit) > 1 else [_fit_once(unit[0])]
-            for task, result in zip(unit, results, strict=True):
-                done(task, result)
+        order = sorted(range(len(units)), key=lambda i: (head_info(units[i][0].head).trainable, len(units[i]) == 1))
+        with torch_threads(threads), _blas_threads(threads):
+            for i in order:
+                unit = units[i]
+                if bar is not None:
+                    what = (f"{unit[0].encoder}: {len(unit)} {unit[0].head} fits in one pass" if len(unit) > 1 else
+                            f"{unit[0].encoder} {unit[0].layer}/{unit[0].pool} {unit[0].head} {unit[0].target}")
+                    bar.set_postfix_str(what, refresh=False)
+                results = (_fit_batch(unit, lambda k, i=i: trained(i, k)) if len(unit) > 1
+                           else [_fit_once(unit[0])])
+                finish(i, unit, results)
         return
     import multiprocessing
+    import queue as queues
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    threads = max(1, available_cpus() // jobs)
     passes = sum(len(u) > 1 for u in units)
     status(f"compare: {len(todo)} fits as {len(units)} units ({passes} batched passes) in {jobs} processes x "
            f"{threads} threads")
     # spawn, not fork: a forked child of a process that already ran OpenMP/oneDNN code can hang
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(threads,)) as pool:
+    context = multiprocessing.get_context("spawn")
+    finished_heads = context.Queue()  # (unit, k): k heads of a worker's pass finished training
+
+    def drain() -> None:
+        while True:
+            try:
+                unit_id, k = finished_heads.get_nowait()
+            except queues.Empty:
+                return
+            trained(unit_id, k)
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                             initargs=(threads, finished_heads)) as pool:
         futures = {}
-        for unit in units:
+        for i, unit in enumerate(units):
             if len(unit) > 1:
                 future = pool.submit(_batch_in_worker, str(unit[0].source.path), [t.spec for t in unit],
-                                     [_task_info(t) for t in unit])
+                                     [_task_info(t) for t in unit], i)
             else:
                 future = pool.submit(_fit_in_worker, str(unit[0].source.path), unit[0].spec, _task_info(unit[0]))
-            futures[future] = unit
+            futures[future] = i
         try:
             pending = set(futures)
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                drain()
                 for future in finished:
-                    unit, results = futures[future], future.result()
-                    for task, result in zip(unit, results if len(unit) > 1 else [results], strict=True):
-                        done(task, result)
+                    i = futures[future]
+                    results = future.result()
+                    finish(i, units[i], results if len(units[i]) > 1 else [results])
         except BaseException:
             for future in futures:
                 future.cancel()

@@ -39,7 +39,7 @@ from .cells import CellStore, Fit, Task, cell_key, earlier_keys, run_fits
 from .fullspec import full_spectrum_rows
 from .options import CacheArgs, CompareOptions, check_shard
 from .populations import population_sections
-from .render import cell_label, render_markdown, source_info, write_plots
+from .render import best_panels, cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, RunRows, cell_row, read_run, run_row, run_targets
 from .sources import Source, open_sources
 from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
@@ -198,7 +198,7 @@ def _tasks(request: CompareRequest, grid: list[tuple[Source, str, str, str, str]
 
 
 def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progress: bool, fit: bool = True,
-                batched: bool = True) -> tuple[dict[str, Fit], int, int]:
+                batched: bool = True, threads: int | None = None) -> tuple[dict[str, Fit], int, int]:
     """Every fit of the table, reused from the store or made now. Returns (fits by key, fitted, reused)."""
     done: dict[str, Fit] = {}
     todo: list[Task] = []
@@ -236,7 +236,7 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
         done[task.key] = (record, arrays)
 
     try:
-        run_fits(todo, jobs, save, bar, batched=batched)
+        run_fits(todo, jobs, save, bar, batched=batched, threads=threads)
     finally:
         if bar is not None:
             bar.close()
@@ -300,15 +300,69 @@ def _calibration_cells(table: Any, targets: list[str], sigmas: dict[int, Any]
 
 
 def compare_into(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
+    """compare() without its clean-up on failure (run_compare on CompareOptions(caches, targets, **options))."""
+    return run_compare(CompareOptions(caches, targets, **options))
+
+
+def run_compare(opts: CompareOptions) -> CompareResult:
+    """compare() on an options object (validated here, once)."""
+    opts.validate()
+    out, splits = Path(opts.out), opts.splits
+    _check_out(out)
+    run_dirs = _read_runs(opts.runs, list(opts.targets))
+    sources = open_sources(opts.caches, opts.train_split)
+    _check_labels(sources, list(opts.targets), splits)
+    for src in sources:
+        opts.binning.check_axes([*src.cache.label_names(opts.test_split), *opts.targets])
+    sizes = _check_study(sources, opts.train_split, opts.val_split, opts.train_sizes, opts.folds)
+    swept = sweep.check_sweep(opts.sweep_values)
+    request = CompareRequest(sources, run_dirs, list(opts.targets), list(opts.heads), opts.seeds, opts.recipe,
+                             splits, opts.n_boot, sizes, opts.folds, opts.subset_seed, swept)
+    spec = dict(hidden=opts.hidden, dropout=opts.dropout, alphas=opts.alphas, train_split=opts.train_split,
+                val_split=opts.val_split, test_split=opts.test_split, device=opts.device,
+                options=opts.resolved_heads, max_memory=opts.max_memory)
+    cells = _tasks(request, _grid(sources, opts.layers, opts.pools, opts.baselines, opts.train_split), spec)
+    store = CellStore(out)
+    if opts.shard is not None:
+        share = shard_tasks(cells, *opts.shard)
+        _, fitted, reused = _fill_cells([[t] for t in share], store, opts.jobs, opts.show_progress, opts.fit,
+                                        opts.batched, opts.threads)
+        total = len({t.key for group in cells for t in group})
+        note = (f"compare shard {opts.shard[0]}/{opts.shard[1]}: {len(share)} of {total} fits ({fitted} made, "
+                f"{reused} reused) in {out / 'cells'}; run compare without --shard once every shard is done to write "
+                "the table")
+        return CompareResult(None, {}, note, out, fitted, reused, [])
+    done, fitted, reused = _fill_cells(cells, store, opts.jobs, opts.show_progress, opts.fit, opts.batched,
+                                       opts.threads)
+    cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
+    extra = full_spectrum_rows(sources, list(opts.targets), splits, store, fit=opts.fit, n_boot=opts.n_boot,
+                               show_progress=opts.show_progress) if opts.full_spectrum else []
+    table, best, predictions, sigmas = _table(request, cells, done, extra)
+    efficiency_columns(table, predictions, {str(s.path): s.cache for s in sources}, list(opts.targets),
+                       opts.test_split, opts.n_boot)
+    settings = {"layers": list(opts.layers) if opts.layers else None,
+                "pools": list(opts.pools) if opts.pools else None, "baselines": opts.baselines,
+                "device": opts.device, "binning": opts.binning.describe(), "train_sizes": sizes, "folds": opts.folds,
+                "subset_seed": opts.subset_seed, "hidden": opts.hidden, "dropout": opts.dropout,
+                "alphas": opts.alphas, "sweep": swept, **opts.resolved_heads,
+                "full_spectrum": bool(opts.full_spectrum)}
+    efficiency = label_efficiency(cells, done, opts.n_boot) if sizes else []
+    return _write_outputs(request, table, best, predictions, efficiency, out, settings, opts.binning, opts.plots,
+                          (fitted, reused), sweep_rows, _calibration_cells(table, list(opts.targets), sigmas),
+                          opts.command)
+
+
+def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
     """Fill every (encoder, layer, pooling) x head cell for each target, reusing finished fits in OUT/cells;
     write compare.md/.csv/.json, the plots and report.md into OUT. The keywords are CompareOptions' fields
     (reports.options: heads, layers, pools, seeds, recipe, hidden, dropout, alphas, runs, out, baselines, ...).
     MLP heads use seeds recipe.seed + 0..N-1.
 
-    jobs > 1 makes the fits in that many worker processes (each with cpus // jobs torch and BLAS threads),
-    the costliest units first; an MLP cell's numbers can then differ slightly from a jobs=1 run (the thread
-    count changes the order of float32 sums, and training amplifies such differences a little); ridge cells
-    agree to about 1e-12 (the BLAS thread count orders their float64 sums). fit=False
+    jobs > 1 makes the fits in that many worker processes, the costliest units first. Every process fitting
+    heads takes `threads` torch and BLAS threads (None: one, common.device.WORKLOAD_THREADS: the fastest
+    setting for small heads, by far on a busy machine), so jobs does not change the numbers; another
+    `threads` can change an MLP cell's slightly (the thread count orders float32 sums, and training amplifies
+    such differences a little); ridge cells agree to about 1e-12. fit=False
     only draws: every cell must be in OUT/cells already (featcache report). binning: the per-population
     section's bin edges and giant / dwarf split (quantile edges and log_g 3.5 by default).
 
@@ -338,58 +392,18 @@ def compare_into(caches: CacheArgs, targets: Sequence[str], **options: Any) -> C
     full_spectrum adds the field's baseline (reports.fullspec): a Cannon model fitted on the train split,
     every validation and test spectrum's labels and radial velocity fitted by weighted least squares, one row
     per target it fits. Where the caches hold bounds (featcache bounds), the per-population section shows
-    each cell's scatter beside the information bound and the fraction of the information it recovers."""
-    return run_compare(CompareOptions(caches, targets, **options))
+    each cell's scatter beside the information bound and the fraction of the information it recovers.
 
+    A comparison that fails before it stored any fit leaves no folder behind (stored fits stay; a rerun resumes).
+    Returns a CompareResult: the table (one row per cell), compare.md's text, the fits made and reused.
 
-def run_compare(opts: CompareOptions) -> CompareResult:
-    """compare() on an options object (validated here, once)."""
-    opts.validate()
-    out, splits = Path(opts.out), opts.splits
-    _check_out(out)
-    run_dirs = _read_runs(opts.runs, list(opts.targets))
-    sources = open_sources(opts.caches, opts.train_split)
-    _check_labels(sources, list(opts.targets), splits)
-    for src in sources:
-        opts.binning.check_axes([*src.cache.label_names(opts.test_split), *opts.targets])
-    sizes = _check_study(sources, opts.train_split, opts.val_split, opts.train_sizes, opts.folds)
-    swept = sweep.check_sweep(opts.sweep_values)
-    request = CompareRequest(sources, run_dirs, list(opts.targets), list(opts.heads), opts.seeds, opts.recipe,
-                             splits, opts.n_boot, sizes, opts.folds, opts.subset_seed, swept)
-    spec = dict(hidden=opts.hidden, dropout=opts.dropout, alphas=opts.alphas, train_split=opts.train_split,
-                val_split=opts.val_split, test_split=opts.test_split, device=opts.device,
-                options=opts.resolved_heads, max_memory=opts.max_memory)
-    cells = _tasks(request, _grid(sources, opts.layers, opts.pools, opts.baselines, opts.train_split), spec)
-    store = CellStore(out)
-    if opts.shard is not None:
-        share = shard_tasks(cells, *opts.shard)
-        _, fitted, reused = _fill_cells([[t] for t in share], store, opts.jobs, opts.show_progress, opts.fit,
-                                        opts.batched)
-        total = len({t.key for group in cells for t in group})
-        note = (f"compare shard {opts.shard[0]}/{opts.shard[1]}: {len(share)} of {total} fits ({fitted} made, "
-                f"{reused} reused) in {out / 'cells'}; run compare without --shard once every shard is done to write "
-                "the table")
-        return CompareResult(None, {}, note, out, fitted, reused, [])
-    done, fitted, reused = _fill_cells(cells, store, opts.jobs, opts.show_progress, opts.fit, opts.batched)
-    cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
-    extra = full_spectrum_rows(sources, list(opts.targets), splits, store, fit=opts.fit, n_boot=opts.n_boot,
-                               show_progress=opts.show_progress) if opts.full_spectrum else []
-    table, best, predictions, sigmas = _table(request, cells, done, extra)
-    efficiency_columns(table, predictions, {str(s.path): s.cache for s in sources}, list(opts.targets),
-                       opts.test_split, opts.n_boot)
-    settings = {"layers": list(opts.layers) if opts.layers else None,
-                "pools": list(opts.pools) if opts.pools else None, "baselines": opts.baselines,
-                "device": opts.device, "binning": opts.binning.describe(), "train_sizes": sizes, "folds": opts.folds,
-                "subset_seed": opts.subset_seed, "hidden": opts.hidden, "dropout": opts.dropout,
-                "alphas": opts.alphas, "sweep": swept, **opts.resolved_heads,
-                "full_spectrum": bool(opts.full_spectrum)}
-    efficiency = label_efficiency(cells, done, opts.n_boot) if sizes else []
-    return _write_outputs(request, table, best, predictions, efficiency, out, settings, opts.binning, opts.plots,
-                          (fitted, reused), sweep_rows, _calibration_cells(table, list(opts.targets), sigmas))
+    Example, after `make demo`:
 
-
-def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> CompareResult:
-    """compare() (the docstring above) that leaves no folder behind when it fails before storing a fit."""
+        import featcache
+        result = featcache.compare({"demo": "reports/demo-standard/cache.zarr"}, ["log_g"],
+                                   heads=["ridge", "mlp_1"], layers=["enc_3"], out="reports/x")
+        result.table[["layer", "pool", "head", "test_r2", "test_r2_lo", "test_r2_hi", "val_r2"]]
+    """
     out = Path(options.get("out", "reports/compare"))
     created = not out.exists()
     try:
@@ -435,13 +449,13 @@ def _check_study(sources: list[Source], train_split: str, val_split: str, train_
 def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str, Any]],
                    predictions: list[tuple[np.ndarray, np.ndarray]], efficiency: list[dict[str, Any]], out: Path,
                    settings: dict[str, Any], binning: Binning, plots: bool, counts: tuple[int, int],
-                   sweep_rows: list[dict[str, Any]], calibration: dict[str, Any] | None = None
-                   ) -> CompareResult:
+                   sweep_rows: list[dict[str, Any]], calibration: dict[str, Any] | None = None,
+                   command: str | None = None) -> CompareResult:
     """compare.md/.csv/.json, label_efficiency.csv, the plots and report.md."""
     import pandas as pd
 
     sources, targets, splits = request.sources, request.targets, request.splits
-    best_pred = {t: predictions[int(table[(table["target"] == t) & table["best"]].index[0])] for t in best}
+    best_pred = {t: best_panels(table, predictions, t) for t in best}
     pops = population_sections(table, predictions, sources, targets, splits[2], request.n_boot, binning)
     study = study_sections(table, efficiency, sources, targets, request.folds, request.train_sizes)
     all_heads = request.heads + [h for h in dict.fromkeys(table["head"]) if h not in request.heads]
@@ -477,5 +491,10 @@ def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str
     write_json(files[2], summary, indent=1, finite_only=True)
     if plots:
         extra = draw_study(study, out)
-        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops, extra, calibration)
+        from .html import report_header
+
+        header = report_header(command, sources, splits, title=f"featcache report: {out.name}")
+        files += write_plots(table, targets, all_heads, best, best_pred, out, markdown, pops, extra, calibration,
+                             header, splits[2])
     return CompareResult(table, best, markdown, out, fitted, reused, files)
+

@@ -46,6 +46,7 @@ class CompareOptions:
     plots: bool = True
     show_progress: bool = True
     jobs: int = 1
+    threads: int | None = None  # CPU threads of each process fitting heads (None: common.device's default, 1)
     fit: bool = True
     binning: Binning | None = None
     train_sizes: Sequence[int] = ()
@@ -57,6 +58,7 @@ class CompareOptions:
     head_options: Mapping[str, Any] | None = None  # the heads' own options (heads.registry.head_option_schema)
     max_memory: int | str | None = None  # bytes, '1GB', '25%'; None: half the available RAM (bytes after validate)
     full_spectrum: bool = False  # the full-spectrum fit as a baseline row (reports.fullspec)
+    command: str | None = None  # the command as typed, for report.html's header (None: compare() from Python)
     resolved_heads: dict[str, Any] = field(default_factory=dict, repr=False)  # every head option, after validate
     # the keywords before 0.2 (accepted until 0.3, with a warning): they go into `head_options`
     knn_ks: InitVar[Sequence[int] | None] = None
@@ -65,6 +67,7 @@ class CompareOptions:
 
     constraints = {"seeds": Interval(int, 1, None, closed="left", text="at least 1"),
                    "jobs": Interval(int, 1, None, closed="left", text="at least 1"),
+                   "threads": (Interval(int, 1, None, closed="left", text="at least 1"), None),
                    "folds": Interval(int, 0, None, closed="left"), "n_boot": Interval(int, 0, None, closed="left")}
     flags = {"n_boot": "n_boot"}
 

@@ -71,42 +71,50 @@ def r2_heatmap(cells: Any, path: Path, title: str = "") -> Path:
 
             ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
     if image is not None:
-        fig.colorbar(image, ax=list(axes), shrink=0.9, label="test R2")
+        fig.colorbar(image, ax=list(axes), shrink=0.9, label="test R2; red box: best by validation")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path)
     return path
 
 
-def best_cell(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title: str = "", target: str = "") -> Path:
-    """Predicted vs true and residual (predicted - true) vs true, as hexbin densities."""
-    y_true = np.asarray(y_true, dtype=float).ravel()
-    y_pred = np.asarray(y_pred, dtype=float).ravel()
-    resid = y_pred - y_true
-    gridsize = int(np.clip(np.sqrt(len(y_true)) / 1.5, 8, 60))
-    fig = _figure(9.0, 4.0)
-    left, right = fig.subplots(1, 2)
-    lo = float(min(y_true.min(), y_pred.min()))
-    hi = float(max(y_true.max(), y_pred.max()))
-    hb = left.hexbin(y_true, y_pred, gridsize=gridsize, mincnt=1, cmap="viridis",
-                     extent=(lo, hi, lo, hi) if hi > lo else None)
-    left.plot([lo, hi], [lo, hi], color="red", lw=1)
-    left.set_xlabel(f"true {target}".strip())
-    left.set_ylabel(f"predicted {target}".strip())
-    from ..heads.binning import unit
+def best_cell(y_true: np.ndarray | list[tuple[str, np.ndarray, np.ndarray]], y_pred: np.ndarray | None = None,
+              path: Path | None = None, title: str = "", target: str = "") -> Path:
+    """Predicted vs true and residual (predicted - true) vs true, as hexbin densities: one row per cell.
+    y_true may be a list of (label, truth, prediction), e.g. the encoder's best cell and the best raw-input
+    cell; then y_pred is unused. Axes in the target's units, the same limits in every row."""
+    from ..heads.binning import display_name, unit
     from ..heads.metrics import sigma_mad
 
+    panels = y_true if isinstance(y_true, list) else [("", y_true, y_pred)]
+    panels = [(label, np.asarray(t, dtype=float).ravel(), np.asarray(p, dtype=float).ravel())
+              for label, t, p in panels]
+    lo = float(min(min(t.min(), p.min()) for _, t, p in panels))
+    hi = float(max(max(t.max(), p.max()) for _, t, p in panels))
+    rmax = float(max(np.abs(p - t).max() for _, t, p in panels)) or 1.0
+    fig = _figure(9.5, 0.6 + 3.6 * len(panels))
+    axes = fig.subplots(len(panels), 2, squeeze=False)
     dex = unit(target)
-    left.set_title(f"predicted vs true (sigma_MAD {float(sigma_mad(resid)):.3g}{' ' + dex if dex else ''} about "
-                   "the 1:1 line)", fontsize=9)
-    fig.colorbar(hb, ax=left, label="spectra")
-    hb2 = right.hexbin(y_true, resid, gridsize=gridsize, mincnt=1, cmap="viridis")
-    right.axhline(0.0, color="red", lw=1)
-    right.set_xlabel(f"true {target}".strip())
-    right.set_ylabel("predicted - true")
-    right.set_title(f"residual vs true (rms {np.sqrt(np.mean(resid ** 2)):.3g}, bias {resid.mean():.3g})",
-                    fontsize=9)
-    fig.colorbar(hb2, ax=right, label="spectra")
+    name, suffix = (display_name(target) if target else ""), (f" ({dex})" if dex else "")
+    for (label, truth, pred), (left, right) in zip(panels, axes, strict=True):
+        resid = pred - truth
+        gridsize = int(np.clip(np.sqrt(len(truth)) / 1.5, 8, 60))
+        hb = left.hexbin(truth, pred, gridsize=gridsize, mincnt=1, cmap="viridis",
+                         extent=(lo, hi, lo, hi) if hi > lo else None)
+        left.plot([lo, hi], [lo, hi], color="red", lw=1, label="1:1")
+        left.set_xlabel(f"true {name}{suffix}".replace("  ", " "))
+        left.set_ylabel(f"predicted {name}{suffix}".replace("  ", " "))
+        left.set_title(f"{label + chr(10) if label else ''}sigma_MAD {float(sigma_mad(resid)):.3g}"
+                       f"{' ' + dex if dex else ''} about the 1:1 line", fontsize=8.5)
+        fig.colorbar(hb, ax=left, label="spectra per hexagon")
+        hb2 = right.hexbin(truth, resid, gridsize=gridsize, mincnt=1, cmap="viridis",
+                           extent=(lo, hi, -rmax, rmax) if hi > lo else None)
+        right.axhline(0.0, color="red", lw=1)
+        right.set_xlabel(f"true {name}{suffix}".replace("  ", " "))
+        right.set_ylabel(f"predicted - true {name}{suffix}".replace("  ", " "))
+        right.set_title(f"{label + chr(10) if label else ''}residual vs true (rms {np.sqrt(np.mean(resid ** 2)):.3g}, "
+                        f"bias {resid.mean():+.3g}{' ' + dex if dex else ''})", fontsize=8.5)
+        fig.colorbar(hb2, ax=right, label="spectra per hexagon")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path)
@@ -158,30 +166,44 @@ def calibration(y_true: np.ndarray, mean: np.ndarray, sigma: np.ndarray, path: P
 
 
 def binned_curves(curves: list[Any], axis: str, axis_unit: str, target: str, target_unit: str, path: Path,
-                  title: str = "") -> Path:
+                  title: str = "", labels: dict[str, str] | None = None) -> Path:
     """sigma_MAD (left) and bias (right) of the residuals per bin of `axis`, one line per curve with its 95%
-    bootstrap band; x at the bin's middle, the bins' edges as faint ticks."""
-    fig = _figure(10.0, 3.8)
+    bootstrap band; x at the bin's middle. A bin with too few spectra (NaN statistics) is a gap, never a line
+    across it; labels: the legend's text per curve label (which cell it is)."""
+    from ..heads.binning import axis_label, display_scale
+
+    scale = display_scale(axis)
+    fig = _figure(10.0, 4.2)
     left, right = fig.subplots(1, 2)
     for curve in curves:
-        x = 0.5 * (np.asarray(curve.lo) + np.asarray(curve.hi))
+        x = 0.5 * (np.asarray(curve.lo) + np.asarray(curve.hi)) * scale
         for ax, key in ((left, "sigma_mad"), (right, "bias")):
             y = np.asarray(getattr(curve, key), dtype=float)
             lo = np.asarray(getattr(curve, f"{key}_lo"), dtype=float)
             hi = np.asarray(getattr(curve, f"{key}_hi"), dtype=float)
-            line = ax.plot(x, y, marker="o", ms=3, lw=1.2, label=curve.label)[0]
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
-    suffix = f" ({target_unit})" if target_unit else ""
-    for ax, name in ((left, "sigma_MAD"), (right, "bias (pred - true)")):
-        ax.set_xlabel(f"{axis} ({axis_unit})" if axis_unit else axis)
-        ax.set_ylabel(f"{target} {name}{suffix}")
+            text = (labels or {}).get(curve.label, curve.label)
+            line = ax.plot(x, y, marker="o", ms=3, lw=1.2, label=text)[0]
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0,
+                            label=f"{text}: 95% bootstrap interval" if ax is left else None)
+    del axis_unit, target_unit  # the labels' own units (heads.binning) name the axes
+    for ax, name in ((left, "sigma_MAD"), (right, "bias (predicted - true)")):
+        ax.set_xlabel(axis_label(axis))
+        ax.set_ylabel(axis_label(target, name))
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(_ticks())
     right.axhline(0.0, color="grey", lw=0.8)
     left.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path)
     return path
+
+
+def _ticks() -> Any:
+    """At most six ticks on an axis, so long labels (radial velocities, temperatures) do not overlap."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(nbins=6)
 
 
 def bound_curves(curves: list[Any], rows: list[dict[str, Any]], bound: dict[str, Any], axis: str, target: str,
@@ -250,6 +272,7 @@ def kiel_figure(teff: np.ndarray, logg: np.ndarray, residual: np.ndarray, title:
     ax.set_xlabel("T_eff (K)")
     ax.set_ylabel("log g (dex)")
     fig.colorbar(hb, ax=ax, label=f"median {target} residual ({target_unit})" if target_unit else "median residual")
+    ax.xaxis.set_major_locator(_ticks())
     if title:
         ax.set_title(title, fontsize=9)
     return fig
@@ -308,15 +331,35 @@ def series_plot(rows: list[dict[str, Any]], x_key: str, x_label: str, path: Path
     for label, points in lines.items():
         points = sorted(points, key=lambda r: r[x_key])
         x = np.array([r[x_key] for r in points], dtype=float)
-        line = ax.plot(x, [r["test_r2"] for r in points], marker="o", ms=3, lw=1.2, label=" ".join(map(str, label)))[0]
-        ax.fill_between(x, [r["test_r2_lo"] for r in points], [r["test_r2_hi"] for r in points],
-                        color=line.get_color(), alpha=0.15, lw=0)
+        y, lo, hi = (np.array([r[k] for r in points], dtype=float) for k in ("test_r2", "test_r2_lo", "test_r2_hi"))
+        x, y, lo, hi = _with_gaps(x, y, lo, hi)
+        line = ax.plot(x, y, marker="o", ms=3, lw=1.2, label=" ".join(map(str, label)))[0]
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
     if ticks:
         ax.set_xticks(range(len(ticks)), ticks, rotation=30, fontsize=7)
     ax.set_xlabel(x_label)
     ax.set_ylabel("test R2 (cell chosen by validation R2)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    from matplotlib.patches import Patch
+
+    handles, texts = ax.get_legend_handles_labels()
+    ax.legend([*handles, Patch(color="grey", alpha=0.3)], [*texts, "bands: 95% bootstrap intervals"], fontsize=7)
     ax.set_title(title, fontsize=10)
     fig.savefig(path)
     return path
+
+
+def _with_gaps(x: np.ndarray, *series: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Whole-number x (depths, checkpoint indices) with a NaN point wherever one was not measured, so a line
+    never runs across an unmeasured depth; other x as they are."""
+    if len(x) < 2 or not np.all(np.isfinite(x)) or not np.all(x == np.round(x)):
+        return (x, *series)
+    full = np.arange(x.min(), x.max() + 1)
+    if len(full) == len(x):
+        return (x, *series)
+    out = [full]
+    for values in series:
+        filled = np.full(len(full), np.nan)
+        filled[np.searchsorted(full, x)] = values
+        out.append(filled)
+    return tuple(out)

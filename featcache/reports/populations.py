@@ -9,6 +9,7 @@ statement about the same resampled test sets for both cells.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,38 @@ from ..heads.binning import (
     assign_bins,
     binning_axes,
     bootstrap_bins,
+    display_name,
+    display_scale,
+    display_unit,
     populations,
     unit,
 )
 from ..heads.metrics import percentile_interval, sigma_mad
 from .options import N_BOOT
+
+# a bin of fewer test spectra is flagged in the tables and left out of the plots: its sigma_MAD and bootstrap
+# interval are noise (a given --bins edge can leave a bin empty, which would read `nan [nan, nan]`)
+MIN_BIN_SPECTRA = 10
+# an S/N axis spanning less than this (snr: max / min; magnitudes: max - min) shows no S/N trend, only noise:
+# it is named, not binned (a set whose S/N spans 2.6-2.8 has one S/N); --bins AXIS=... bins it anyway
+NARROW_AXES = {"snr": ("ratio", 1.3), "mag": ("span", 0.3)}
+
+
+def narrow_axis(axis: str, values: np.ndarray) -> str | None:
+    """Why an S/N axis is too narrow to bin (a sentence), or None."""
+    if axis not in NARROW_AXES:
+        return None
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    kind, limit = NARROW_AXES[axis]
+    narrow = (lo > 0 and hi / lo < limit) if kind == "ratio" else (hi - lo < limit)
+    if not narrow:
+        return None
+    return (f"{display_name(axis)} ({axis}) spans only {lo:.3g}-{hi:.3g} in these test spectra, too narrow a range "
+            f"for a trend: not binned (--bins {axis}=E1,E2,... bins it anyway).")
 
 
 @dataclass
@@ -88,22 +116,29 @@ def axis_result(members: list[Member], axis: str, target: str, reference: str | 
             keep = bins == k
             stats["sigma_mad"].append(float(sigma_mad(r[keep])) if keep.any() else math.nan)
             stats["bias"].append(float(r[keep].mean()) if keep.any() else math.nan)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an empty bin's draws are all NaN: flagged below
             s_lo, s_hi = percentile_interval(draws[m.label]["sigma_mad"], 0.95)
             b_lo, b_hi = percentile_interval(draws[m.label]["bias"], 0.95)
-        curves.append(Curve(m.label, edges[:-1].tolist(), edges[1:].tolist(),
-                            [int((bins == k).sum()) for k in range(n_bins)], stats["sigma_mad"], s_lo.tolist(),
-                            s_hi.tolist(), stats["bias"], b_lo.tolist(), b_hi.tolist()))
+        counts = [int((bins == k).sum()) for k in range(n_bins)]
+        s_lo, s_hi, b_lo, b_hi = (np.where(np.array(counts) >= MIN_BIN_SPECTRA, v, math.nan)
+                                  for v in (s_lo, s_hi, b_lo, b_hi))
+        flagged = [n < MIN_BIN_SPECTRA for n in counts]  # drawn as gaps, named in the tables
+        stats = {k: [math.nan if f else v for v, f in zip(values, flagged, strict=True)] for k, values in stats.items()}
+        curves.append(Curve(m.label, edges[:-1].tolist(), edges[1:].tolist(), counts, stats["sigma_mad"],
+                            s_lo.tolist(), s_hi.tolist(), stats["bias"], b_lo.tolist(), b_hi.tolist()))
     result = AxisResult(axis, edges, curves)
     if reference is not None:
         ref = next(c for c in curves if c.label == reference)
         for m, curve in zip(members, curves, strict=True):
             if m.label == reference:
                 continue
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 lo, hi = percentile_interval(draws[m.label]["sigma_mad"] - draws[reference]["sigma_mad"], 0.95)
-            result.differences[m.label] = [(a - b, float(x), float(y)) for a, b, x, y in
-                                           zip(curve.sigma_mad, ref.sigma_mad, lo, hi, strict=True)]
+            result.differences[m.label] = [(a - b, float(x), float(y)) if n >= MIN_BIN_SPECTRA else
+                                           (math.nan, math.nan, math.nan) for a, b, x, y, n in
+                                           zip(curve.sigma_mad, ref.sigma_mad, lo, hi, curve.n, strict=True)]
     return result
 
 
@@ -171,7 +206,9 @@ def section(members: list[Member], target: str, reference: str | None, n_boot: i
     giant_logg = binning.giant_logg
     first = members[0]
     axes = binning_axes(target, {**first.labels, target: first.truth}, binning)
-    results = [axis_result(members, axis, target, reference, n_boot, binning) for axis in axes]
+    narrow = {axis: note for axis in axes if axis not in binning.edges
+              and (note := narrow_axis(axis, _axis_values(first, axis, target))) is not None}
+    results = [axis_result(members, axis, target, reference, n_boot, binning) for axis in axes if axis not in narrow]
     tu = unit(target)
     lines = [f"### {target}: where each cell's scatter lies (sigma_MAD of pred - true, {tu or 'target units'})", ""]
     cells = [f"{m.label} = {m.cell}" for m in members if m.cell]
@@ -181,11 +218,13 @@ def section(members: list[Member], target: str, reference: str | None, n_boot: i
     shown = [r for r in results if r.axis == target or r.axis in SNR_COLUMNS or r.axis in binning.edges]
     for result in shown:
         lines += _axis_table(result, target, reference) + [""]
+    lines += [*narrow.values(), ""] if narrow else []
     pop = population_rows(members, giant_logg, n_boot, reference)
     if len({row["population"] for row in pop}) > 1:
         lines += _population_table(pop, members, reference, giant_logg) + [""]
     lines += summary_sentences(results, target, reference) + [""]
     data = {"target": target, "reference": reference, "binning": binning.describe(), "populations": pop,
+            "narrow_axes": narrow, "min_bin_spectra": MIN_BIN_SPECTRA,
             "axes": [{"axis": r.axis, "unit": unit(r.axis), "edges": r.edges.tolist(),
                       "curves": [c.__dict__ for c in r.curves], "differences": r.differences} for r in results]}
     if bound is not None:
@@ -198,19 +237,32 @@ def section(members: list[Member], target: str, reference: str | None, n_boot: i
     return lines, data, results
 
 
+def _interval(value: float, lo: float, hi: float, sign: str = "") -> str:
+    if not all(math.isfinite(v) for v in (value, lo, hi)):
+        return "—"
+    return f"{value:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
+
+
 def _axis_table(result: AxisResult, target: str, reference: str | None) -> list[str]:
-    au = unit(result.axis)
-    name = f"{result.axis} ({au})" if au else result.axis
+    scale = display_scale(result.axis)
+    name = f"{result.axis} ({display_unit(result.axis)})" if display_unit(result.axis) else result.axis
+    if scale != 1.0:  # shown in other units than stored (redshift: the radial velocity in km/s)
+        name = f"{display_name(result.axis)} ({display_unit(result.axis)})"
     header = [f"{name} bin", "n", *[f"{c.label} sigma_MAD [95% CI]" for c in result.curves]]
     header += [f"{label} - {reference} [95% CI]" for label in result.differences]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for k in range(len(result.edges) - 1):
-        cells = [f"{result.edges[k]:.4g} - {result.edges[k + 1]:.4g}", str(result.curves[0].n[k])]
+        n = result.curves[0].n[k]
+        cells = [f"{result.edges[k] * scale:.4g} - {result.edges[k + 1] * scale:.4g}", str(n)]
+        if n < MIN_BIN_SPECTRA:  # flagged, not drawn: its statistics would be noise (or NaN)
+            cells += [f"too few spectra ({n} < {MIN_BIN_SPECTRA})"] + ["—"] * (len(header) - 3)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
         for c in result.curves:
-            cells.append(f"{c.sigma_mad[k]:.3f} [{c.sigma_mad_lo[k]:.3f}, {c.sigma_mad_hi[k]:.3f}]")
+            cells.append(_interval(c.sigma_mad[k], c.sigma_mad_lo[k], c.sigma_mad_hi[k]))
         for diffs in result.differences.values():
             d, lo, hi = diffs[k]
-            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            cells.append(_interval(d, lo, hi, "+"))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -233,7 +285,10 @@ def summary_sentences(results: list[AxisResult], target: str, reference: str | N
                 out.append(f"- {label} has a lower {target} scatter than {reference} for {result.axis} in "
                            f"{', '.join(span)} (paired interval below zero).")
                 continue
-            k = int(np.nanargmin([d for d, _, _ in diffs]))
+            finite = [d if math.isfinite(d) else math.inf for d, _, _ in diffs]
+            if not any(math.isfinite(d) for d in finite):
+                continue  # every bin flagged (too few spectra)
+            k = int(np.argmin(finite))
             d, lo, hi = diffs[k]
             out.append(f"- {label} comes closest to {reference} for {result.axis} {result.edges[k]:.3g}-"
                        f"{result.edges[k + 1]:.3g}{' ' + au if au else ''}: {d:+.3f} {tu} [{lo:+.3f}, {hi:+.3f}] "
@@ -253,17 +308,19 @@ def draw(results: list[AxisResult], members: list[Member], target: str, out: Pat
             path = out / f"{stem}_bound_by_{_safe(result.axis)}.png"
             bound_curves(result.curves, bound["axes"][result.axis], bound, result.axis, target, path, title)
             images.append((f"{target}: scatter against {result.axis} beside the information bound", path))
+    labels = {m.label: f"{m.label}: {m.cell}" if m.cell else m.label for m in members}
     for result in results:
         path = out / f"{stem}_by_{_safe(result.axis)}.png"
-        binned_curves(result.curves, result.axis, unit(result.axis), target, unit(target), path, title)
+        binned_curves(result.curves, result.axis, unit(result.axis), target, unit(target), path, title, labels)
         images.append((f"{target}: sigma_MAD and bias vs {result.axis}", path))
     best = members[0]
     if {"T_eff", "log_g"} <= set(best.labels) | {target}:
         teff = best.labels.get("T_eff", best.truth if target == "T_eff" else None)
         logg = best.labels.get("log_g", best.truth if target == "log_g" else None)
         path = out / f"{stem}_kiel.png"
-        kiel_diagram(teff, logg, best.residual, path, title=f"{best.label}: {target} residual across the Kiel "
-                     "diagram", target=target, target_unit=unit(target))
+        cell = f" ({best.cell})" if best.cell else ""
+        kiel_diagram(teff, logg, best.residual, path, title=f"{best.label}{cell}: {display_name(target)} residual "
+                     f"across the Kiel diagram, N = {len(best.truth)}", target=target, target_unit=unit(target))
         images.append((f"{target}: median residual across the Kiel diagram ({best.label})", path))
     return images
 

@@ -220,13 +220,15 @@ def safe_name(text: str) -> str:
 
 
 def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str, dict[str, Any]],
-                 best_pred: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, markdown: str,
+                 best_pred: dict[str, list[tuple[str, np.ndarray, np.ndarray]]], out: Path, markdown: str,
                  populations: dict[str, Any] | None = None, study: list[tuple[str, str, Path]] | None = None,
-                 calibration: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] | None = None
-                 ) -> list[Path]:
-    """Heatmaps per head and target, the best cell's predicted/residual vs true, the calibration of the best
-    uncertainty cell (by validation NLL), the per-population curves and Kiel diagram, the probing study's
-    figures (drawn by study.draw_study), and report.md."""
+                 calibration: dict[str, tuple[str, np.ndarray, np.ndarray, np.ndarray]] | None = None,
+                 header: dict[str, Any] | None = None, test_split: str = "test") -> list[Path]:
+    """Heatmaps per head and target, the best cells' predicted/residual vs true (each encoder's best beside the
+    raw input's), the calibration of the best uncertainty cell (by validation NLL), the per-population curves
+    and Kiel diagram, the probing study's figures (drawn by study.draw_study), report.md and report.html
+    (one file, images inlined, under a header: command, version, date, data sizes)."""
+    from ..heads.binning import display_name
     from . import plots
     from .populations import draw
 
@@ -239,13 +241,17 @@ def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str
             if not len(cells):
                 continue
             path = out / f"heatmap_{safe_name(head)}_{safe_name(target)}.png"
-            plots.r2_heatmap(cells, path, title=f"{target}: {head} test R2 (layer x pooling)")
+            n_test = _n_test(cells)
+            plots.r2_heatmap(cells, path, title=f"{display_name(target)}: {head} test R2 per layer x pooling on "
+                                                f"'{test_split}'{n_test}")
             images.setdefault(target, []).append((f"{head} test R2 heatmap", path))
         if target in best:
-            truth, pred = best_pred[target]
+            panels = best_pred[target]
             path = out / f"best_{safe_name(target)}.png"
-            plots.best_cell(truth, pred, path, title=f"{target}: {cell_label(best[target])}", target=target)
-            images.setdefault(target, []).append(("best cell: predicted and residual vs true", path))
+            plots.best_cell(panels, path=path, target=target,
+                            title=f"{display_name(target)} on '{test_split}' (N = {len(panels[0][1])} spectra): "
+                                  + " vs ".join(label for label, _, _ in panels))
+            images.setdefault(target, []).append(("best cells: predicted and residual vs true", path))
         if calibration and target in calibration:
             label, truth, mean, sigma = calibration[target]
             path = out / f"calibration_{safe_name(target)}.png"
@@ -254,8 +260,11 @@ def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str
                                                   path))
         if populations and target in populations:
             pop = populations[target]
+            n = len(pop["members"][0].truth) if pop["members"] else 0
             images.setdefault(target, []).extend(draw(pop["results"], pop["members"], target, out,
                                                       f"population_{safe_name(target)}",
+                                                      title=f"{display_name(target)} residuals on '{test_split}' "
+                                                            f"(N = {n} spectra); bands: 95% bootstrap intervals",
                                                       bound=pop["data"].get("bound")))
     for target, caption, path in study or []:
         images.setdefault(target, []).append((caption, path))
@@ -266,4 +275,31 @@ def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str
         report += [f"## {target}", ""]
         report += [f"![{caption}]({path.name})\n" for caption, path in pictures]
     write_text(out / "report.md", "\n".join(report) + "\n")
-    return [*files, out / "report.md"]
+    from .html import write_html
+
+    write_html(out / "report.html", "\n".join(report) + "\n", out, header or {})
+    return [*files, out / "report.md", out / "report.html"]
+
+
+def _n_test(cells: Any) -> str:
+    """', N = 1000' when the cells' test rows are counted in the table (n_test), else ''."""
+    if "n_test" in cells and cells["n_test"].notna().any():
+        return f", N = {int(cells['n_test'].dropna().iloc[0])} spectra"
+    return ""
+
+
+def best_panels(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], target: str
+                ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """What best_<target>.png draws, one row each: every encoder's best cell by validation R2, then the best
+    raw-input baseline (or, with no encoder, the best cell of the table): (label, truth, prediction)."""
+    sub = table[(table["target"] == target) & table["val_r2"].notna()]
+    picks = []
+    for encoder in dict.fromkeys(sub.loc[sub["kind"] == "encoder", "encoder"]):
+        rows = sub[(sub["kind"] == "encoder") & (sub["encoder"] == encoder)]
+        picks.append(int(rows["val_r2"].idxmax()))
+    raw = sub[(sub["kind"] == "baseline") & (sub["layer"] == "input_flux")]
+    if len(raw):
+        picks.append(int(raw["val_r2"].idxmax()))
+    if not picks:
+        picks = [int(table[(table["target"] == target) & table["best"]].index[0])]
+    return [(cell_label(table.loc[i]), *predictions[i]) for i in picks[:4]]  # at most four rows: one figure

@@ -16,9 +16,10 @@ import numpy as np
 
 from ..common.errors import FeatcacheError
 from ..common.files import write_text
-from ..heads.binning import Binning, unit
+from ..heads.binning import Binning, display_name, unit
 from ..heads.recipe import TrainRecipe
 from ..heads.runs import role_labels, write_binned
+from .html import write_html
 from .plots import best_cell
 from .populations import Member, draw, section
 from .rows import read_run, run_targets
@@ -103,9 +104,14 @@ def report_run(run: Path, binning: Binning | None = None) -> list[Path]:
         section_lines, _, results = section([member], target, None, binning=binning)
         lines += section_lines
         path = run / f"report_best_{target}.png"
-        best_cell(truth[:, j], pred[:, j], path, title=f"{target}: {name}", target=target)
+        test_name = next((name for name, entry in (metrics.get("splits") or {}).items()
+                          if isinstance(entry, dict) and entry.get("role") == "test"), "test")
+        split = f"'{test_name}' (N = {len(truth)} spectra)"
+        best_cell([(name, truth[:, j], pred[:, j])], path=path, title=f"{display_name(target)} on {split}",
+                  target=target)
         images += [(f"{target}: predicted and residual vs true", path)]
-        images += draw(results, [member], target, run, f"report_{target}")
+        images += draw(results, [member], target, run, f"report_{target}",
+                       title=f"{display_name(target)} residuals of {name} on {split}; bands: 95% bootstrap intervals")
     lines += ["", "# Plots", ""] + [f"![{caption}]({p.name})\n" for caption, p in images]
     files += [p for _, p in images]
     test = _test_entry(metrics)
@@ -114,7 +120,22 @@ def report_run(run: Path, binning: Binning | None = None) -> list[Path]:
             f"{t} R2 {m['r2']:.3f}, sigma_MAD {m.get('sigma_mad', float('nan')):.3f} {unit(t)}, bias "
             f"{m['bias']:+.3f} (n={m['n']})" for t, m in test.items()) + "\n")
     files.append(write_text(run / "report.md", "\n".join(lines) + "\n"))
+    files.append(write_html(run / "report.html", "\n".join(lines) + "\n", run, run_header(run, metrics, truth)))
     return files
+
+
+def run_header(run: Path, metrics: dict[str, Any], truth: Any) -> dict[str, Any]:
+    """report.html's header for a run folder: the command that made the run, featcache's version, the date and
+    the data sizes of its splits."""
+    from datetime import UTC, datetime
+
+    from .._version import __version__
+
+    sizes = [f"{entry.get('role', split)} '{split}' {entry.get('n_spectra', entry.get('n'))}"
+             for split, entry in (metrics.get("splits") or {}).items() if isinstance(entry, dict)]
+    return {"title": f"featcache run {run.name}", "command": f"`{metrics.get('command')}`" if metrics.get("command")
+            else None, "version": __version__, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "data": (", ".join(sizes) + " spectra") if sizes else f"test {len(truth)} spectra"}
 
 
 def _test_entry(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -147,5 +168,6 @@ def report_compare(folder: Path, binning: Binning | None = None) -> list[Path]:
                      n_boot=summary["n_boot"], show_progress=False, fit=False, binning=binning,
                      train_sizes=request.get("train_sizes") or (), folds=request.get("folds") or 0,
                      subset_seed=request.get("subset_seed") or 0, sweep_values=request.get("sweep") or None,
-                     full_spectrum=bool(request.get("full_spectrum")))
+                     full_spectrum=bool(request.get("full_spectrum")),
+                     command=f"featcache report {folder} (re-drawn from the cells of a comparison)")
     return result.files

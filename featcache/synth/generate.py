@@ -207,13 +207,14 @@ def write_synth(path: str | os.PathLike[str], n: int, seed: int, *, mag: float =
         raise FeatcacheError(f"--block-size must be >= 1, got {block}")
     _check_args(seed, 0, n, rv_max, mag)
     path = Path(path)
-    if path.parent and not path.parent.is_dir():
-        raise FeatcacheError(f"{path.parent}: no such directory")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise FeatcacheError(f"{path.parent}: is a file, expected a folder for {path.name}")
     if path.is_dir():
         raise FeatcacheError(f"{path}: is a directory, expected an HDF5 file name")
     if path.exists() and not overwrite:
         raise FeatcacheError(f"{path}: exists; pass --overwrite to replace it or choose another name")
     names = ["flux", "error"] + ([] if noise_free else ["noisy"])
+    path.parent.mkdir(parents=True, exist_ok=True)  # as extract, fit and compare make their --out folders
     check_free_space(path, n * N_PIXELS * 4 * len(names) + n * PARAMS_BYTES + (1 << 20))
     effects = effects if effects is not None else ObservingEffects()
     jobs = [(int(seed), s, min(s + block, n), float(mag), float(rv_max), bool(noise_free), effects)

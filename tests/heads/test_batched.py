@@ -98,3 +98,17 @@ def test_compare_batched_and_one_by_one_fill_the_same_cells(labelled_caches, tmp
     assert a["keys"].tolist() == b["keys"].tolist() and a["chosen_epochs"].tolist() == b["chosen_epochs"].tolist()
     np.testing.assert_allclose(a["test_r2"], b["test_r2"], rtol=1e-5)
     np.testing.assert_allclose(a["val_r2"], b["val_r2"], rtol=1e-5)
+
+
+def test_a_pass_reports_its_heads_as_they_finish():
+    """compare's progress counts the fits of a batched pass as each finishes training (on_finished), every head
+    once, whether it stopped early or ran to max_epochs."""
+    rng = np.random.default_rng(0)
+    X, Xv = rng.standard_normal((120, 8)).astype(np.float32), rng.standard_normal((40, 8)).astype(np.float32)
+    y, yv = X[:, 0] + 0.1 * rng.standard_normal(120), Xv[:, 0]
+    jobs = [HeadJob(create_head("mlp_1", 8, 1, hidden=16, seed=s), X, y, Xv, yv,
+                    TrainRecipe(max_epochs=6, patience=2, seed=s, batch_size=32), ["y"], data_key="f")
+            for s in range(4)]
+    told: list[int] = []
+    results = train_heads(jobs, on_finished=told.append)
+    assert sum(told) == len(jobs) and len(results) == len(jobs) and all(k >= 1 for k in told)

@@ -100,3 +100,54 @@ def test_report_draws_cells_an_earlier_fit_code_version_made(comparison, labelle
             "ridge", "--layer", "enc_last", "--layer", "input_flux", "-q", "--out", copy)
     summary = json.loads((copy / "compare.json").read_text())
     assert summary["reused"] == 0 and summary["fitted"] > 0
+
+
+def _members(snr):
+    from featcache.reports.populations import Member
+
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(1, 5, len(snr))
+    labels = {"snr": np.asarray(snr, dtype=float), "T_eff": rng.uniform(4000, 6000, len(snr))}
+    return [Member("enc", truth, truth + rng.normal(0, 0.3, len(snr)), labels, cell="mlp_1 on enc_3/K8"),
+            Member("raw", truth, truth + rng.normal(0, 0.4, len(snr)), labels, cell="ridge on input_flux/none")]
+
+
+def test_bins_with_too_few_spectra_are_named_not_drawn():
+    from featcache.heads.binning import Binning
+    from featcache.reports.populations import MIN_BIN_SPECTRA, section
+
+    members = _members(np.linspace(2, 20, 200))
+    binning = Binning.parse(["snr=0,3,19.99,50,100"])  # 3-19.99 holds most rows; 50-100 none; 19.99-50 one
+    lines, data, results = section(members, "log_g", "raw", n_boot=50, binning=binning)
+    text = "\n".join(lines)
+    assert "nan" not in text
+    assert f"too few spectra (0 < {MIN_BIN_SPECTRA})" in text and f"too few spectra (1 < {MIN_BIN_SPECTRA})" in text
+    (snr,) = [r for r in results if r.axis == "snr"]
+    for curve in snr.curves:  # flagged bins are gaps in the plots, never points a line runs through
+        for n, value in zip(curve.n, curve.sigma_mad, strict=True):
+            assert (n < MIN_BIN_SPECTRA) == (not np.isfinite(value))
+    assert all(not np.isfinite(d) for d, _, _ in snr.differences["enc"][-2:])
+
+
+def test_an_snr_axis_too_narrow_for_a_trend_is_named_not_binned(tmp_path):
+    from featcache.reports.populations import draw, section
+
+    lines, data, results = section(_members(np.linspace(2.6, 2.82, 200)), "log_g", "raw", n_boot=50)
+    assert "snr" not in {r.axis for r in results} and "snr" in data["narrow_axes"]
+    assert "S/N (snr) spans only 2.6-2.82" in "\n".join(lines)
+    images = draw(results, _members(np.linspace(2.6, 2.82, 200)), "log_g", tmp_path, "pop",
+                  title="log g residuals on 'test' (N = 200 spectra); bands: 95% bootstrap intervals")
+    assert not any("by_snr" in p.name for _, p in images) and any("by_T_eff" in p.name for _, p in images)
+    wide_lines, _, wide = section(_members(np.linspace(2, 20, 200)), "log_g", "raw", n_boot=50)
+    assert "snr" in {r.axis for r in wide}
+
+
+def test_plots_use_physical_names_and_units(tmp_path):
+    from featcache.heads.binning import axis_label, display_scale
+    from featcache.reports.plots import _with_gaps
+
+    assert axis_label("M_H", "sigma_MAD") == "[M/H] sigma_MAD (dex)"
+    assert axis_label("redshift") == "radial velocity (km/s)" and display_scale("redshift") == pytest.approx(299792.458)
+    assert axis_label("T_eff") == "T_eff (K)" and axis_label("a_M") == "[alpha/M] (dex)"
+    x, y = _with_gaps(np.array([0.0, 1.0, 3.0]), np.array([0.1, 0.2, 0.4]))  # block 2 was not measured
+    assert x.tolist() == [0.0, 1.0, 2.0, 3.0] and np.isnan(y[2]) and y[3] == 0.4

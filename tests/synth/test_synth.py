@@ -142,8 +142,11 @@ def test_cli_synth_writes_and_reports(tmp_path):
     with PfsDataset(path) as ds:
         assert ds.n_rows == 12 and not ds.has_noisy
     assert "Example" in run_cli("synth", "--help").output
-    bad = run_cli("synth", tmp_path / "missing" / "x.h5", "--n", "3", "--seed", "1", check=False)
-    assert bad.exit_code == 2 and "no such directory" in bad.output
+    made = run_cli("synth", tmp_path / "new" / "x.h5", "--n", "3", "--seed", "1")  # a missing folder is made
+    assert made.exit_code == 0 and (tmp_path / "new" / "x.h5").is_file()
+    (tmp_path / "plain").write_text("")
+    bad = run_cli("synth", tmp_path / "plain" / "x.h5", "--n", "3", "--seed", "1", check=False)
+    assert bad.exit_code == 2 and "plain: is a file" in bad.output
 
 
 def test_noise_free_flux_is_the_written_flux():
