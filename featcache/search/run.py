@@ -7,7 +7,10 @@ finished trial (an interrupted one is run again from its last saved epoch)."""
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,12 @@ from .trial import PretrainData, run_trial
 HEARTBEAT_SECONDS = 60  # a worker's running trial beats this often; one silent for GRACE_SECONDS has died
 GRACE_SECONDS = 300
 MAX_RETRIES = 2  # an interrupted trial is run again at most this many times
+STORAGE_ATTEMPTS = 6
+
+
+def _transient(exc: Exception) -> bool:
+    """A database race (two workers creating the schema, a locked SQLite file), not a wrong URL."""
+    return type(exc).__name__ in ("IntegrityError", "OperationalError")
 
 
 def import_optuna() -> Any:
@@ -58,11 +67,15 @@ def open_study(opts: SearchOptions, worker: int) -> Any:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
     url = opts.storage_url
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    try:
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                             engine_kwargs=engine)
-    except Exception as exc:  # a bad URL, a missing driver, an unreachable server: one line naming --storage
-        raise FeatcacheError(f"--storage {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    for attempt in range(STORAGE_ATTEMPTS):  # workers started together race to create the schema: the losers retry
+        try:
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                 grace_period=GRACE_SECONDS, engine_kwargs=engine)
+            break
+        except Exception as exc:  # a bad URL, a missing driver, an unreachable server: one line naming --storage
+            if attempt == STORAGE_ATTEMPTS - 1 or not _transient(exc):
+                raise FeatcacheError(f"--storage {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+            time.sleep(0.5 + random.random() * (attempt + 1))
     if opts.sampler == "grid":
         sampler = optuna.samplers.GridSampler(opts.space, seed=opts.seed + worker)
     elif opts.sampler == "random":
@@ -143,7 +156,7 @@ def search(opts: SearchOptions) -> SearchResult:
     if queued:
         status(f"search: {queued} interrupted trial(s) queued again (each continues from its last epoch)")
     before = len(finished_trials(study))
-    name = f"{socket.gethostname()}:{os.getpid()}"
+    name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"  # this call: host, process, a token
     if before < opts.n_trials:
         status(f"search: {before} of {opts.n_trials} trials finished in {opts.storage_url} (study "
                f"{opts.study_name}); worker {worker} ({name}) joins")

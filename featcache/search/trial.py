@@ -11,7 +11,6 @@ the epochs so far.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,18 +103,21 @@ def run_trial(trial: Any, opts: SearchOptions, data: PretrainData, worker: str) 
         for row in log[int(record.get("epochs_done", 0)):]:  # epochs whose cost was never recorded
             cpu += float(row["seconds"]) / 60.0  # one thread: wall ~ CPU; marked as estimated
             record["cpu_estimated"] = True
+        record.update(params=params, cpu_minutes=cpu, epochs_done=done)
     for row in probes:  # the pruner sees the probes a retried trial already made
         trial.report(objective_value(row["score"], row["cpu_minutes"], opts.objective), int(row["epoch"]))
-    value, score = math.nan, math.nan
-    for epoch in range(done + 1, recipe.max_epochs + 1):
-        started = time.process_time()
-        with quietly():
-            pretrain(data.train, data.val, ckpt, config, _with_epochs(recipe, epoch), resume=ckpt.exists())
-        cpu += (time.process_time() - started) / 60.0
-        record.update(params=params, cpu_minutes=cpu, epochs_done=epoch, probes=probes,
-                      probe_cpu_minutes=probe_cpu)
-        write_json(folder / TRIAL_FILE, record)
-        if epoch % opts.probe_every and epoch != recipe.max_epochs:
+    probed = {int(row["epoch"]) for row in probes}
+    for epoch in range(1, recipe.max_epochs + 1):
+        if epoch > done:
+            started = time.process_time()
+            with quietly():
+                pretrain(data.train, data.val, ckpt, config, _with_epochs(recipe, epoch), resume=ckpt.exists())
+            cpu += (time.process_time() - started) / 60.0
+            record.update(params=params, cpu_minutes=cpu, epochs_done=epoch, probes=probes,
+                          probe_cpu_minutes=probe_cpu)
+            write_json(folder / TRIAL_FILE, record)
+        due = epoch % opts.probe_every == 0 or epoch == recipe.max_epochs
+        if not due or epoch in probed or epoch < done:  # (an earlier epoch's encoder is not kept)
             continue
         started = time.process_time()
         with quietly():
