@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..common.device import torch_threads
 from ..common.errors import FeatcacheError
 from ..common.files import write_json
 from ..common.progress import is_quiet, set_quiet, status
@@ -110,7 +111,7 @@ def run_trial(trial: Any, opts: SearchOptions, data: PretrainData, worker: str) 
     for epoch in range(1, recipe.max_epochs + 1):
         if epoch > done:
             started = time.process_time()
-            with quietly():
+            with quietly(), torch_threads(opts.threads):  # (the probe's extract sets its own thread count)
                 pretrain(data.train, data.val, ckpt, config, _with_epochs(recipe, epoch), resume=ckpt.exists())
             cpu += (time.process_time() - started) / 60.0
             record.update(params=params, cpu_minutes=cpu, epochs_done=epoch, probes=probes,
@@ -120,7 +121,7 @@ def run_trial(trial: Any, opts: SearchOptions, data: PretrainData, worker: str) 
         if not due or epoch in probed or epoch < done:  # (an earlier epoch's encoder is not kept)
             continue
         started = time.process_time()
-        with quietly():
+        with quietly(), torch_threads(opts.threads):
             scores = probe_encoder(ckpt, opts, folder)
         probe_cpu += (time.process_time() - started) / 60.0
         score = sum(scores.values()) / len(scores)
