@@ -44,8 +44,11 @@ FT=(--ckpt "$ENC" --data "train=$DATA/train-n100000-s201.h5:0:$FT_TRAIN" --data 
   "$FC" finetune "${FT[@]}" --unfreeze all --encoder-lr 1e-4 --train-noise fresh --max-epochs "$FT_EPOCHS" \
     --out "$OUT/runs/finetuned-K8-mlp_1"
 
+# the information bound of every val / test spectrum (exact: the generator's derivatives), for the compare's
+# per-bin efficiencies; --full-spectrum adds the Cannon full-spectrum fit as a row (docs/information-bound.md)
+"$FC" bounds --cache "$CACHE/synth-demo.zarr" --split val --split test --workers "${JOBS:-2}"
 CACHES=(--cache "demo encoder=$CACHE/synth-demo.zarr" --cache "random init=$CACHE/synth-random.zarr")
-"$FC" compare "${CACHES[@]}" --target log_g --head ridge --head mlp_1 --jobs "${JOBS:-2}" \
+"$FC" compare "${CACHES[@]}" --target log_g --head ridge --head mlp_1 --jobs "${JOBS:-2}" --full-spectrum \
   --layer enc_3 --layer enc_pre_latent --layer enc_last --train-sizes "${SIZES:-500,2000,10000}" \
   --run "$OUT/runs/frozen-K8-mlp_1" --run "$OUT/runs/finetuned-K8-mlp_1" --out "$OUT"
 # depth: the full train split, every block of the demo encoder, seg_mean_K8 (the raw-input rows as the reference)

@@ -56,6 +56,11 @@ from .options import (
               help="Train the MLP fits that share their rows (seeds, --hidden/--lr settings, features of one cache) "
                    "in one pass of stacked heads (with --jobs N, passes of about equal cost, one per process); "
                    "--no-batched fits one head at a time.")
+@click.option("--full-spectrum/--no-full-spectrum", default=False, show_default=True,
+              help="Add the field's baseline: a Cannon model fitted on the train split, each validation and test "
+                   "spectrum's labels and radial velocity fitted to its whole noisy spectrum (weighted least "
+                   "squares). Caches with bounds (featcache bounds) also get each cell's scatter beside the "
+                   "information bound.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options(sweep=True)
@@ -65,7 +70,8 @@ from .options import (
               help="Report directory (finished fits are kept in OUT/cells and reused).")
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
             pools: tuple[str, ...], seeds: int, jobs: int, runs: tuple[Path, ...], baselines: bool,
-            train_sizes: str, folds: int, subset_seed: int, shard: str | None, batched: bool, plots: bool,
+            train_sizes: str, folds: int, subset_seed: int, shard: str | None, batched: bool, full_spectrum: bool,
+            plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: list[float], weight_decay: list[float], patience: int, grad_clip: float, hidden: list[int],
             dropout: list[float],
@@ -97,7 +103,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      train_sizes=parse_sizes(train_sizes), folds=folds, subset_seed=subset_seed,
                      shard=parse_shard(shard), batched=batched,
                      sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay},
-                     head_options=head_option_values(head_values), max_memory=parse_max_memory(max_memory))
+                     head_options=head_option_values(head_values), max_memory=parse_max_memory(max_memory),
+                     full_spectrum=full_spectrum)
     echo_result(result.markdown.rstrip())
     if result.table is not None:
         status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out}")

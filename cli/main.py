@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "compare",
     "predict",
     "report",
+    "bounds",
     "bench",
     "demo",
     "pretrain",

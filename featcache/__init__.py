@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .heads.fit import FitSpec, fit_head
     from .heads.predict import predict_split
     from .heads.recipe import TrainRecipe
+    from .information.api import bounds
     from .pretrain.recipe import PretrainRecipe
     from .reports.comparison import compare
     from .synth.generate import write_synth
@@ -36,9 +37,9 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "ExtractOptions": "extraction.options", "run_extract": "extraction.run",
     "FitSpec": "heads.fit", "fit_head": "heads.fit", "TrainRecipe": "heads.recipe", "predict_split": "heads.predict",
     "compare": "reports.comparison", "FinetuneOptions": "finetune.options", "PretrainRecipe": "pretrain.recipe",
-    "write_synth": "synth.generate",
+    "write_synth": "synth.generate", "bounds": "information.api",
 })
 
 __all__ = ["ExtractOptions", "FeatcacheError", "FeatureCache", "FinetuneOptions", "FitSpec", "PretrainRecipe",
-           "TrainRecipe", "__version__", "compare", "fit_head", "open_cache", "predict_split", "run_extract",
-           "write_synth"]
+           "TrainRecipe", "__version__", "bounds", "compare", "fit_head", "open_cache", "predict_split",
+           "run_extract", "write_synth"]

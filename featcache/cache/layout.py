@@ -109,3 +109,14 @@ class ArraySpec:
     def as_meta(self) -> dict[str, Any]:
         return {"path": self.path, "split": self.split, "kind": self.kind, "layer": self.layer, "pool": self.pool,
                 "definition": self.attrs.get("definition")}
+
+
+# -- the optional bounds group (FORMAT.md, "Bounds"): per-star information bounds beside the labels --------
+BOUNDS_ATTR = "featcache_bounds"
+# the order in which a report prefers a split's bound sources (the exact one first)
+BOUND_SOURCES = ("synth", "cannon")
+
+
+def bounds_group(split: str, source: str | None = None) -> str:
+    """`<split>/bounds` or one source's group `<split>/bounds/<source>` (one (R,) array per parameter)."""
+    return f"{split}/bounds" if source is None else f"{split}/bounds/{source}"

@@ -14,9 +14,12 @@ from .._version import __version__
 from ..common.errors import FeatcacheError, choices_message
 from .fingerprint import provenance
 from .layout import (
+    BOUND_SOURCES,
+    BOUNDS_ATTR,
     META_KEY,
     READABLE_FORMATS,
     ROW_HASH,
+    bounds_group,
     feature_path,
     label_path,
     map_path,
@@ -252,6 +255,41 @@ class FeatureCache:
         """The noise draw of each row (of draw `draw`'s rows only, when given)."""
         self.split_info(split)
         return read_rows(self.array(row_path(split, "draw")), self.row_selection(split, None, draw), self.path)
+
+    # -- information bounds (FORMAT.md "Bounds"; written by featcache bounds) ----------------------------
+    def bound_sources(self, split: str) -> list[str]:
+        """The complete bound sources of a split, the exact one (synth) first; [] when it has none."""
+        self.split_info(split)
+        try:
+            group = self.root[bounds_group(split)]
+        except KeyError:
+            return []
+        found = []
+        for name, child in group.groups():
+            info = dict(child.attrs).get(BOUNDS_ATTR) or {}
+            if info.get("complete") and not name.startswith("_"):
+                found.append(name)
+        return sorted(found, key=lambda s: (BOUND_SOURCES.index(s) if s in BOUND_SOURCES else len(BOUND_SOURCES), s))
+
+    def bounds_info(self, split: str, source: str) -> dict[str, Any]:
+        """What made a source's bounds: parameters, prior ranges, settings (the group's attributes)."""
+        sources = self.bound_sources(split)
+        if source not in sources:
+            raise FeatcacheError(f"{self.path}: " + choices_message(f"bound source of split '{split}' (run featcache "
+                                                                    "bounds)", source, sources))
+        return dict(dict(self.root[bounds_group(split, source)].attrs)[BOUNDS_ATTR])
+
+    def bounds(self, split: str, source: str | None = None, draw: int | None = None) -> dict[str, np.ndarray]:
+        """Per-row bounds {parameter: (R,)} of a source (default: the preferred one, bound_sources()[0])."""
+        sources = self.bound_sources(split)
+        if not sources:
+            raise FeatcacheError(f"{self.path}: split '{split}' has no bounds; run featcache bounds --cache "
+                                 f"{self.path}")
+        source = source or sources[0]
+        info = self.bounds_info(split, source)
+        group = bounds_group(split, source)
+        return {name: read_rows(self.array(f"{group}/{name}"), self.row_selection(split, None, draw), self.path,
+                                np.float64) for name in info["parameters"]}
 
     @property
     def mask(self) -> np.ndarray:

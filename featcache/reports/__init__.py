@@ -2,7 +2,8 @@
 raw-input and random-encoder baselines, bootstrap intervals, the best cell chosen on validation, markdown,
 CSV, JSON and plots. Sources, the cell store, the rows, the rendering and the plots each have a module.
 
-May import: featcache.common, featcache.cache, featcache.heads, featcache.model.taps (names only).
+May import: featcache.common, featcache.cache, featcache.heads, featcache.model.taps (names only),
+featcache.information.
 """
 
 from ..common.lazy import lazy_exports

@@ -34,12 +34,14 @@ from ..heads.registry import head_info
 from ..heads.selection import RowSelection
 from ..model.taps import PSEUDO_LAYERS
 from . import sweep
+from .bounds import efficiency_columns
 from .cells import CellStore, Fit, Task, cell_key, earlier_keys, run_fits
+from .fullspec import full_spectrum_rows
 from .options import CacheArgs, CompareOptions, check_shard
-from .populations import compared_members, section
+from .populations import population_sections
 from .render import cell_label, render_markdown, source_info, write_plots
 from .rows import BOOT_SEED, CI_LEVEL, RunRows, cell_row, read_run, run_row, run_targets
-from .sources import Source, open_sources, test_rows_key
+from .sources import Source, open_sources
 from .study import draw_study, fold_stats, identity, label_efficiency, study_sections
 
 
@@ -241,9 +243,10 @@ def _fill_cells(cells: list[list[Task]], store: CellStore, jobs: int, show_progr
     return done, len(todo), reused
 
 
-def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit]
+def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit], extra: list[Any] = ()  # type: ignore[assignment]
            ) -> tuple[Any, dict[str, dict[str, Any]], list[tuple[np.ndarray, np.ndarray]], dict[int, Any]]:
-    """The table (cells, then --run rows), with each target's best row by validation R2 marked; also, per row
+    """The table (cells, then --run rows, then the full-spectrum baseline's rows `extra`), with each target's
+    best row by validation R2 marked; also, per row
     of an uncertainty head, (truth, mean, sigma) of its test rows (the first seed's: the calibration plot)."""
     import pandas as pd
 
@@ -269,6 +272,9 @@ def _table(request: CompareRequest, cells: list[list[Task]], done: dict[str, Fit
                     sigmas[len(rows)] = (truth, pred, sigma)
                 rows.append(row)
                 predictions.append((truth, pred))
+    for row, truth, pred in extra:  # the full-spectrum baseline (fullspec.py)
+        rows.append(row)
+        predictions.append((truth, pred))
     table = pd.DataFrame(rows)
     table["best"] = False
     best: dict[str, dict[str, Any]] = {}
@@ -290,38 +296,6 @@ def _calibration_cells(table: Any, targets: list[str], sigmas: dict[int, Any]
         if candidates:
             i = min(candidates, key=lambda k: float(table.loc[k, "val_nll"]))
             out[target] = (f"{cell_label(table.loc[i])} (lowest validation NLL)", *sigmas[i])
-    return out
-
-
-def _population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], sources: list[Source],
-                         targets: list[str], test_split: str, n_boot: int, binning: Binning
-                         ) -> dict[str, Any]:
-    """Per target: the best cell of each encoder and the raw-flux baseline, binned by S/N and the target,
-    with paired differences (populations.section)."""
-    by_path = {str(s.path): s for s in sources}
-    cached: dict[str, dict[str, np.ndarray]] = {}
-    keys = {str(s.path): test_rows_key(s.cache, test_split) for s in sources}
-
-    def labels_of(row: Any) -> dict[str, np.ndarray]:
-        path = str(row["source"])
-        if path not in cached:
-            cache = by_path[path].cache
-            cached[path] = {n: cache.labels(test_split, n, draw=0) for n in cache.label_names(test_split)}
-        return cached[path]
-
-    out = {}
-    for target in targets:
-        members, reference, unpaired = compared_members(table, predictions, labels_of, target,
-                                                        lambda row: keys[str(row["source"])])
-        if members:
-            lines, data, results = section(members, target, reference, n_boot, binning)
-            if unpaired:
-                note = (f"Not paired: {', '.join(unpaired)} scored other test spectra than {members[0].label} (another "
-                        "file, other rows or other noise), so their rows cannot be paired with its; they are left out "
-                        "of this section (the table above scores each on its own test rows).")
-                lines = lines[:2] + [note, ""] + lines[2:]
-                data["unpaired"] = unpaired
-            out[target] = {"lines": lines, "data": data, "results": results, "members": members}
     return out
 
 
@@ -358,11 +332,13 @@ def compare_into(caches: CacheArgs, targets: Sequence[str], **options: Any) -> C
     head_options: the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights,
     attn_heads, ...); each head takes its own, a missing one is its default.
 
-    head_options: the heads' own options by name (heads.registry.head_option_schema: knn_ks, knn_weights,
-    attn_heads, ...); each head takes its own, a missing one is its default.
-
     max_memory (bytes, '1GB', '25%'; None: half the available RAM): an MLP cell whose features would exceed
-    it is trained alone, its train rows streamed from the cache (heads.streaming), never batched."""
+    it is trained alone, its train rows streamed from the cache (heads.streaming), never batched.
+
+    full_spectrum adds the field's baseline (reports.fullspec): a Cannon model fitted on the train split,
+    every validation and test spectrum's labels and radial velocity fitted by weighted least squares, one row
+    per target it fits. Where the caches hold bounds (featcache bounds), the per-population section shows
+    each cell's scatter beside the information bound and the fraction of the information it recovers."""
     return run_compare(CompareOptions(caches, targets, **options))
 
 
@@ -396,12 +372,17 @@ def run_compare(opts: CompareOptions) -> CompareResult:
         return CompareResult(None, {}, note, out, fitted, reused, [])
     done, fitted, reused = _fill_cells(cells, store, opts.jobs, opts.show_progress, opts.fit, opts.batched)
     cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
-    table, best, predictions, sigmas = _table(request, cells, done)
+    extra = full_spectrum_rows(sources, list(opts.targets), splits, store, fit=opts.fit, n_boot=opts.n_boot,
+                               show_progress=opts.show_progress) if opts.full_spectrum else []
+    table, best, predictions, sigmas = _table(request, cells, done, extra)
+    efficiency_columns(table, predictions, {str(s.path): s.cache for s in sources}, list(opts.targets),
+                       opts.test_split, opts.n_boot)
     settings = {"layers": list(opts.layers) if opts.layers else None,
                 "pools": list(opts.pools) if opts.pools else None, "baselines": opts.baselines,
                 "device": opts.device, "binning": opts.binning.describe(), "train_sizes": sizes, "folds": opts.folds,
                 "subset_seed": opts.subset_seed, "hidden": opts.hidden, "dropout": opts.dropout,
-                "alphas": opts.alphas, "sweep": swept, **opts.resolved_heads}
+                "alphas": opts.alphas, "sweep": swept, **opts.resolved_heads,
+                "full_spectrum": bool(opts.full_spectrum)}
     efficiency = label_efficiency(cells, done, opts.n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, opts.binning, opts.plots,
                           (fitted, reused), sweep_rows, _calibration_cells(table, list(opts.targets), sigmas))
@@ -461,7 +442,7 @@ def _write_outputs(request: CompareRequest, table: Any, best: dict[str, dict[str
 
     sources, targets, splits = request.sources, request.targets, request.splits
     best_pred = {t: predictions[int(table[(table["target"] == t) & table["best"]].index[0])] for t in best}
-    pops = _population_sections(table, predictions, sources, targets, splits[2], request.n_boot, binning)
+    pops = population_sections(table, predictions, sources, targets, splits[2], request.n_boot, binning)
     study = study_sections(table, efficiency, sources, targets, request.folds, request.train_sizes)
     all_heads = request.heads + [h for h in dict.fromkeys(table["head"]) if h not in request.heads]
     markdown = render_markdown(table, targets, {"sources": sources, "runs": request.runs, "heads": all_heads,

@@ -56,6 +56,7 @@ class CompareOptions:
     batched: bool = True
     head_options: Mapping[str, Any] | None = None  # the heads' own options (heads.registry.head_option_schema)
     max_memory: int | str | None = None  # bytes, '1GB', '25%'; None: half the available RAM (bytes after validate)
+    full_spectrum: bool = False  # the full-spectrum fit as a baseline row (reports.fullspec)
     resolved_heads: dict[str, Any] = field(default_factory=dict, repr=False)  # every head option, after validate
     # the keywords before 0.2 (accepted until 0.3, with a warning): they go into `head_options`
     knn_ks: InitVar[Sequence[int] | None] = None

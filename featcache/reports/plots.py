@@ -184,6 +184,49 @@ def binned_curves(curves: list[Any], axis: str, axis_unit: str, target: str, tar
     return path
 
 
+def bound_curves(curves: list[Any], rows: list[dict[str, Any]], bound: dict[str, Any], axis: str, target: str,
+                 path: Path, title: str = "") -> Path:
+    """sigma_MAD per bin of `axis` (S/N) for every compared cell with its 95% band, the information bound (rms
+    of the stars' Cramer-Rao bounds per bin) as a black curve with its band, and the prior's spread dashed;
+    log scales. Left: sigma; right: the efficiency bound^2 / sigma^2 of each cell."""
+    from ..heads.binning import unit
+
+    fig = _figure(10.5, 4.0)
+    left, right = fig.subplots(1, 2)
+    x = np.array([0.5 * (r["lo"] + r["hi"]) for r in rows], dtype=float)
+    for curve in curves:
+        y = np.asarray(curve.sigma_mad, dtype=float)
+        line = left.plot(x, y, marker="o", ms=3, lw=1.2, label=curve.label)[0]
+        left.fill_between(x, np.asarray(curve.sigma_mad_lo, dtype=float), np.asarray(curve.sigma_mad_hi, dtype=float),
+                          color=line.get_color(), alpha=0.18, lw=0)
+        eff = np.array([r["members"].get(curve.label, {}).get("efficiency", np.nan) for r in rows], dtype=float)
+        lo = np.array([r["members"].get(curve.label, {}).get("efficiency_lo", np.nan) for r in rows], dtype=float)
+        hi = np.array([r["members"].get(curve.label, {}).get("efficiency_hi", np.nan) for r in rows], dtype=float)
+        limited = np.array([r["prior_limited"] for r in rows], dtype=bool)
+        eff[limited] = lo[limited] = hi[limited] = np.nan
+        right.plot(x, eff, marker="o", ms=3, lw=1.2, color=line.get_color(), label=curve.label)
+        right.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
+    rms = np.array([r["bound_rms"] for r in rows], dtype=float)
+    left.plot(x, rms, color="black", lw=2.0, label=f"information bound ({bound['source']})")
+    left.fill_between(x, [r["bound_rms_lo"] for r in rows], [r["bound_rms_hi"] for r in rows], color="black",
+                      alpha=0.15, lw=0)
+    left.axhline(bound["prior_sigma"], color="grey", ls="--", lw=1, label="prior spread (range / sqrt 12)")
+    right.axhline(1.0, color="black", lw=1.0, label="efficient (at the bound)")
+    tu = unit(target)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{axis} ({unit(axis)})" if unit(axis) else axis)
+        ax.grid(alpha=0.3, which="both")
+    left.set_ylabel(f"{target} sigma_MAD{' (' + tu + ')' if tu else ''}")
+    right.set_ylabel("efficiency bound^2 / sigma_MAD^2")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.suptitle(title or f"{target}: scatter of each compared cell beside the information bound", fontsize=10)
+    fig.savefig(path)
+    return path
+
+
 def kiel_diagram(teff: np.ndarray, logg: np.ndarray, residual: np.ndarray, path: Path, title: str = "",
                  target: str = "log_g", target_unit: str = "dex") -> Path:
     """The Kiel diagram of kiel_figure, saved as PNG."""

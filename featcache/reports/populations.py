@@ -162,10 +162,11 @@ def _population_table(rows: list[dict[str, Any]], members: list[Member], referen
 
 
 def section(members: list[Member], target: str, reference: str | None, n_boot: int = N_BOOT,
-            binning: Binning | None = None) -> tuple[list[str], dict[str, Any], list[AxisResult]]:
+            binning: Binning | None = None, bound: Any = None) -> tuple[list[str], dict[str, Any], list[AxisResult]]:
     """The markdown of a per-population section for one target, its data (compare.json), and every axis's
     result (for the plots): S/N, the target and the axes given edges in tables, every varying label in the
-    data."""
+    data. With `bound` (reports.bounds.BoundInfo on the same rows), each cell's scatter beside the
+    information bound per bin of the target and of S/N, and the fraction of the information it recovers."""
     binning = binning or Binning()
     giant_logg = binning.giant_logg
     first = members[0]
@@ -187,6 +188,13 @@ def section(members: list[Member], target: str, reference: str | None, n_boot: i
     data = {"target": target, "reference": reference, "binning": binning.describe(), "populations": pop,
             "axes": [{"axis": r.axis, "unit": unit(r.axis), "edges": r.edges.tolist(),
                       "curves": [c.__dict__ for c in r.curves], "differences": r.differences} for r in results]}
+    if bound is not None:
+        from .bounds import section_lines
+
+        axis_values = {r.axis: (_axis_values(first, r.axis, target), r.edges) for r in results
+                       if r.axis == target or r.axis in SNR_COLUMNS}
+        bound_lines, data["bound"] = section_lines(target, members, axis_values, bound, n_boot)
+        lines += bound_lines
     return lines, data, results
 
 
@@ -234,11 +242,17 @@ def summary_sentences(results: list[AxisResult], target: str, reference: str | N
 
 
 def draw(results: list[AxisResult], members: list[Member], target: str, out: Path, stem: str,
-         title: str = "") -> list[tuple[str, Path]]:
-    """The binned curves per axis and the Kiel diagram of the first member: (caption, path) pairs."""
-    from .plots import binned_curves, kiel_diagram
+         title: str = "", bound: dict[str, Any] | None = None) -> list[tuple[str, Path]]:
+    """The binned curves per axis, the scatter against S/N beside the information bound (with `bound`, a
+    section's data["bound"]) and the Kiel diagram of the first member: (caption, path) pairs."""
+    from .plots import binned_curves, bound_curves, kiel_diagram
 
     images = []
+    for result in results:
+        if bound and result.axis in bound["axes"] and result.axis in SNR_COLUMNS:
+            path = out / f"{stem}_bound_by_{_safe(result.axis)}.png"
+            bound_curves(result.curves, bound["axes"][result.axis], bound, result.axis, target, path, title)
+            images.append((f"{target}: scatter against {result.axis} beside the information bound", path))
     for result in results:
         path = out / f"{stem}_by_{_safe(result.axis)}.png"
         binned_curves(result.curves, result.axis, unit(result.axis), target, unit(target), path, title)
@@ -275,6 +289,9 @@ def compared_members(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]
     reference = None
     if len(raw):
         picks.append(int(raw["val_r2"].idxmax()))
+    full = sub[sub["kind"] == "full_spectrum"]  # the full-spectrum baseline (reports.fullspec)
+    if len(full):
+        picks.append(int(full["val_r2"].idxmax()))
     members, unpaired, first_key = [], [], None
     for i in picks:
         row = table.loc[i]
@@ -285,10 +302,51 @@ def compared_members(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]
         if key != first_key or (members and len(truth) != len(members[0].truth)):
             unpaired.append(label)  # other test spectra: their rows cannot be paired with the first member's
             continue
-        cell = f"{row['head']} on {row['layer']}/{row['pool']}"
+        cell = (f"{row['head']} on {row['layer']}/{row['pool']}" if row["kind"] != "full_spectrum" else
+                f"Cannon model ({row['pool'].replace('order', 'order ')}) fitted to every spectrum by weighted "
+                "least squares")
         members.append(Member(label, truth, pred, labels_of(row), cell=cell))
         if row["kind"] == "baseline":
             reference = label
     if len(members) < 2:
         reference = None
     return members, reference, unpaired
+
+
+def population_sections(table: Any, predictions: list[tuple[np.ndarray, np.ndarray]], sources: list[Any],
+                         targets: list[str], test_split: str, n_boot: int, binning: Binning
+                         ) -> dict[str, Any]:
+    """Per target: the best cell of each encoder, the raw-flux baseline and the full-spectrum fit, binned by S/N
+    and the target, with paired differences (section) and, where the caches hold bounds, the information bound
+    (compare's per-population section)."""
+    from .bounds import test_bound
+    from .sources import test_rows_key
+
+    by_path = {str(s.path): s for s in sources}
+    cached: dict[str, dict[str, np.ndarray]] = {}
+    keys = {str(s.path): test_rows_key(s.cache, test_split) for s in sources}
+
+    def labels_of(row: Any) -> dict[str, np.ndarray]:
+        path = str(row["source"])
+        if path not in cached:
+            cache = by_path[path].cache
+            cached[path] = {n: cache.labels(test_split, n, draw=0) for n in cache.label_names(test_split)}
+        return cached[path]
+
+    out = {}
+    for target in targets:
+        members, reference, unpaired = compared_members(table, predictions, labels_of, target,
+                                                        lambda row: keys[str(row["source"])])
+        if members:
+            paths = [p for p in table.loc[(table["target"] == target) & (table["kind"] != "run"), "source"]
+                     if p in by_path]
+            bound = test_bound(by_path[paths[0]].cache, test_split, target, len(members[0].truth)) if paths else None
+            lines, data, results = section(members, target, reference, n_boot, binning, bound)
+            if unpaired:
+                note = (f"Not paired: {', '.join(unpaired)} scored other test spectra than {members[0].label} (another "
+                        "file, other rows or other noise), so their rows cannot be paired with its; they are left out "
+                        "of this section (the table above scores each on its own test rows).")
+                lines = lines[:2] + [note, ""] + lines[2:]
+                data["unpaired"] = unpaired
+            out[target] = {"lines": lines, "data": data, "results": results, "members": members}
+    return out

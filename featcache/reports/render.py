@@ -149,6 +149,11 @@ def render_markdown(table: Any, targets: list[str], context: dict[str, Any]) -> 
         owners = ", ".join(f"{s.baseline_name} from `{s.name}`" for s in sources if s.baseline_name)
         lines.append(f"- raw input rows (input_flux: noisy flux; input_error: the error vector alone, a leak "
                      f"detector): {owners}")
+    if (table["kind"] == "full_spectrum").any():
+        lines.append("- full-spectrum fit: a Cannon model (per-pixel polynomial in the labels, rest frame) fitted on "
+                     f"'{train_split}''s clean flux; each '{val_split}' and '{test_split}' spectrum's labels and "
+                     "radial velocity fitted to its noisy flux (draw 0, the encoder's mask) by bounded weighted least "
+                     "squares (docs/information-bound.md)")
     for run in context["runs"]:
         origin = (f"cache fingerprint {run.metrics['cache_fingerprint']}" if run.metrics.get("cache_fingerprint")
                   else f"encoder from {run.metrics.get('source_ckpt', '?')}")
@@ -212,7 +217,7 @@ def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str
     files: list[Path] = []
     images: dict[str, list[tuple[str, Path]]] = {}
     for target in targets:
-        sub = table[(table["target"] == target) & (table["kind"] != "run")]
+        sub = table[(table["target"] == target) & ~table["kind"].isin(["run", "full_spectrum"])]
         for head in heads:
             cells = sub[sub["head"] == head]
             if not len(cells):
@@ -234,7 +239,8 @@ def write_plots(table: Any, targets: list[str], heads: list[str], best: dict[str
         if populations and target in populations:
             pop = populations[target]
             images.setdefault(target, []).extend(draw(pop["results"], pop["members"], target, out,
-                                                      f"population_{safe_name(target)}"))
+                                                      f"population_{safe_name(target)}",
+                                                      bound=pop["data"].get("bound")))
     for target, caption, path in study or []:
         images.setdefault(target, []).append((caption, path))
     for pictures in images.values():

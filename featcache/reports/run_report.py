@@ -134,13 +134,18 @@ def report_compare(folder: Path, binning: Binning | None = None) -> list[Path]:
     caches = [(c["name"], c["path"]) for c in summary["caches"]]
     recipe = TrainRecipe(**summary["recipe"])
     splits = summary["splits"]
-    result = compare(caches, summary["targets"], heads=summary["heads"],
-                     layers=request.get("layers") or sorted({c["layer"] for c in cells if c["kind"] != "run"}),
+    from .fullspec import HEAD as FULL_SPECTRUM_HEAD
+
+    heads = [h for h in summary["heads"] if h != FULL_SPECTRUM_HEAD]  # the baseline's column is not a head
+    result = compare(caches, summary["targets"], heads=heads,
+                     layers=request.get("layers") or sorted({c["layer"] for c in cells
+                                                                       if c["kind"] not in ("run", "full_spectrum")}),
                      pools=request.get("pools"), seeds=summary["seeds"], recipe=recipe, hidden=summary["hidden"],
                      dropout=summary["dropout"], alphas=summary["alphas"], runs=[r["path"] for r in summary["runs"]],
                      out=folder, baselines=request.get("baselines", True), device=request.get("device", "auto"),
                      train_split=splits["train"], val_split=splits["val"], test_split=splits["test"],
                      n_boot=summary["n_boot"], show_progress=False, fit=False, binning=binning,
                      train_sizes=request.get("train_sizes") or (), folds=request.get("folds") or 0,
-                     subset_seed=request.get("subset_seed") or 0, sweep_values=request.get("sweep") or None)
+                     subset_seed=request.get("subset_seed") or 0, sweep_values=request.get("sweep") or None,
+                     full_spectrum=bool(request.get("full_spectrum")))
     return result.files

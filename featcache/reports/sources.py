@@ -49,7 +49,7 @@ def default_label(cache: FeatureCache) -> str:
     return f"{tag} random-init" if seed is not None else tag
 
 
-def _data_identity(cache: FeatureCache) -> str:
+def data_identity(cache: FeatureCache) -> str:
     """What the raw-input pseudo-layers depend on: the fingerprint's parts without the encoder."""
     parts = {k: v for k, v in (cache.metadata.parts or {}).items() if k not in ("encoder", "direction")}
     return digest(parts)
@@ -99,7 +99,7 @@ def open_sources(caches: Mapping[str, str | Path] | Sequence[str | Path | tuple[
     identities: dict[str, list[Source]] = {}
     for src in sources:
         if any(layer in PSEUDO_LAYERS for layer in src.cache.layers(train_split)):
-            identities.setdefault(_data_identity(src.cache), []).append(src)
+            identities.setdefault(data_identity(src.cache), []).append(src)
     for group in identities.values():
         group[0].baseline_name = RAW_INPUT if len(identities) == 1 else f"{RAW_INPUT} ({group[0].name})"
     return sources
