@@ -26,6 +26,7 @@ HEARTBEAT_SECONDS = 60  # a worker's running trial beats this often; one silent 
 GRACE_SECONDS = 300
 MAX_RETRIES = 2  # an interrupted trial is run again at most this many times
 STORAGE_ATTEMPTS = 6
+MAX_ERRORS_IN_A_ROW = 3  # trials failing on a user error before the worker stops
 
 
 def _transient(exc: Exception) -> bool:
@@ -135,6 +136,23 @@ def retry_interrupted(study: Any) -> int:
     return count
 
 
+class StopOnErrors:
+    """Stops the worker after `limit` trials in a row failed on a user error (trials that cannot run are not
+    counted as finished, so without it a space that cannot run would be tried for ever)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak, self.stopped, self.last = limit, 0, False, ""
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if trial.state.name == "FAIL" and "error" in trial.user_attrs:
+            self.streak, self.last = self.streak + 1, trial.user_attrs["error"]
+        else:
+            self.streak = 0
+        if self.streak >= self.limit:
+            self.stopped = True
+            study.stop()
+
+
 def search(opts: SearchOptions) -> SearchResult:
     """Run this worker's share of the search, then write the run folder's report (see the module docstring)."""
     opts.validate()
@@ -163,9 +181,14 @@ def search(opts: SearchOptions) -> SearchResult:
         callback = optuna.study.MaxTrialsCallback(opts.n_trials, states=(optuna.trial.TrialState.COMPLETE,
                                                                          optuna.trial.TrialState.PRUNED))
         data = PretrainData(paths["train"], paths.get("val"))
-        study.optimize(lambda trial: _objective(trial, opts, data, name), callbacks=[callback],
+        failures = StopOnErrors(MAX_ERRORS_IN_A_ROW)
+        study.optimize(lambda trial: _objective(trial, opts, data, name), callbacks=[callback, failures],
                        timeout=opts.timeout * 60 if opts.timeout else None, catch=(FeatcacheError,),
                        gc_after_trial=True)
+        if failures.stopped:
+            write_report(study, opts)
+            raise FeatcacheError(f"search: {MAX_ERRORS_IN_A_ROW} trials in a row failed, the last with: "
+                                 f"{failures.last}")
     else:
         status(f"search: all {opts.n_trials} trials have finished in {opts.storage_url}; writing the report")
     finished = finished_trials(study)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 
 from featcache.common.errors import FeatcacheError
@@ -17,7 +18,7 @@ from featcache.pretrain import read_log
 from featcache.search import SearchOptions, objective_value, search
 from featcache.search import trial as trial_module
 
-from ..helpers import REPO, assert_cli_error, learnable_pfs, run_cli
+from ..helpers import REPO, assert_cli_error, learnable_pfs, run_cli, write_pfs
 
 pytest.importorskip("optuna")
 
@@ -129,6 +130,9 @@ def test_two_processes_sharing_the_storage_split_the_trials(files, tmp_path):
 
 
 def test_bad_searches_are_one_line_errors(files, tmp_path, monkeypatch):
+    noisy_only = write_pfs(tmp_path / "obs.h5", n=24, p=512, noisy=True)
+    with h5py.File(noisy_only, "a") as f:  # an observation: no clean flux, so every T1 trial fails
+        f["dataset/arrays/flux/value"][...] = 0
     with pytest.raises(FeatcacheError, match="--aux-weight choices need --aux-target"):
         search(options(files, tmp_path / "a", space={**SPACE, "aux_weight": [0.0, 1.0]}))
     with pytest.raises(FeatcacheError, match="--kernel-size 4: must be odd"):
@@ -141,6 +145,9 @@ def test_bad_searches_are_one_line_errors(files, tmp_path, monkeypatch):
     missing = run_cli("search", "--data", f"train={files['pre']}", "--probe-data", f"train={files['train']}",
                       "--out", tmp_path / "e", check=False)
     assert_cli_error(missing, "val")
+    with pytest.raises(FeatcacheError, match="3 trials in a row failed, the last with: .*needs clean flux"):
+        search(options(files, tmp_path / "g", pretrain={**FIXED, "loss": "T1"}, data=[f"train={noisy_only}"],
+                       sampler="random", space={**SPACE, "max_epochs": [1]}))
     monkeypatch.setitem(sys.modules, "optuna", None)  # as without the extra
     no_optuna = run_cli("search", "--data", f"train={files['pre']}", "--probe-data", f"train={files['train']}",
                         "--probe-data", f"val={files['val']}", "--out", tmp_path / "f", check=False)
