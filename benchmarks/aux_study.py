@@ -1,7 +1,7 @@
 """The auxiliary-loss study (docs/pretraining-aux.md): does a log g term in the blind-spot pretraining make an
 encoder whose features beat the raw flux, and does it beat the same labels used by a supervised network?
 
-    nice -n 5 python benchmarks/aux_study.py [--out reports/aux-study] [--parallel 2] [--tiny]
+    .venv/bin/python benchmarks/aux_study.py [--out reports/aux-study] [--parallel 2] [--jobs 2] [--tiny]
 
 On the synthetic benchmark (generator v2) at mag 20.3 (docs/pretraining-aux.md says why not 21.5): 20k train,
 2k val, 2k test spectra. Encoders l9e32k9 (the demo encoder's architecture and recipe: E2, batch 16, lr 3e-3,
@@ -15,10 +15,11 @@ subsets 200, 500, 2000, 5000 and all 20k (label efficiency), against the raw flu
 Test R2 is reported once, with its 95% bootstrap interval.
 
 Every stage is resumable (re-run after a kill: finished stages are skipped, a pretraining or fine-tuning run
-continues from its last epoch). Each training runs on one thread (OMP_NUM_THREADS=1, --threads 1); --parallel N
-runs N trainings at a time. The CPU time of every stage (its process's user + system time, os.wait4) is written
-to OUT/cost.json and the table. Writes OUT/study.csv, OUT/study.md and OUT/label_efficiency_log_g.png.
---tiny runs the whole chain on a few hundred spectra and a 3-layer encoder (minutes) to check it end to end.
+continues from its last epoch) and runs at nice 5. Each training runs on one thread (OMP_NUM_THREADS=1,
+--threads 1); --parallel N runs N trainings at a time. The CPU time of every stage (its process's user + system
+time, os.wait4) is written to OUT/cost.json and the table. Writes OUT/study.csv, OUT/study.md and
+OUT/label_efficiency_log_g.png. --tiny runs the whole chain on a few hundred spectra and a 3-layer encoder
+(minutes) to check it end to end.
 """
 
 from __future__ import annotations
