@@ -222,3 +222,13 @@ def test_the_command_line_trains_and_resumes_an_auxiliary_run(tmp_path):
     bad = run_cli("pretrain", "--data", f"train={DATASET}", "--out", tmp_path / "b.ckpt", "--aux-labels", 3,
                   check=False)
     assert_cli_error(bad, "--aux-labels applies to the auxiliary loss")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_auxiliary_run_trains_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
+    gpu = pretrain(DATASET, DATASET, tmp_path / "g.ckpt", TINY, replace(AUX, max_epochs=1, device="cuda"))
+    saved = load_aux(gpu.aux_path)
+    assert all(t.device.type == "cpu" for s in saved["optimizer"]["state"].values() for t in s.values()
+               if isinstance(t, torch.Tensor))
+    cpu = pretrain(DATASET, DATASET, gpu.path, TINY, replace(AUX, max_epochs=2), resume=True)
+    assert cpu.epochs_done == 2 and all(math.isfinite(r["train_aux_mse"]) for r in cpu.history)
