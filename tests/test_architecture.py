@@ -130,3 +130,12 @@ def test_functions_and_files_are_short_or_say_why():
                 if lines > MAX_FUNCTION_LINES and not _reasoned(ast.get_docstring(node)):
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines")
     assert not long, "over the limits without a reason ('long because ...') in the docstring:\n" + "\n".join(long)
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject.toml names the packages the wheel holds: a package missing there imports from a checkout and
+    fails in the installed wheel (as featcache.information did)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert {f"featcache.{name}" for name in PACKAGES} | {"featcache", "featcache_cli"} == listed
