@@ -30,7 +30,8 @@ def trial_rows(study: Any, opts: SearchOptions) -> list[dict[str, Any]]:
             row["objective"] = t.intermediate_values[max(t.intermediate_values)]
         row.update({name: t.params.get(name) for name in opts.space})
         row["folder"] = attrs.get("folder", "")
-        row["note"] = attrs.get("error", "") or (f"retry of {attrs['retry_of']}" if "retry_of" in attrs else "")
+        row["note"] = attrs.get("error", "") or (f"retry of {attrs['retry_of']}" if "retry_of" in attrs else "") or \
+            (f"the settings of trial {attrs['duplicate_of']}: its result" if "duplicate_of" in attrs else "")
         rows.append(row)
     return rows
 
@@ -60,7 +61,8 @@ def write_report(study: Any, opts: SearchOptions) -> dict[str, Any] | None:
     writer.writerows(rows)
     write_text(opts.out / "trials.csv", buffer.getvalue())
     write_text(opts.out / "trials.md", _markdown(rows, opts))
-    complete = [r for r in rows if r["state"] == "complete" and r["objective"] is not None]
+    complete = [r for r in rows if r["state"] == "complete" and r["objective"] is not None and
+                not r["note"].startswith("the settings of")]
     best = None
     if complete:
         top = max(complete, key=lambda r: r["objective"])
@@ -103,7 +105,8 @@ def _plot(rows: list[dict[str, Any]], opts: SearchOptions, best: dict[str, Any] 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [r for r in rows if r["cpu_minutes"] is not None and r["val_r2"] is not None]
+    points = [r for r in rows if r["cpu_minutes"] is not None and r["val_r2"] is not None and
+              not r["note"].startswith("the settings of")]  # a repeated setting is its first trial's point
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for state, style in (("complete", dict(color="C0", marker="o")), ("pruned", dict(color="0.6", marker="x"))):
         chosen = [r for r in points if r["state"] == state]

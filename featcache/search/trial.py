@@ -87,6 +87,17 @@ def run_trial(trial: Any, opts: SearchOptions, data: PretrainData, worker: str) 
     from ..pretrain.run import pretrain
 
     params = suggest(trial, opts.space)
+    earlier = _same_settings(trial, params)
+    if earlier is not None:  # pretraining is deterministic: the same settings give the same encoder
+        for key in ("val_r2", "val_r2_by_target", "cpu_minutes", "probe_cpu_minutes", "epochs_done", "folder"):
+            if key in earlier.user_attrs:
+                trial.set_user_attr(key, earlier.user_attrs[key])
+        trial.set_user_attr("duplicate_of", earlier.number)
+        trial.set_user_attr("worker", worker)
+        status(f"trial {trial.number} ({_describe(params)}): the settings of trial {earlier.number}, its result reused")
+        if earlier.state.name == "PRUNED":
+            raise optuna.TrialPruned(f"the settings of pruned trial {earlier.number}")
+        return float(earlier.value)
     config, recipe = trial_settings(params, opts.pretrain)
     folder = Path(trial.user_attrs.get("folder") or opts.out / "trials" / f"{trial.number:04d}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,6 +150,18 @@ def run_trial(trial: Any, opts: SearchOptions, data: PretrainData, worker: str) 
         raise FeatcacheError(f"trial {trial.number}: no probe was made")
     _finish(trial, probes, cpu, probe_cpu, recipe.max_epochs)
     return probes[-1]["value"]
+
+
+def _same_settings(trial: Any, params: dict[str, Any]) -> Any:
+    """An earlier finished trial (complete or pruned) with these parameters, or None (a retry of an interrupted
+    trial is not one: it has its own folder to continue)."""
+    if "retry_of" in trial.user_attrs:
+        return None
+    for other in trial.study.get_trials(deepcopy=False):
+        if other.number != trial.number and other.params == params and other.state.name in ("COMPLETE", "PRUNED") \
+                and "duplicate_of" not in other.user_attrs:
+            return other
+    return None
 
 
 def _with_epochs(recipe: Any, epochs: int) -> Any:

@@ -107,6 +107,17 @@ def test_an_interrupted_trial_continues_its_encoder(files, tmp_path, monkeypatch
     assert "retry of 0" in rows and not (out / "trials" / "0001").exists()
 
 
+def test_a_repeated_setting_reuses_its_result(files, tmp_path):
+    """A sampler may propose settings already tried: pretraining is deterministic, so the trial takes the earlier
+    result instead of training the same encoder again."""
+    out = tmp_path / "run"
+    result = search(options(files, out, space={**SPACE, "kernel_size": [3], "max_epochs": [1]}, sampler="tpe"))
+    assert (result.finished, result.ran) == (2, 2)
+    assert [p.name for p in (out / "trials").iterdir()] == ["0000"]
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert "the settings of trial 0: its result" in rows[2] and result.best["trial"] == 0
+
+
 def test_two_processes_sharing_the_storage_split_the_trials(files, tmp_path):
     out = tmp_path / "shared"
     args = [sys.executable, "-m", "featcache", "search", "--data", f"train={files['pre']}", "--probe-data",
