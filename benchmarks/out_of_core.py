@@ -54,7 +54,7 @@ def main() -> None:
     if not data.exists():
         run(["synth", str(data), "--n", str(n), "--seed", "7", "--workers", "2", "-q"])
     held = [f"val={data}:{args.n_train}:{args.n_train + 10_000}", f"test={data}:{args.n_train + 10_000}:{n}"]
-    ckpt = REPO / "featcache" / "data" / "encoders" / "demo-l9e16k9s1bn1d1.ckpt"
+    ckpt = REPO / "featcache" / "data" / "encoders" / "demo-l9e32k9s1bn1d1.ckpt"
     caches = {}
     for name, n_train in (("big", args.n_train), ("fits", args.fit_train)):
         cache = REPO / "cache" / f"ooc-{name}-{n_train}.zarr"
