@@ -122,8 +122,8 @@ def test_two_processes_sharing_the_storage_split_the_trials(files, tmp_path):
     out = tmp_path / "shared"
     args = [sys.executable, "-m", "featcache", "search", "--data", f"train={files['pre']}", "--probe-data",
             f"train={files['train']}", "--probe-data", f"val={files['val']}", "--out", str(out), "--num-layers", "3",
-            "--embed-dim", "4,6", "--kernel-size", "3,5", "--max-epochs", "1", "--loss", "E2", "--set", "batch_size=8",
-            "--sampler", "random", "--n-trials", "4", "--pruner", "none", "--threads", "1"]
+            "--embed-dim", "4,6,8", "--kernel-size", "3,5", "--max-epochs", "1", "--loss", "E2", "--set",
+            "batch_size=8", "--sampler", "random", "--n-trials", "4", "--pruner", "none", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([*args, "--worker", str(i)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -137,7 +137,9 @@ def test_two_processes_sharing_the_storage_split_the_trials(files, tmp_path):
     # each worker stops once 4 have finished; both may be mid-trial then, so at most one extra, never 2 x 4
     assert 4 <= len(finished) <= 5
     assert len({t.user_attrs["worker"] for t in finished}) == 2  # both took trials
-    assert len({t.user_attrs["folder"] for t in finished}) == len(finished)  # no trial run twice
+    trained = [t for t in finished if "duplicate_of" not in t.user_attrs]  # (a repeated setting reuses a result)
+    assert len({t.user_attrs["folder"] for t in trained}) == len(trained)  # no trial trained twice
+    assert all(study.trials[t.user_attrs["duplicate_of"]].params == t.params for t in finished if t not in trained)
 
 
 def test_bad_searches_are_one_line_errors(files, tmp_path, monkeypatch):
