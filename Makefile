@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "setup: installing $(TORCH) (the CPU wheel, 190 MB)"; \
 		$(BIN)/pip install --progress-bar off "$(TORCH)"; }
-	@echo "setup: installing featcache with its test extras (xarray, parquet, docs) into $(VENV)"
+	@echo "setup: installing featcache with its test extras (xarray, parquet, docs, search) into $(VENV)"
 	$(BIN)/pip install --progress-bar off -e ".[test]"
 	@touch $@
 

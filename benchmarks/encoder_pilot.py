@@ -1,22 +1,25 @@
-"""Pilot for the embedded encoder: architectures and budgets scored by probe R2 per CPU-minute.
+"""Pilot for the embedded encoder, as a use of `featcache search`: architectures, losses and budgets scored by a
+probe's validation R2 per CPU-minute of pretraining, then the best one scored on test once.
 
-    python benchmarks/encoder_pilot.py [--out reports/encoder-pilot] [--only NAME ...]
+    python benchmarks/encoder_pilot.py [--out reports/encoder-pilot] [--workers 2] [--n-trials 12]
 
-Each candidate is pretrained with `featcache pretrain` on one thread (CPU time measured, so other work on
-the machine slows the wall clock but not the figure), then probed on the fixed benchmark of
-`featcache demo --size standard` (synthetic 20k train / 1k val / 1k test, seeds 101-103, never seen in
-pretraining): ridge and mlp_1 on enc_pre_latent/seg_mean_K8, log_g, test R2 with its 95% bootstrap
-interval, hyper-parameters chosen on validation. Every stage is resumable (a finished candidate is skipped).
-Writes OUT/pilot.csv and OUT/pilot.md.
+The search (docs/pretraining-aux.md) pretrains each candidate on one thread (CPU time measured, so other work on
+the machine slows the wall clock but not the figure) on 10k spectra of a separate synthetic file, and probes it
+after each epoch with ridge on enc_pre_latent/seg_mean_K8 on the train and validation splits of
+`featcache demo --size standard` (synthetic 20k train / 1k val, seeds 101-102, never seen in pretraining): log_g,
+hyper-parameters chosen on validation. The grid sampler runs every combination of the space once; --workers N
+starts N processes sharing the study's SQLite storage, which split the trials. Re-running resumes (finished
+trials are kept; an interrupted one continues its encoder). Then the best encoder (by the objective) and the
+committed demo encoder are scored on the standard test split (1k, seed 103) with ridge and mlp_1, test R2 with its
+95% bootstrap interval.
+Writes OUT/search/ (trials.csv, trials.md, best.json, score_vs_cost.png) and OUT/pilot.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -25,102 +28,62 @@ REPO = Path(__file__).resolve().parents[1]
 FC = [sys.executable, "-m", "featcache"]
 PRETRAIN_TRAIN = REPO / "data" / "synth" / "pilot-train-n100000-s1.h5"
 PRETRAIN_VAL = REPO / "data" / "synth" / "pilot-val-n1000-s2.h5"
-# name: (architecture options, loss, train spectra, epochs)
-COMMITTED = "e32k9-E2-20k-3ep (the demo encoder)"
-CANDIDATES = {
-    COMMITTED: (["--embed-dim", "32", "--kernel-size", "9"], "E2", 20_000, 3),
-    "e16k9-T1-10k-1ep": (["--embed-dim", "16", "--kernel-size", "9"], "T1", 10_000, 1),
-    "e16k9-E2-10k-1ep": (["--embed-dim", "16", "--kernel-size", "9"], "E2", 10_000, 1),
-    "e16k15-T1-10k-1ep": (["--embed-dim", "16", "--kernel-size", "15"], "T1", 10_000, 1),
-    "e24k9-T1-10k-1ep": (["--embed-dim", "24", "--kernel-size", "9"], "T1", 10_000, 1),
-    "e32k9-T1-10k-1ep": (["--embed-dim", "32", "--kernel-size", "9"], "T1", 10_000, 1),
-}
+# the space: the old pilot's candidates (embedding, kernel, loss) on the demo's depth, one and two epochs of 10k
+SPACE = ["--num-layers", "9", "--embed-dim", "16,24,32", "--kernel-size", "9,15", "--loss", "T1,E2",
+         "--max-epochs", "1,2"]
+FIXED = ["--max-train", "10000", "--set", "batch_size=16", "--set", "lr=3e-3"]
+# the committed demo encoder, scored beside the search's best (its CPU time: featcache/data/encoders/README.md)
+COMMITTED = REPO / "featcache" / "data" / "encoders" / "demo-l9e32k9s1bn1d1.ckpt"
+COMMITTED_CPU_MIN = 62.0
 
 
-def run(args: list[str]) -> float:
-    """Run a featcache command on one thread; returns the CPU minutes it used."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FEATCACHE_QUIET": "1"}
-    subprocess.run([*FC, *args], check=True, cwd=REPO, env=env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60.0
-
-
-def probe(ckpt: Path, out: Path) -> dict[str, float]:
-    """extract enc_pre_latent/seg_mean_K8 of the demo's standard files; ridge and mlp_1 on log_g."""
-    sys.path.insert(0, str(REPO))
-    from featcache.demo import synth_files
-
-    files = synth_files("standard", REPO / "data" / "synth")
-    cache = out / "cache.zarr"
-    data = [a for split, path in files.items() for a in ("--data", f"{split}={path}")]
-    run(["extract", "--ckpt", str(ckpt), *data, "--layer", "enc_pre_latent", "--pool", "seg_mean_K8",
-         "--out", str(cache), "-q"])
-    run(["compare", "--cache", f"pilot={cache}", "--target", "log_g", "--head", "ridge", "--head", "mlp_1",
-         "--no-baselines", "--no-plots", "--out", str(out / "compare"), "-q"])
-    cells = json.loads((out / "compare" / "compare.json").read_text())["cells"]
-    result = {}
-    for cell in cells:
-        head = cell["head"]
-        result[f"{head}_test_r2"] = cell["test_r2"]
-        result[f"{head}_test_r2_lo"], result[f"{head}_test_r2_hi"] = cell["test_r2_lo"], cell["test_r2_hi"]
-        result[f"{head}_val_r2"] = cell["val_r2"]
-    return result
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([*FC, *map(str, args)], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "encoder-pilot")
-    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--workers", type=int, default=1, help="search processes sharing the study (one thread each)")
+    parser.add_argument("--n-trials", type=int, default=24, help="trials to finish (24: the whole grid)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for path, n, seed in ((PRETRAIN_TRAIN, 100_000, 1), (PRETRAIN_VAL, 1000, 2)):
         if not path.exists():
-            run(["synth", str(path), "--n", str(n), "--seed", str(seed), "--noise-free", "--workers", "1"])
-    rows = []
-    for name, (arch, loss, n_train, epochs) in CANDIDATES.items():
-        if args.only and name not in args.only:
-            continue
-        work = args.out / name.split(" ")[0]
-        work.mkdir(exist_ok=True)
-        done = work / "result.json"
-        if done.exists():
-            rows.append(json.loads(done.read_text()))
-            continue
-        ckpt = work / f"{name}.ckpt"
-        if name == COMMITTED:  # trained before the pilot: its CPU time is in featcache/data/encoders/README.md
-            ckpt, minutes = REPO / "featcache" / "data" / "encoders" / "demo-l9e32k9s1bn1d1.ckpt", 62.0
-        else:
-            minutes = run(["pretrain", "--data", f"train={PRETRAIN_TRAIN}", "--data", f"val={PRETRAIN_VAL}",
-                       "--out", str(ckpt), "--overwrite", "--num-layers", "9", *arch, "--loss", loss,
-                           "--batch-size", "16", "--lr", "3e-3", "--max-epochs", str(epochs), "--max-train",
-                           str(n_train), "--seed", "0", "--threads", "1", "-q"])
-        with open(ckpt.with_name(ckpt.stem + ".log.csv")) as handle:
-            log = list(csv.DictReader(handle))
-        row = {"name": name, "arch": " ".join(arch), "loss": loss, "n_train": n_train, "epochs": epochs,
-               "pretrain_cpu_min": minutes, "val_snr_gain": float(log[-1]["val_snr_denoised"]) /
-               float(log[-1]["val_snr_noisy"]), **probe(ckpt, work)}
-        done.write_text(json.dumps(row, indent=1))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    write_table(rows, args.out)
+            run(["synth", path, "--n", n, "--seed", seed, "--noise-free", "--workers", "1"]).wait()
+    sys.path.insert(0, str(REPO))
+    from featcache.demo import synth_files
 
-
-def write_table(rows: list[dict], out: Path) -> None:
-    if not rows:
-        return
-    with open(out / "pilot.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| candidate | loss | train spectra x epochs | pretrain CPU min | val S/N gain | ridge test R2 [95% CI] "
-             "| mlp_1 test R2 [95% CI] | mlp_1 R2 per CPU-hour |", "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['name']} | {r['loss']} | {r['n_train']} x {r['epochs']} | {r['pretrain_cpu_min']:.1f} | "
-                     f"{r['val_snr_gain']:.1f}x | {r['ridge_test_r2']:.3f} [{r['ridge_test_r2_lo']:.3f}, "
-                     f"{r['ridge_test_r2_hi']:.3f}] | {r['mlp_1_test_r2']:.3f} [{r['mlp_1_test_r2_lo']:.3f}, "
-                     f"{r['mlp_1_test_r2_hi']:.3f}] | {60 * r['mlp_1_test_r2'] / r['pretrain_cpu_min']:.2f} |")
-    (out / "pilot.md").write_text("\n".join(lines) + "\n")
+    files = synth_files("standard", REPO / "data" / "synth")
+    search = ["search", "--data", f"train={PRETRAIN_TRAIN}", "--data", f"val={PRETRAIN_VAL}",
+              "--probe-data", f"train={files['train']}", "--probe-data", f"val={files['val']}", "--target", "log_g",
+              "--out", args.out / "search", *SPACE, *FIXED, "--sampler", "grid", "--n-trials", args.n_trials,
+              "--probe-head", "ridge", "--threads", "1"]
+    workers = [run([*search, "--worker", i]) for i in range(args.workers)]
+    if any(w.wait() != 0 for w in workers):
+        raise SystemExit("encoder_pilot: a search worker failed")
+    best = json.loads((args.out / "search" / "best.json").read_text())
+    table = args.out / "best-compare"
+    data = [a for split, path in files.items() for a in ("--data", f"{split}={path}")]
+    caches = []
+    for name, ckpt in (("search best", Path(best["encoder"])), ("committed demo encoder", COMMITTED)):
+        cache = args.out / f"{name.split()[0]}.zarr"
+        if run(["extract", "--ckpt", ckpt, *data, "--layer", "enc_pre_latent", "--pool", "seg_mean_K8", "--mask",
+                ckpt.with_name(ckpt.stem + ".mask.npy"), "--out", cache, "-q"]).wait() != 0:
+            raise SystemExit("encoder_pilot: featcache extract failed")
+        caches += ["--cache", f"{name}={cache}"]
+    if run(["compare", *caches, "--target", "log_g", "--head", "ridge", "--head", "mlp_1", "--no-baselines",
+            "--no-plots", "--out", table, "-q"]).wait() != 0:
+        raise SystemExit("encoder_pilot: featcache compare failed")
+    cells = json.loads((table / "compare.json").read_text())["cells"]
+    lines = [f"Best of the search (trial {best['trial']}: {best['architecture']}, {best['recipe']}): "
+             f"val R2 {best['val_r2']:.3f} after {best['cpu_minutes']:.1f} CPU-min of pretraining; the committed "
+             f"demo encoder (l9e32k9, E2, 3 epochs of 20k: {COMMITTED_CPU_MIN:.0f} CPU-min) beside it.", "",
+             "| encoder | head | test R2 [95% CI] | n test |", "|---|---|---|---:|"]
+    lines += [f"| {c['encoder']} | {c['head']} | {c['test_r2']:.3f} [{c['test_r2_lo']:.3f}, {c['test_r2_hi']:.3f}] | "
+              f"{c['n_test']} |" for c in cells]
+    lines += ["", (args.out / "search" / "trials.md").read_text()]
+    (args.out / "pilot.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -37,6 +37,15 @@ FIELDS = {"hash_mode": "hash", "freeze_encoder": "unfreeze"}  # click parameters
 
 @command("finetune", renames=RENAMES, short_help="Train encoder and head end to end (one process or torchrun).")
 @click.option("--ckpt", type=click.Path(path_type=Path), required=True, help="Encoder checkpoint to start from.")
+@click.option("--random-init", is_flag=True,
+              help="Train the encoder from a fresh initialisation of --ckpt's architecture (the supervised baseline: "
+                   "docs/pretraining-aux.md); with --unfreeze all.")
+@click.option("--init-seed", type=int, default=D["init_seed"], show_default=True, help="Seed of --random-init.")
+@click.option("--train-size", type=int, default=None, metavar="N",
+              help="Train on N spectra of the train split (a seeded nested subset: the rows compare --train-sizes N "
+                   "and pretrain --aux-labels N draw with the same seed); default: all.")
+@click.option("--subset-seed", type=int, default=D["subset_seed"], show_default=True,
+              help="Seed of the --train-size subset.")
 @click.option("--dilation", type=int, default=None,
               help="Encoder dilation (default: YAML beside the checkpoint, the d<N> name token, else 1).")
 @data_option()
@@ -80,7 +89,8 @@ FIELDS = {"hash_mode": "hash", "freeze_encoder": "unfreeze"}  # click parameters
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory (default reports/runs/e2e-<layer>-<pool>-<head>-<target>).")
 @click.pass_context
-def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[str, ...], layer: str, pool: str,
+def command(ctx: click.Context, ckpt: Path, random_init: bool, init_seed: int, train_size: int | None,
+            subset_seed: int, dilation: int | None, data: tuple[str, ...], layer: str, pool: str,
             head: str | None, targets: tuple[str, ...], freeze_encoder: bool, unfreeze: str | None,
             encoder_lr: float, batchnorm: str, scale_floor: float, mask: str, noise: str, noise_level: float,
             noise_seed: int, train_noise: str, direction: str, init_head: Path | None, train_split: str,
@@ -110,7 +120,8 @@ def command(ctx: click.Context, ckpt: Path, dilation: int | None, data: tuple[st
     if out is None:
         out = Path("reports") / "runs" / f"e2e-{layer}-{pool}-{head or 'mlp_1'}-{'+'.join(targets)}"
     options = FinetuneOptions(
-        ckpt=ckpt, data=list(data), targets=list(targets), out=out, layer=layer, pool=pool, head=head,
+        ckpt=ckpt, random_init=random_init, init_seed=init_seed, train_size=train_size, subset_seed=subset_seed,
+        data=list(data), targets=list(targets), out=out, layer=layer, pool=pool, head=head,
         hidden=hidden, dropout=dropout,
         recipe=make_recipe(seed, max_epochs, batch_size, lr, weight_decay, patience, grad_clip),
         unfreeze=resolve_unfreeze(freeze_encoder, unfreeze), encoder_lr=encoder_lr, batchnorm=batchnorm,

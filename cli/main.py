@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "bench",
     "demo",
     "pretrain",
+    "search",
     "synth",
     "import_spectra",
     "export_pfs",

@@ -64,6 +64,20 @@ RENAMES = {("--epochs", None): ("--max-epochs", None), ("--clip-grad", None): ("
 @click.option("--head-lr-mult", type=float, default=R["head_lr_mult"], show_default=True,
               help="LR factor of the head's last BatchNorm (its outputs sit on LeakyReLU's 0.1 slope).")
 @threads_option("encoder")
+@click.option("--aux-target", "aux_targets", multiple=True, metavar="LABEL",
+              help="Add an auxiliary loss: a small head on --aux-tap predicts this label (repeatable: log_g, T_eff, "
+                   "M_H) of the labelled train rows; validation and test labels are never read.")
+@click.option("--aux-weight", type=float, default=R["aux_weight"], show_default=True, metavar="LAMBDA",
+              help="Loss = blind-spot loss + LAMBDA x MSE of the standardised labels (0: the head only watches).")
+@click.option("--aux-labels", type=int, default=None, metavar="N",
+              help="Only N train rows have labels (a seeded nested subset, recorded beside the checkpoint; "
+                   "compare --train-sizes N --subset-seed S names the same rows); default: every train row.")
+@click.option("--aux-seed", type=int, default=R["aux_seed"], show_default=True,
+              help="Seed that draws the --aux-labels rows.")
+@click.option("--aux-tap", default=R["aux_tap"], show_default=True, help="Encoder tap the auxiliary head reads.")
+@click.option("--aux-pool", default=R["aux_pool"], show_default=True, help="Pooling of that tap.")
+@click.option("--aux-hidden", type=int, default=R["aux_hidden"], show_default=True,
+              help="Hidden units of the auxiliary head (0: linear).")
 @click.option("--resume", is_flag=True, help="Continue from --out's last epoch; options not given are taken "
                                              "from it, options given must match it.")
 @click.option("--overwrite", is_flag=True, help="Start again even if --out exists.")
@@ -77,6 +91,7 @@ def command(ctx: click.Context, data: tuple[str, ...], out: str, threads: int | 
       featcache pretrain --data train=data/synth/train.h5 --data val=data/synth/val.h5 \\
           --out encoders/demo.ckpt --embed-dim 16 --kernel-size 9 --max-epochs 20
       featcache pretrain ... --out ENC.ckpt --resume --max-epochs 40
+      featcache pretrain ... --aux-target log_g --aux-weight 0.1 --aux-labels 2000
     """
     from featcache.pretrain.options import pretrain_options
     from featcache.pretrain.run import run_pretrain
@@ -93,4 +108,7 @@ def command(ctx: click.Context, data: tuple[str, ...], out: str, threads: int | 
         line += (f": val S/N {last['val_snr_noisy']:.2f} -> {last['val_snr_denoised']:.2f} "
                  f"({last['val_snr_denoised'] / last['val_snr_noisy']:.2f}x)")
     echo_result(line)
-    echo_result(f"  beside it: {result.yaml_path.name}, {result.mask_path.name}, {result.log_path.name}")
+    beside = [result.yaml_path.name, result.mask_path.name, result.log_path.name]
+    if result.aux_path is not None:
+        beside.append(f"{result.aux_path.name} (the auxiliary head and its labelled rows)")
+    echo_result(f"  beside it: {', '.join(beside)}")

@@ -20,24 +20,6 @@ MOUNTED = ["CHANGELOG.md", "ARCHITECTURE.md", "featcache/cache/FORMAT.md", "data
            "reports/README.md", "reports/*/*.md", "reports/*/*.png", "reports/*/*.csv", "reports/*/*/*.md",
            "reports/*/*/*.png", "benchmarks/*.py", "benchmarks/*.sh"]
 LINK = re.compile(r"(\]\()([^)\s]+)(\))")
-# pages another branch adds, placed in the navigation when they exist (section, the entry they follow, title,
-# page): the site builds strictly before and after the page lands
-OPTIONAL_PAGES = [("Guides", "pretraining.md", "Pretraining with labels, encoder search", "pretraining-aux.md")]
-
-
-def on_config(config: dict) -> dict:
-    for section, after, title, page in OPTIONAL_PAGES:
-        if not (ROOT / "docs" / page).is_file():
-            continue
-        for entry in config["nav"] or []:
-            if isinstance(entry, dict) and section in entry:
-                items = entry[section]
-                if any(page in item.values() for item in items if isinstance(item, dict)):
-                    break
-                at = next((i + 1 for i, item in enumerate(items) if isinstance(item, dict) and after in item.values()),
-                          len(items))
-                items.insert(at, {title: page})
-    return config
 
 
 def on_files(files: Files, config: dict) -> Files:

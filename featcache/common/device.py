@@ -7,7 +7,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import FeatcacheError
 
@@ -15,6 +15,19 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_HELP = "auto | cpu | cuda[:i] (auto: cuda when available)"
+
+
+def to_cpu(obj: Any) -> Any:
+    """A structure (an optimizer's state) with every tensor moved to the CPU, so a GPU run resumes anywhere."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -20,8 +20,9 @@ import torch
 
 from ..common.background import background
 from ..common.errors import FeatcacheError
+from ..common.subsets import nested_subset
 from ..heads.standardise import is_constant
-from ..spectra.inputs import NoiseSpec, read_inputs
+from ..spectra.inputs import NoiseSpec, read_rows
 from ..spectra.noise import fresh_stream
 from ..spectra.order import contiguous_blocks, epoch_order, shard_range
 from ..spectra.pfsspec import PfsDataset
@@ -35,17 +36,30 @@ RANK_SEED_STRIDE = 1_000_003  # rank r shuffles and drops out with seed + r * st
 
 @dataclass
 class SplitData:
-    """One split's rows of a file and its labels (small: held in memory on every rank)."""
+    """One split's rows of a file and its labels (small: held in memory on every rank): rows [start, stop), or
+    with `subset` only those positions of them (finetune --train-size: a nested subset of the train split)."""
 
     name: str
     path: Path
     start: int
     stop: int
-    y: np.ndarray  # (n, T) float64
+    y: np.ndarray  # (n, T) float64: one row per spectrum the split trains or scores on, in file order
+    subset: np.ndarray | None = None  # sorted positions in [0, stop - start); None: every row
 
     @property
     def n(self) -> int:
-        return self.stop - self.start
+        return self.stop - self.start if self.subset is None else len(self.subset)
+
+    def file_rows(self, lo: int, hi: int) -> np.ndarray:
+        """The file rows of the split's spectra lo..hi-1 (positions among those it uses)."""
+        positions = np.arange(lo, hi) if self.subset is None else self.subset[lo:hi]
+        return self.start + positions
+
+    def index(self, rows: np.ndarray) -> np.ndarray:
+        """Positions in `y` of the given file rows (rows of this split)."""
+        if self.subset is None:
+            return rows - self.start
+        return np.searchsorted(self.subset, rows - self.start)
 
 
 @dataclass
@@ -73,9 +87,8 @@ class RunContext:
         def produce() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
             with PfsDataset(split.path) as ds:
                 for start, stop, perm in blocks:
-                    a, b = split.start + start, split.start + stop
-                    x = read_inputs(ds, a, b, self.mask, self.noise, stream=stream).encoder_input(self.input_sigma)
-                    rows = np.arange(a, b)
+                    rows = split.file_rows(start, stop)
+                    x = read_rows(ds, rows, self.mask, self.noise, stream=stream).encoder_input(self.input_sigma)
                     if perm is not None:
                         x, rows = x[perm], rows[perm]
                     yield rows, torch.from_numpy(np.ascontiguousarray(x))
@@ -108,7 +121,7 @@ def train_batches(split: SplitData, ctx: RunContext, epoch: int, y_std: np.ndarr
     carry_y: torch.Tensor | None = None
     done = 0
     for rows, x in ctx.stream_blocks(split, blocks, stream):
-        y = torch.from_numpy(y_std[rows - split.start])
+        y = torch.from_numpy(y_std[split.index(rows)])
         if carry_x is not None and carry_y is not None:
             x, y = torch.cat([carry_x, x]), torch.cat([carry_y, y])
         i = 0
@@ -146,12 +159,18 @@ def load_splits(opts: FinetuneOptions) -> tuple[dict[str, SplitData], tuple[Path
         with PfsDataset(spec.path) as ds:
             labels = ds.labels(list(opts.targets), spec.start, spec.stop)
         y = np.stack([np.asarray(labels[t], dtype=np.float64) for t in opts.targets], axis=1)
+        subset = None
+        if spec.name == opts.train_split and opts.train_size is not None:
+            if opts.train_size > len(y):
+                raise FeatcacheError(f"--train-size {opts.train_size}: the {spec.name} split has {len(y)} spectra")
+            subset = nested_subset(len(y), opts.train_size, opts.subset_seed)
+            y = y[subset]  # the other rows' labels are never used (nor checked)
         for j, target in enumerate(opts.targets):
             bad = int(np.count_nonzero(~np.isfinite(y[:, j])))
             if bad:
                 raise FeatcacheError(f"target '{target}' has {bad} NaN or inf values on the {spec.name} split; "
                                      "drop or fill those rows")
-        splits[spec.name] = SplitData(spec.name, spec.path, spec.start, spec.stop, y)
+        splits[spec.name] = SplitData(spec.name, spec.path, spec.start, spec.stop, y, subset)
     for role, word in ((opts.train_split, "train"), (opts.val_split, "validation")):
         if role is None:
             continue

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..common.constraints import POSITIVE, Interval, StrOptions, at_least, validate
+from ..common.constraints import POSITIVE, SEED, Interval, StrOptions, at_least, validate
 from ..common.errors import FeatcacheError, choices_message
 from ..common.resume import check_resume_policy, resumed_settings
 from ..heads.binning import Binning
@@ -30,6 +30,10 @@ class FinetuneOptions:
     data: list[str]
     targets: list[str]
     out: Path
+    random_init: bool = False  # start from --ckpt's architecture freshly initialised (the supervised baseline)
+    init_seed: int = 0  # the seed of that initialisation
+    train_size: int | None = None  # train on N spectra of the train split: common.subsets.nested_subset
+    subset_seed: int = 0  # (the rows pretrain --aux-labels N --aux-seed S and compare --train-sizes N draw)
     layer: str = "enc_pre_latent"
     pool: str = "seg_mean_K8"
     head: str | None = None  # None: mlp_1, or the --init-head run's head
@@ -71,7 +75,8 @@ class FinetuneOptions:
     constraints = {"train_noise": StrOptions(TRAIN_NOISE), "encoder_lr": POSITIVE,
                    "batchnorm": StrOptions(BATCHNORM_MODES), "scale_floor": Interval(float, 0, 1, closed="left"),
                    "block_rows": at_least(1), "eval_batch_size": at_least(1), "hash": StrOptions(("full", "sampled")),
-                   "n_boot": at_least(0), "threads": (at_least(1), None)}
+                   "n_boot": at_least(0), "threads": (at_least(1), None), "init_seed": SEED,
+                   "train_size": (at_least(1), None), "subset_seed": SEED}
     flags = {"n_boot": "n_boot"}
 
     def __post_init__(self) -> None:
@@ -121,6 +126,9 @@ def validate_options(opts: FinetuneOptions) -> None:
     for ok, message in checks:
         if not ok:
             raise FeatcacheError(message)
+    if opts.random_init and (opts.init_head is not None or opts.unfreeze == "none"):
+        raise FeatcacheError("--random-init trains the encoder from its initialisation: give --unfreeze all (not "
+                             "--freeze-encoder) and no --init-head")
     if opts.layer in PSEUDO_LAYERS:
         raise FeatcacheError(f"--layer {opts.layer}: an input pseudo-layer has no encoder to fine-tune; fit a head "
                              "on the cache instead (featcache fit)")
@@ -173,7 +181,8 @@ def resume_settings(opts: FinetuneOptions, encoder_sha: str, unfrozen: list[int]
             "noise_level": opts.noise_level, "noise_seed": opts.noise_seed, "mask": opts.mask,
             "direction": opts.direction, "init_head": str(opts.init_head) if opts.init_head else None,
             "splits": [opts.train_split, opts.val_split, opts.test_split], "block_rows": opts.block_rows,
-            "recipe": recipe}
+            "recipe": recipe, **({"random_init": opts.init_seed} if opts.random_init else {}),
+            **({"train_size": opts.train_size, "subset_seed": opts.subset_seed} if opts.train_size else {})}
 
 
 def upgrade_settings(saved: dict[str, Any]) -> dict[str, Any]:

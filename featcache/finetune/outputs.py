@@ -30,6 +30,9 @@ def _facts(opts: FinetuneOptions, model: FinetuneModel, source_sha: str, outcome
     return {"kind": "finetune", "cache": None, "cache_fingerprint": None, "stopped": outcome.stopped,
             "encoder_ckpt": str(opts.out / "encoder.ckpt"), "source_ckpt": str(opts.ckpt),
             "source_sha256": source_sha, "unfreeze": opts.unfreeze,
+            "random_init_seed": opts.init_seed if opts.random_init else None,  # source_ckpt gave the shape only
+            "train_subset": ({"train_size": opts.train_size, "subset_seed": opts.subset_seed,
+                              "rule": "common.subsets.nested_subset"} if opts.train_size else None),
             "unfrozen_blocks": [f"encoders.{i}" for i in model.unfrozen], "encoder_lr": opts.encoder_lr,
             "batchnorm": opts.batchnorm if model.unfrozen else "eval",
             "scale_floor": opts.scale_floor if model.unfrozen else 0.0,
@@ -94,7 +97,7 @@ def write_outputs(opts: FinetuneOptions, model: FinetuneModel, source_sha: str,
     predictions: dict[str, dict[str, np.ndarray]] = {}
     for role, (name, rows, pred) in outputs.items():
         split = splits[name]
-        y = split.y[rows - split.start]
+        y = split.y[split.index(rows)]
         metrics["splits"][name] = split_metrics(name, role, y, pred, list(opts.targets), n_spectra=split.n,
                                                 n_boot=opts.n_boot)
         if role != "train":

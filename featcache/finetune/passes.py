@@ -68,7 +68,7 @@ def validation_scores(model: FinetuneModel, split: SplitData, ctx: RunContext, y
     t = split.y.shape[1]
     sums = torch.zeros(4, t, dtype=torch.float64)
     for rows, out in eval_pass(model, split, ctx):
-        y = torch.from_numpy(y_std[rows - split.start])
+        y = torch.from_numpy(y_std[split.index(rows)])
         err = (out.cpu() - y).double()
         yd = y.double()
         sums += torch.stack([(err * err).sum(0), yd.sum(0), (yd * yd).sum(0),

@@ -36,7 +36,7 @@ from ..heads.fit import FitResult
 from ..heads.registry import create_head, head_info, list_heads
 from ..heads.runs import LoadedHead, check_run_dir, clear_run_dir, load_head
 from ..heads.training import TrainResult
-from ..model.checkpoint import load_encoder, state_dict_digest
+from ..model.checkpoint import load_encoder, random_encoder, state_dict_digest
 from ..model.pooling import get_pooling, pooled_width
 from ..model.taps import tap_shape
 from ..spectra.mask import make_mask
@@ -281,6 +281,11 @@ def _finetune(opts: FinetuneOptions, dist: Dist) -> FinetuneResult:
     started = time.perf_counter()
     # the encoder, which blocks train, the splits and the head to start from
     loaded = load_encoder(opts.ckpt, dilation=opts.dilation, device=dist.device)
+    if opts.random_init:  # the supervised baseline: --ckpt gives the architecture only
+        loaded = random_encoder(loaded.config, seed=opts.init_seed, device=dist.device)
+        if dist.main:
+            status(f"--random-init: a {loaded.config.tag} encoder freshly initialised (seed {opts.init_seed}); "
+                   f"{opts.ckpt.name} gives its architecture only")
     encoder, source_sha = loaded.model, loaded.weights_digest()  # the digest before training changes the model
     try:
         depth = encoder.tap_index(opts.layer)

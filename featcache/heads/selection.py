@@ -17,6 +17,7 @@ import numpy as np
 
 from ..cache.reader import FeatureCache, FeatureMatrix, StackedMatrix
 from ..common.errors import FeatcacheError
+from ..common.subsets import nested_subset
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,6 @@ class RowSelection:
         if self.n_folds is not None:
             out.update(fold=self.fold, n_folds=self.n_folds, fold_seed=self.fold_seed)
         return out or None
-
-
-def nested_subset(n_spectra: int, size: int, seed: int) -> np.ndarray:
-    """`size` spectrum positions out of n_spectra, sorted: the first `size` of one seeded permutation, so a
-    smaller subset is always inside a larger one."""
-    if size > n_spectra:
-        raise FeatcacheError(f"--train-sizes {size}: the train split has only {n_spectra} spectra")
-    order = np.random.default_rng(seed).permutation(n_spectra)
-    return np.sort(order[:size])
 
 
 def fold_of(n_pool: int, n_folds: int, seed: int) -> np.ndarray:

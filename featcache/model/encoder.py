@@ -129,29 +129,49 @@ class BlindspotModel1D(nn.Module):
         return results
 
     # -- full model ---------------------------------------------------------------------------------
-    def _unet(self, x: torch.Tensor) -> torch.Tensor:
+    def _unet(self, x: torch.Tensor, keep: frozenset[int] = frozenset()
+              ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The UNet's last decoder map, and the encoder maps of the depths in `keep` as this pass computes them."""
         n = self.config.num_layers
+        taps: dict[int, torch.Tensor] = {}
         skips = [x]
         h = self.encoders[0](x)
+        if 0 in keep:
+            taps[0] = h
         for i in range(1, n):
             h = shifted_max_pool(self.encoders[i](h))
+            if i in keep:
+                taps[i] = h
             skips.append(h)
         skips.pop()  # the deepest pooled map is the last encoder's input, not a skip
         h = self.encoders[n](h)
+        if n in keep:
+            taps[n] = h
         for dec_a, dec_b in zip(self.decoders_a, self.decoders_b, strict=True):
             skip = skips.pop()
             h = F.interpolate(h, size=skip.shape[-1], mode="nearest")
             h = dec_b(dec_a(torch.cat([h, skip], dim=1)))
-        return h
+        return h, taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, L) -> (B, 2, L): mu_x and sigma_x of the denoised signal."""
+        return self.forward_with_taps(x, [])[0]
+
+    def forward_with_taps(self, x: torch.Tensor, taps: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The full forward, and the named taps of x (the forward half of the doubled batch) from the same pass:
+        pretraining's auxiliary head reads them without a second encoder pass (so BatchNorm's batch statistics
+        and running averages are those of the plain forward). In train mode the maps use the doubled batch's
+        statistics; in eval mode they equal `encode(x, taps)`."""
+        index = {name: self.tap_index(name) for name in taps}
+        keep = frozenset(index.values())
         if not self.config.blindspot:
-            return self.nin_layers(self._unet(x))
+            h, maps = self._unet(x, keep)
+            return self.nin_layers(h), {name: maps[i] for name, i in index.items()}
         batch = x.shape[0]
-        h = shift_right(self._unet(torch.cat([x, x.flip(-1)], dim=0)))
+        h, maps = self._unet(torch.cat([x, x.flip(-1)], dim=0), keep)
+        h = shift_right(h)
         h = torch.cat([h[:batch], h[batch:].flip(-1)], dim=1)
-        return self.nin_layers(h)
+        return self.nin_layers(h), {name: maps[i][:batch] for name, i in index.items()}
 
     def encoder_parameters(self) -> int:
         return sum(p.numel() for p in self.encoders.parameters())

@@ -31,7 +31,7 @@ def read_block(ds: PfsDataset, start: int, stop: int, mask: np.ndarray | None, n
             row = start + int(np.flatnonzero(empty)[0])
             raise FeatcacheError(f"{ds.path}: row {row} has no clean flux (all zero after the reading rules); "
                                  "T1 and generated noise need clean flux for every spectrum")
-    return Batch.from_inputs(inputs)
+    return Batch.from_inputs(inputs, start)
 
 
 def flux_problem(ds: PfsDataset, n_rows: int | None = None) -> str | None:

@@ -18,6 +18,7 @@ from ..model.config import EncoderConfig
 from .recipe import PretrainRecipe
 
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_snr_noisy", "val_snr_denoised", "lr", "seconds")
+AUX_LOG_COLUMNS = ("train_aux_mse", "aux_rows")  # with --aux-target: the labelled rows' MSE and how many were seen
 
 
 def mask_path_for(out: str | os.PathLike[str]) -> Path:
@@ -49,17 +50,19 @@ def checkpoint_mask(ckpt: str | os.PathLike[str]) -> np.ndarray:
 def write_log(path: Path, history: list[dict[str, float]]) -> None:
     """<stem>.log.csv: one row per epoch (written atomically after each)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(LOG_COLUMNS), extrasaction="ignore")
+    columns = list(LOG_COLUMNS) + [c for c in AUX_LOG_COLUMNS if history and c in history[0]]
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in LOG_COLUMNS})
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in columns})
     write_text(path, buffer.getvalue())
 
 
 def read_log(path: str | os.PathLike[str]) -> list[dict[str, float]]:
     """The per-epoch metrics a run wrote to <stem>.log.csv."""
     with open(path, newline="") as handle:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return [{k: (int(v) if k in ("epoch", "aux_rows") else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(handle)]
 
 
 def load_resume_state(out: str | os.PathLike[str]) -> dict[str, Any]:

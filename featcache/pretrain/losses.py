@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from ..common.errors import FeatcacheError, choices_message
 from ..model.encoder import BlindspotModel1D, denoise
 from ..spectra.inputs import Inputs
 from .recipe import LOSSES
+
+if TYPE_CHECKING:
+    from .auxiliary import AuxObjective
 
 _VAR_FLOOR = 1e-12  # keeps log(var) finite where both sigma_x and the error are zero
 
@@ -73,37 +77,48 @@ class Batch:
     noisy: torch.Tensor
     sigma: torch.Tensor
     flux: torch.Tensor | None
+    rows: torch.Tensor | None = None  # each spectrum's row in its file (on the CPU: the auxiliary loss's labels)
 
     def to(self, device: torch.device) -> Batch:
         nb = device.type == "cuda"
         return Batch(self.noisy.to(device, non_blocking=nb), self.sigma.to(device, non_blocking=nb),
-                     None if self.flux is None else self.flux.to(device, non_blocking=nb))
+                     None if self.flux is None else self.flux.to(device, non_blocking=nb), self.rows)
 
     def __len__(self) -> int:
         return int(self.noisy.shape[0])
 
     def take(self, index: torch.Tensor | slice) -> Batch:
-        return Batch(self.noisy[index], self.sigma[index], None if self.flux is None else self.flux[index])
+        return Batch(self.noisy[index], self.sigma[index], None if self.flux is None else self.flux[index],
+                     None if self.rows is None else self.rows[index])
 
     @classmethod
-    def from_inputs(cls, inputs: Inputs) -> Batch:
+    def from_inputs(cls, inputs: Inputs, first_row: int | None = None) -> Batch:
+        """A batch of read_inputs' arrays; first_row: the file row of the first spectrum (rows consecutive)."""
         as_t = torch.from_numpy
-        return cls(as_t(inputs.noisy), as_t(inputs.sigma), None if inputs.flux is None else as_t(inputs.flux))
+        rows = None if first_row is None else torch.arange(first_row, first_row + inputs.noisy.shape[0])
+        return cls(as_t(inputs.noisy), as_t(inputs.sigma), None if inputs.flux is None else as_t(inputs.flux), rows)
 
     @staticmethod
     def concatenate(parts: list[Batch]) -> Batch:
         flux = None if any(p.flux is None for p in parts) else torch.cat([p.flux for p in parts])  # type: ignore[misc]
-        return Batch(torch.cat([p.noisy for p in parts]), torch.cat([p.sigma for p in parts]), flux)
+        rows = None if any(p.rows is None for p in parts) else torch.cat([p.rows for p in parts])  # type: ignore[misc]
+        return Batch(torch.cat([p.noisy for p in parts]), torch.cat([p.sigma for p in parts]), flux, rows)
 
 
 def training_step(model: BlindspotModel1D, optimizer: torch.optim.Optimizer, batch: Batch, loss_name: str,
-                  grad_clip: float = 1.0) -> float:
-    """One Adam step on a batch (model in train mode); returns the batch loss."""
-    output = model(model_input(batch.noisy, batch.sigma, model.config.input_sigma))
+                  grad_clip: float = 1.0, aux: AuxObjective | None = None) -> float:
+    """One Adam step on a batch (model in train mode); returns the loss the encoder minimised: the blind-spot
+    loss, plus LAMBDA x the auxiliary MSE over the batch's labelled rows with an auxiliary objective."""
+    taps = [aux.tap] if aux is not None else []
+    output, maps = model.forward_with_taps(model_input(batch.noisy, batch.sigma, model.config.input_sigma), taps)
     loss = pretrain_loss(loss_name, output, batch.noisy, batch.sigma, batch.flux)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    mse = aux.loss(maps[aux.tap], batch.rows) if aux is not None else None
+    (loss if mse is None else loss + mse).backward()  # the head's input scales the encoder's share by LAMBDA
     if grad_clip and grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return float(loss.detach())
+    if aux is not None:
+        aux.step(grad_clip)
+    value = float(loss.detach())
+    return value if mse is None else value + float(aux.recipe.aux_weight) * float(mse.detach())  # type: ignore[union-attr]

@@ -12,12 +12,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..common.constraints import FRACTION, NON_NEGATIVE, POSITIVE, SEED, Interval, StrOptions, at_least, validate
+from ..common.errors import FeatcacheError
 from ..common.settings import Change, changes, format_changes
 
 LOSSES = ("T1", "E1", "E2")
 NOISE_SOURCES = ("generated", "stored")
 TRAIN_NOISE = ("fresh", "fixed")
 RESUME_FREE = ("max_epochs", "time_limit", "device", "save_every")
+AUX_FIELDS = ("aux_targets", "aux_weight", "aux_labels", "aux_seed", "aux_tap", "aux_pool", "aux_hidden")
 # spellings before 0.2, read from old checkpoints (and accepted, with a warning, from callers)
 RENAMED = {"epochs": "max_epochs", "clip_grad": "grad_clip"}
 
@@ -48,19 +50,38 @@ class PretrainRecipe:
     device: str = "auto"
     head_init: bool = True  # start mu_x and sigma_x at the data's flux level and spread (init_head)
     head_lr_mult: float = 10.0  # lr factor of the last BatchNorm (head_parameter_groups)
+    # the auxiliary label loss (pretrain/auxiliary.py, docs/pretraining-aux.md): none without aux_targets
+    aux_targets: tuple[str, ...] = ()  # labels a small head on the encoder predicts (log_g, T_eff, M_H)
+    aux_weight: float = 1.0  # LAMBDA: the encoder minimises blind-spot loss + LAMBDA x MSE of standardised labels
+    aux_labels: int | None = None  # train rows with labels: nested_subset(n_train, N, aux_seed); None: every row
+    aux_seed: int = 0  # draws the labelled rows (compare's --subset-seed with --train-sizes N names the same rows)
+    aux_tap: str = "enc_pre_latent"  # the encoder tap the auxiliary head reads
+    aux_pool: str = "seg_mean_K8"  # and its pooling
+    aux_hidden: int = 0  # 0: a linear head; H: Linear -> GELU -> Linear with H hidden units
 
     constraints = {"max_epochs": at_least(0), "batch_size": at_least(1), "lr": POSITIVE,
                    "noise_level": Interval(float, 0, None, closed="neither", text="a positive finite number"),
                    "block_rows": at_least(1), "save_every": (at_least(1), None), "max_train": (at_least(1), None),
                    "max_val": (at_least(1), None), "seed": SEED, "noise_seed": (SEED, None), "grad_clip": NON_NEGATIVE,
                    "plateau_factor": FRACTION, "loss": StrOptions(("auto", *LOSSES)),
-                   "noise": StrOptions(("auto", *NOISE_SOURCES)), "train_noise": StrOptions(TRAIN_NOISE)}
+                   "noise": StrOptions(("auto", *NOISE_SOURCES)), "train_noise": StrOptions(TRAIN_NOISE),
+                   "aux_weight": NON_NEGATIVE, "aux_labels": (at_least(1), None), "aux_seed": SEED,
+                   "aux_hidden": at_least(0)}
+    flags = {"aux_targets": "--aux-target"}
 
     def __post_init__(self) -> None:
         if self.noise == "fresh":  # the spelling before 0.2
             warnings.warn("PretrainRecipe(noise='fresh') is deprecated: use noise='generated'", DeprecationWarning,
                           stacklevel=3)
             object.__setattr__(self, "noise", "generated")
+        if isinstance(self.aux_targets, str):  # one name, not its letters
+            object.__setattr__(self, "aux_targets", (self.aux_targets,))
+        object.__setattr__(self, "aux_targets", tuple(self.aux_targets))  # a saved recipe holds a list
+
+    @property
+    def auxiliary(self) -> bool:
+        """Whether the run has an auxiliary label loss (and a head saved beside the checkpoint)."""
+        return bool(self.aux_targets)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +108,14 @@ def validate_recipe(recipe: PretrainRecipe) -> None:
 
     validate(recipe)
     parse_mask_spec(recipe.mask)
+    if len(set(recipe.aux_targets)) != len(recipe.aux_targets):
+        raise FeatcacheError(f"--aux-target: a label is given twice ({', '.join(recipe.aux_targets)})")
+    if not recipe.auxiliary:
+        defaults = PretrainRecipe()
+        for name in AUX_FIELDS[1:]:
+            if getattr(recipe, name) != getattr(defaults, name):
+                raise FeatcacheError(f"--{name.replace('_', '-')} applies to the auxiliary loss: give --aux-target "
+                                     "(log_g, T_eff, M_H, ...) too")
 
 
 def recipe_differences(saved: PretrainRecipe, wanted: PretrainRecipe) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..common.device import resolve_device
+from ..common.device import resolve_device, to_cpu
 from ..common.errors import FeatcacheError
 from ..common.progress import progress, status
 from ..common.serialise import plain
@@ -29,6 +29,7 @@ from ..model.encoder import BlindspotModel1D, EncoderConfig
 from ..spectra.mask import make_mask, parse_mask_spec
 from ..spectra.noise import fresh_stream
 from ..spectra.pfsspec import PfsDataset, file_identity
+from .auxiliary import AuxObjective, aux_path_for, labelled_rows, read_labels, saved_standardisation
 from .data import flux_problem, noise_spec, read_block, training_batches
 from .files import epoch_path_for, load_resume_state, log_path_for, mask_path_for, saved_settings, write_log
 from .head_init import data_levels, head_parameter_groups, init_head
@@ -54,6 +55,7 @@ class PretrainResult:
     log_path: Path
     yaml_path: Path
     n_kept: int
+    aux_path: Path | None = None  # <stem>.aux.pt: the auxiliary head and its labelled rows (--aux-target)
 
     @property
     def last(self) -> dict[str, float]:
@@ -120,17 +122,6 @@ def _check_mask(mask: np.ndarray, train: PfsDataset, config: EncoderConfig) -> N
                              f"(each of its {config.num_layers - 1} poolings halves the length: needs >= {need})")
 
 
-def _to_cpu(obj: Any) -> Any:
-    """Optimizer state with every tensor on the CPU, so a GPU run resumes anywhere."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
 @dataclass
 class Run:
     """One pretraining run: its data, model, optimizer and schedule, and where it stands (what `out` saves)."""
@@ -153,6 +144,7 @@ class Run:
     global_step: int = 0
     seconds_before: float = 0.0
     data: dict[str, Any] = field(default_factory=dict)  # the data's content identity (data_identity)
+    aux: AuxObjective | None = None  # the auxiliary label loss (--aux-target)
 
     @property
     def log_path(self) -> Path:
@@ -169,7 +161,7 @@ class Run:
                 "train": self.train_path, "val": self.val_path, "n_train": self.n_train, "n_val": self.n_val,
                 "data": self.data,
                 "history": self.history, "seconds": self.seconds_before + (time.monotonic() - self.started)}
-        extra = {"optimizer_states": [_to_cpu(self.optimizer.state_dict())],
+        extra = {"optimizer_states": [to_cpu(self.optimizer.state_dict())],
                  "lr_schedulers": [self.scheduler.state_dict()], "featcache": meta}
         spec = parse_mask_spec(recipe.mask)
         config_extra = {"mask": {"mask_ratio": spec.ratio} if spec.kind == "quantile" else {},
@@ -178,10 +170,18 @@ class Run:
                                       "n_kept": kept, "loss": recipe.loss, "noise": recipe.noise,
                                       "seed": recipe.seed, "epochs_done": self.epochs_done,
                                       "train": self.train_path, "val": self.val_path}}
+        keep_epoch = bool(recipe.save_every and self.epochs_done and self.epochs_done % recipe.save_every == 0)
+        if self.aux is not None:  # beside the checkpoint, written first (a resume checks the two agree)
+            meta["aux"] = aux_summary(self.aux, aux_path_for(self.out).name)
+            config_extra["featcache"]["aux"] = {k: v for k, v in meta["aux"].items() if k != "rows"}
+            self.aux.save(aux_path_for(self.out), self.epochs_done)
+            if keep_epoch:
+                self.aux.save(aux_path_for(epoch_path_for(self.out, self.epochs_done)), self.epochs_done,
+                              with_optimizer=False)
         save_checkpoint(self.model, self.out, epoch=self.epochs_done, global_step=self.global_step, extra=extra,
                         config_extra=config_extra)
         write_log(self.log_path, self.history)
-        if recipe.save_every and self.epochs_done and self.epochs_done % recipe.save_every == 0:
+        if keep_epoch:
             save_checkpoint(self.model, epoch_path_for(self.out, self.epochs_done), epoch=self.epochs_done,
                             global_step=self.global_step, extra={"featcache": meta}, config_extra=config_extra)
 
@@ -194,6 +194,8 @@ class Run:
         self.epochs_done, self.global_step = int(meta["epochs_done"]), int(state.get("global_step", 0))
         self.history = [dict(row) for row in meta.get("history", [])]
         self.seconds_before = float(meta.get("seconds", 0.0))
+        if self.aux is not None:
+            self.aux.restore(aux_path_for(self.out), self.epochs_done)
         status(f"resuming {self.out} after epoch {self.epochs_done} (step {self.global_step})")
 
 
@@ -209,6 +211,29 @@ def _settings(state: dict[str, Any] | None, config: EncoderConfig | None, recipe
     if diffs:
         raise FeatcacheError(f"--resume: the recipe differs from {out.name}'s: {diffs}")
     return saved_config, state["featcache"]["mask"].numpy().astype(bool)
+
+
+def _auxiliary(out: Path, train: PfsDataset, recipe: PretrainRecipe, model: BlindspotModel1D, n_kept: int,
+               n_train: int, state: dict[str, Any] | None, device: torch.device) -> AuxObjective:
+    """The auxiliary objective: the labelled rows' labels (standardised as the run began: a resumed run takes
+    the saved mean and std), and the head on the tap."""
+    rows = labelled_rows(n_train, recipe)
+    standardisation = saved_standardisation(aux_path_for(out)) if state is not None else None
+    table = read_labels(train, rows, recipe.aux_targets, standardisation)
+    return AuxObjective(recipe, model, n_kept, table, device)
+
+
+def aux_summary(aux: AuxObjective, file_name: str) -> dict[str, Any]:
+    """What the checkpoint's metadata records of the auxiliary loss: the labelled rows (file rows of the train
+    file), the rule that drew them, the labels' standardisation and the file the head is in."""
+    recipe, table = aux.recipe, aux.table
+    return {"file": file_name, "targets": list(table.targets), "weight": float(recipe.aux_weight),
+            "tap": recipe.aux_tap, "pool": recipe.aux_pool, "hidden": int(recipe.aux_hidden),
+            "n_labelled": len(table.rows), "labels": recipe.aux_labels, "seed": int(recipe.aux_seed),
+            "rule": "every train row" if recipe.aux_labels is None else
+            f"nested_subset(n_train, {recipe.aux_labels}, seed {recipe.aux_seed}): compare --train-sizes "
+            f"{recipe.aux_labels} --subset-seed {recipe.aux_seed} on this train file trains on the same spectra",
+            "rows": [int(r) for r in table.rows], "label_mean": plain(table.mean), "label_std": plain(table.std)}
 
 
 def data_identity(train_path: str, val_path: str | None, n_train: int, n_val: int) -> dict[str, Any]:
@@ -248,14 +273,16 @@ def check_resume_data(state: dict[str, Any], data: dict[str, Any], out: Path, tr
 def _new_run(out: Path, train: PfsDataset, val: PfsDataset | None, train_path: str, val_path: str | None,
              config: EncoderConfig, recipe: PretrainRecipe, mask: np.ndarray, n_train: int,
              state: dict[str, Any] | None, device: torch.device, started: float) -> Run:
-    """Model, optimizer and schedule; a new run's head starts at the data's levels, a resumed one continues."""
+    """Model, optimizer and schedule (and the auxiliary head); a new run's head starts at the data's levels, a
+    resumed one continues."""
     model = new_model(config, recipe.seed).to(device)
+    aux = _auxiliary(out, train, recipe, model, int(mask.sum()), n_train, state, device) if recipe.auxiliary else None
     optimizer = torch.optim.Adam(head_parameter_groups(model, recipe.lr, recipe.head_lr_mult), lr=recipe.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=recipe.plateau_factor,
                                                            patience=recipe.plateau_patience, min_lr=recipe.min_lr)
     n_val = min(recipe.max_val or val.n_rows, val.n_rows) if val is not None else 0
     run = Run(out, train_path, val_path, config, recipe, mask, n_train, n_val, int(train.n_pixels), model,
-              optimizer, scheduler, started)
+              optimizer, scheduler, started, aux=aux)
     if state is not None:
         run.restore(state)
     elif recipe.head_init:
@@ -309,7 +336,8 @@ def pretrain(train_path: str | os.PathLike[str], val_path: str | os.PathLike[str
     return PretrainResult(path=out, config=config, recipe=recipe, epochs_done=run.epochs_done,
                           global_step=run.global_step, history=run.history, stopped=stopped,
                           seconds=run.seconds_before + time.monotonic() - started, mask_path=mask_path_for(out),
-                          log_path=run.log_path, yaml_path=out.with_suffix(".yaml"), n_kept=int(mask.sum()))
+                          log_path=run.log_path, yaml_path=out.with_suffix(".yaml"), n_kept=int(mask.sum()),
+                          aux_path=aux_path_for(out) if run.aux is not None else None)
 
 
 def _train(run: Run, train: PfsDataset, val: PfsDataset | None, device: torch.device) -> str:
@@ -328,9 +356,12 @@ def _train(run: Run, train: PfsDataset, val: PfsDataset | None, device: torch.de
             # train: shuffled blocks of the train rows, this epoch's noise, one Adam step per batch
             model.train()
             total, count = 0.0, 0
+            if run.aux is not None:
+                run.aux.reset()
             with progress(total=n_batches, desc=f"epoch {epoch + 1}/{recipe.max_epochs}", unit="batch") as bar:
                 for batch in training_batches(train, run.n_train, run.mask, recipe, epoch, recipe.loss == "T1"):
-                    loss = training_step(model, run.optimizer, batch.to(device), recipe.loss, recipe.grad_clip)
+                    loss = training_step(model, run.optimizer, batch.to(device), recipe.loss, recipe.grad_clip,
+                                         run.aux)
                     if not math.isfinite(loss):
                         raise FeatcacheError(f"the loss became {loss} at epoch {epoch + 1}, step "
                                              f"{run.global_step + 1}; lower --lr or check the data")
@@ -339,6 +370,8 @@ def _train(run: Run, train: PfsDataset, val: PfsDataset | None, device: torch.de
                     bar.set_postfix(loss=f"{total / count:.4f}")
             row: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_loss": math.nan,
                                      "val_snr_noisy": math.nan, "val_snr_denoised": math.nan, "lr": lr}
+            if run.aux is not None:  # the labelled train rows' MSE (standardised labels), before each step
+                row.update(train_aux_mse=run.aux.epoch_mse, aux_rows=run.aux.n_seen)
             # validate (the same noise draw every epoch), then the plateau schedule
             if val is not None:
                 ev = evaluate(model, val, run.n_val, run.mask, seed=recipe.effective_noise_seed,
@@ -370,6 +403,8 @@ def _epoch_line(row: dict[str, float], epochs: int) -> str:
     if math.isfinite(row["val_loss"]):
         text += (f", val loss {row['val_loss']:.4f}, val S/N {row['val_snr_noisy']:.2f} -> "
                  f"{row['val_snr_denoised']:.2f} ({row['val_snr_denoised'] / row['val_snr_noisy']:.2f}x)")
+    if "train_aux_mse" in row:
+        text += f", aux MSE {row['train_aux_mse']:.4f} ({int(row['aux_rows'])} labelled spectra)"
     return text + f", lr {row['lr']:.3g}, {row['seconds']:.1f} s"
 
 

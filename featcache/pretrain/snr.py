@@ -15,7 +15,7 @@ from ..common.device import resolve_device
 from ..common.errors import FeatcacheError
 from ..model.checkpoint import LoadedEncoder
 from ..model.encoder import BlindspotModel1D, denoise
-from ..spectra.inputs import NoiseSpec
+from ..spectra.inputs import NoiseSpec, consecutive_runs
 from ..spectra.pfsspec import PfsDataset
 from .data import read_block
 from .losses import Batch, model_input, pretrain_loss
@@ -90,7 +90,7 @@ def evaluate(model: BlindspotModel1D | LoadedEncoder, dataset: PfsDataset | str 
             for lo in range(0, len(idx), batch_size):
                 chunk = idx[lo:lo + batch_size]
                 batch = Batch.concatenate([read_block(ds, int(s), int(e), mask, spec, stream=stream, need_flux=True)
-                                           for s, e in _runs(chunk)]).to(dev)
+                                           for s, e in consecutive_runs(chunk)]).to(dev)
                 out = model(model_input(batch.noisy, batch.sigma, model.config.input_sigma))
                 est = denoise(out, batch.noisy, batch.sigma)
                 assert batch.flux is not None
@@ -107,17 +107,6 @@ def evaluate(model: BlindspotModel1D | LoadedEncoder, dataset: PfsDataset | str 
     finally:
         if own:
             ds.close()
-
-
-def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
-    """Consecutive row indices grouped into [start, stop) runs (in the given order)."""
-    runs: list[tuple[int, int]] = []
-    for r in rows.tolist():
-        if runs and runs[-1][1] == r:
-            runs[-1] = (runs[-1][0], r + 1)
-        else:
-            runs.append((r, r + 1))
-    return runs
 
 
 def reconstruction_snr(model: BlindspotModel1D | LoadedEncoder, dataset: PfsDataset | str | os.PathLike[str],

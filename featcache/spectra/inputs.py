@@ -81,3 +81,20 @@ def read_inputs(ds: PfsDataset, start: int, stop: int, mask: np.ndarray | None, 
         flux = flux[:, mask] if flux is not None else None
     return Inputs(np.ascontiguousarray(noisy), np.ascontiguousarray(sigma),
                   np.ascontiguousarray(flux) if (flux is not None and need_flux) else None)
+
+
+def consecutive_runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """File rows (in the given order) grouped into [start, stop) runs of consecutive rows: one read each."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return []
+    parts = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+    return [(int(part[0]), int(part[-1]) + 1) for part in parts]
+
+
+def read_rows(ds: PfsDataset, rows: np.ndarray, mask: np.ndarray | None, noise: NoiseSpec, *, stream: int,
+              need_flux: bool = False) -> Inputs:
+    """read_inputs of any file rows (a subset of a split), run by run: the noise is keyed by each row, so a row
+    gets the same draw read alone or in a block."""
+    return Inputs.concatenate([read_inputs(ds, a, b, mask, noise, stream=stream, need_flux=need_flux)
+                               for a, b in consecutive_runs(rows)])

@@ -122,10 +122,12 @@ def test_every_lazy_export_resolves():
 
 
 def test_the_command_line_starts_without_torch():
-    """`featcache --help` reads option defaults from torch-free library modules (startup stays fast)."""
+    """`featcache --help` reads option defaults from torch-free library modules (startup stays fast; nor Optuna,
+    which only `featcache search` imports)."""
     import subprocess
     import sys
 
-    code = "import sys, featcache_cli.main; print(sorted(m for m in ('torch', 'zarr', 'h5py') if m in sys.modules))"
+    code = ("import sys, featcache_cli.main; print(sorted(m for m in ('torch', 'zarr', 'h5py', 'optuna') if m in "
+            "sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

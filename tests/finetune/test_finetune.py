@@ -208,3 +208,47 @@ def test_resume_refuses_another_file_at_the_same_path(tmp_path):
     write_pfs(path, n=60, p=512, seed=13)  # same path, same shape, other spectra
     result = run_cli(*args, "--max-epochs", "2", "--resume", check=False)
     assert_cli_error(result, "--resume: the options differ", "split 'train': file content changed")
+
+
+def test_supervised_baseline_trains_a_fresh_encoder_on_the_labelled_rows_only(data, tmp_path):
+    """--random-init --train-size N --subset-seed S: the train split's spectra are the N that pretrain --aux-labels N
+    --aux-seed S labels (and compare --train-sizes N --subset-seed S trains on); the other train rows' labels are
+    never read (NaN there changes nothing); the encoder starts from a fresh initialisation of --ckpt's shape."""
+    import h5py
+    import pandas as pd
+
+    from featcache.common.subsets import nested_subset
+    from featcache.pretrain import PretrainRecipe, labelled_rows
+
+    root, splits = data
+    source = splits[0].split("=", 1)[1].split(":")[0]
+    rows = nested_subset(64, 20, 4)
+    assert np.array_equal(labelled_rows(64, PretrainRecipe(aux_targets=("log_g",), aux_labels=20, aux_seed=4)), rows)
+    poisoned = tmp_path / "poisoned.h5"
+    with h5py.File(source) as src, h5py.File(poisoned, "w") as dst:
+        for key in ("spectrumdataset/wave", "dataset/arrays/flux/value", "dataset/arrays/error/value"):
+            dst[key] = src[key][()]
+    frame = pd.read_hdf(source, "dataset/params")
+    frame.loc[np.setdiff1d(np.arange(64), rows), "log_g"] = np.nan  # unlabelled train rows only
+    frame.to_hdf(poisoned, key="dataset/params", format="table", mode="a")
+    args = ["finetune", "--ckpt", CKPT, "--random-init", "--init-seed", "1", "--train-size", "20", "--subset-seed",
+            "4", "--unfreeze", "all", "--batchnorm", "train", "--max-epochs", "2", *COMMON]
+    clean = run_cli(*args, *data_args(splits), "--out", tmp_path / "clean")
+    assert "training encoders.0-4" in clean.output
+    run_cli(*args, *data_args([f"train={poisoned}:0:64", f"val={poisoned}:64:88", f"test={poisoned}:88:112"]),
+            "--out", tmp_path / "poisoned")
+    a, b = np.load(tmp_path / "clean" / "predictions.npz"), np.load(tmp_path / "poisoned" / "predictions.npz")
+    np.testing.assert_array_equal(a["test_pred"], b["test_pred"])
+    metrics = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    assert metrics["splits"]["train"]["n"] == 20 and metrics["random_init_seed"] == 1
+    assert metrics["train_subset"]["train_size"] == 20 and metrics["train_subset"]["subset_seed"] == 4
+    fresh = load_encoder(CKPT)
+    start = torch.load(tmp_path / "clean" / "last.pt", weights_only=True)["settings"]
+    assert start["random_init"] == 1 and start["train_size"] == 20 and start["encoder_sha256"] != \
+        fresh.weights_digest()
+    refused = run_cli("finetune", "--ckpt", CKPT, "--random-init", "--freeze-encoder", *data_args(splits), *COMMON,
+                      "--out", tmp_path / "x", check=False)
+    assert_cli_error(refused, "--random-init trains the encoder")
+    too_many = run_cli("finetune", "--ckpt", CKPT, "--train-size", "65", *data_args(splits), *COMMON,
+                       "--out", tmp_path / "y", check=False)
+    assert_cli_error(too_many, "--train-size 65: the train split has 64 spectra")
