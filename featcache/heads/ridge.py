@@ -254,6 +254,20 @@ class RidgeHead:
             raise FeatcacheError(f"alphas must be positive finite numbers, got {rel.tolist()}")
         return np.sort(rel)
 
+    def _fit_alphas(self, n: int, y_std: np.ndarray, my: np.ndarray, target_names: Sequence[str] | None, *,
+                    has_val: bool) -> np.ndarray:
+        """The alphas a fit tries (scaled by N unless told otherwise), after the checks the primal and the dual
+        form share: no constant target, and a validation split whenever there is a choice to make."""
+        for j in np.flatnonzero(is_constant(y_std, my)):
+            raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the train split "
+                                 f"(every value is {my[j]:.6g}); nothing to fit")
+        rel = self.relative_alphas()
+        alphas = rel * n if self.scale_alphas else rel
+        if not has_val and alphas.size > 1:
+            raise FeatcacheError("choosing alpha needs a validation split (alpha is never chosen on test); "
+                                 "give validation rows or a single alpha")
+        return alphas
+
     def fit_stats(self, train: StreamingStats, val: StreamingStats | None = None,
                   target_names: Sequence[str] | None = None) -> RidgeHead:
         """Fit from accumulated statistics; val is required when there is more than one alpha."""
@@ -265,14 +279,7 @@ class RidgeHead:
         my = train.mean_y
         zz, zy, yy = train.standardised(mx, scale, my, const)
         y_std = np.sqrt(np.clip(np.diag(yy) / n, 0.0, None))
-        for j in np.flatnonzero(is_constant(y_std, my)):
-            raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the train split "
-                                 f"(every value is {my[j]:.6g}); nothing to fit")
-        rel = self.relative_alphas()
-        alphas = rel * n if self.scale_alphas else rel
-        if val is None and alphas.size > 1:
-            raise FeatcacheError("choosing alpha needs a validation split (alpha is never chosen on test); "
-                                 "give validation rows or a single alpha")
+        alphas = self._fit_alphas(n, y_std, my, target_names, has_val=val is not None)
 
         lam, vecs = _eigh(zz)
         lam = np.clip(lam, 0.0, None)
@@ -369,14 +376,7 @@ class RidgeHead:
         x[:, const] = 0.0                                          # z: the standardised rows, in place
         my = y.mean(axis=0)
         y_std = y.std(axis=0)
-        for j in np.flatnonzero(is_constant(y_std, my)):
-            raise FeatcacheError(f"target '{target_name(target_names, j)}' is constant on the train split "
-                                 f"(every value is {my[j]:.6g}); nothing to fit")
-        rel = self.relative_alphas()
-        alphas = rel * n if self.scale_alphas else rel
-        if X_val is None and alphas.size > 1:
-            raise FeatcacheError("choosing alpha needs a validation split (alpha is never chosen on test); "
-                                 "give validation rows or a single alpha")
+        alphas = self._fit_alphas(n, y_std, my, target_names, has_val=X_val is not None)
         lam, vecs = _eigh(x @ x.T)
         lam = np.clip(lam, 0.0, None)
         proj = vecs.T @ (y - my)                                   # (N, T) in the kernel's eigenbasis
