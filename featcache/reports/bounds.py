@@ -172,6 +172,9 @@ def sentences(target: str, axes: dict[str, list[dict[str, Any]]], totals: dict[s
                 text += (f"; most at {axis} {best['lo']:.3g}-{best['hi']:.3g} "
                          f"({best['members'][m.label]['efficiency']:.0%}), least at {worst['lo']:.3g}-"
                          f"{worst['hi']:.3g} ({worst['members'][m.label]['efficiency']:.0%})")
+        if entry["efficiency_lo"] > 1:
+            text += ("; above 100%: no unbiased estimator can do that, so this one is biased (its errors pulled in "
+                     "where the spectrum says little, e.g. by the label range), and the fraction is not an efficiency")
         out.append(text + ".")
     for axis, rows in axes.items():
         for row in rows:
