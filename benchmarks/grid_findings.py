@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
 from featcache.heads.metrics import paired_r2_difference_ci  # noqa: E402
 
 POOLS = ("global_mean", "mean_max", "seg_mean_K8")
-LAYERS = ("enc_pre_latent", "enc_last")
+LAYERS = ("enc_3", "enc_pre_latent", "enc_last")  # the middle block the demo probes, the reference taps
 
 
 class Cells:
@@ -124,10 +124,11 @@ def findings(out: Path, target: str, encoder: str, random: str) -> str:
             for better, worse in (("seg_mean_K8", "mean_max"), ("mean_max", "global_mean")):
                 add(cells.find(encoder, layer, better, head), cells.find(encoder, layer, worse, head),
                     f"{better} > {worse} ({layer}, {head})")
-    for head in ("ridge", "mlp_1"):
-        for pool in POOLS:
-            add(cells.find(encoder, "enc_pre_latent", pool, head), cells.find(encoder, "enc_last", pool, head),
-                f"enc_pre_latent > enc_last ({pool}, {head})")
+    for deeper, shallower in (("enc_3", "enc_pre_latent"), ("enc_pre_latent", "enc_last")):
+        for head in ("ridge", "mlp_1"):
+            for pool in POOLS:
+                add(cells.find(encoder, deeper, pool, head), cells.find(encoder, shallower, pool, head),
+                    f"{deeper} > {shallower} ({pool}, {head})")
     for layer in LAYERS:
         for pool in POOLS:
             add(cells.find(encoder, layer, pool, "mlp_1"), cells.find(encoder, layer, pool, "ridge"),
@@ -138,9 +139,10 @@ def findings(out: Path, target: str, encoder: str, random: str) -> str:
                 f"{encoder} > {random} ({layer}/seg_mean_K8, {head})")
     raw = next((r["encoder"] for r in cells.rows if r["layer"] == "input_flux"), None)
     if raw:
-        for head in ("ridge", "mlp_1"):
-            add(cells.find(encoder, "enc_pre_latent", "seg_mean_K8", head), cells.find(raw, "input_flux", "none", head),
-                f"{encoder} enc_pre_latent/seg_mean_K8 > raw noisy flux ({head})")
+        for layer in ("enc_3", "enc_pre_latent"):
+            for head in ("ridge", "mlp_1"):
+                add(cells.find(encoder, layer, "seg_mean_K8", head), cells.find(raw, "input_flux", "none", head),
+                    f"{encoder} {layer}/seg_mean_K8 > raw noisy flux ({head})")
     runs = [r for r in cells.rows if r["kind"] == "run"]
     frozen = next((r for r in runs if "frozen" in r["encoder"]), None)
     tuned = next((r for r in runs if "finetuned" in r["encoder"]), None)
