@@ -7,7 +7,7 @@
 # (reports/synth-logg/depth).
 # Writes reports/synth-logg/ (committed, with its cells: `featcache report reports/synth-logg` re-draws it
 # without fitting). Every stage is resumable: re-run to continue after a kill.
-#   bash benchmarks/reference_grid.sh            (about 1.5 hours on 2 CPU cores)
+#   bash benchmarks/reference_grid.sh            (about an hour on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FC=${FC:-.venv/bin/featcache}
