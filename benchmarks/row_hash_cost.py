@@ -46,7 +46,7 @@ def main() -> None:
     from featcache.demo import DEMO_ENCODER
     from featcache.spectra.pfsspec import IDENTITY_BLOCK_ROWS, PfsDataset, file_identity, row_hashes, scan_file
 
-    data = args.data or REPO / "data" / f"rowhash-{args.n}.h5"
+    data = args.data or REPO / "data" / "synth" / f"rowhash-{args.n}.h5"  # git-ignored, as every synthetic file
     if not data.exists():
         data.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "featcache", "synth", str(data), "--n", str(args.n), "--seed", "27",
