@@ -9,7 +9,7 @@ import click
 from .common import command, echo_result
 
 
-@command("bounds", short_help="Per-star information bounds of a cache's spectra (stored in the cache).")
+@command("bounds", short_help="Per-star information bounds of a cache's spectra, stored in it.")
 @click.option("--cache", "cache", type=click.Path(path_type=Path), required=True, metavar="PATH",
               help="The feature cache whose spectra (its files, mask and noise) are bounded.")
 @click.option("--source", type=click.Choice(["auto", "synth", "cannon"]), default="auto", show_default=True,

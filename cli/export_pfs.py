@@ -15,7 +15,7 @@ from .options import defaults
 E = defaults(ExportOptions)
 
 
-@command("export", short_help="pfsspec spectra -> PFS FITS products (pfsCoadd, pfsCalibrated, pfsObject).")
+@command("export", short_help="pfsspec spectra -> PFS FITS (pfsCoadd, pfsCalibrated, pfsObject).")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--product", type=click.Choice(["pfsCoadd", "pfsCalibrated", "pfsObject"]), default=E["product"],

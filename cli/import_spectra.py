@@ -16,7 +16,7 @@ from .options import defaults
 G = defaults(GridOptions)
 
 
-@command("import", short_help="PFS FITS spectra -> a pfsspec file on a reference grid (observed spectra in).")
+@command("import", short_help="PFS FITS spectra -> a pfsspec file on a reference grid.")
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--reference", type=click.Path(path_type=Path), required=True,
               help="pfsspec file whose wavelength grid the encoder and heads were made on (e.g. the train split).")

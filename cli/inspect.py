@@ -10,7 +10,7 @@ import click
 from .common import command, echo_result
 
 
-@command("inspect", short_help="Describe a dataset (.h5), cache (.zarr), checkpoint or PFS FITS product.")
+@command("inspect", short_help="Describe a dataset (.h5), cache (.zarr), checkpoint or FITS file.")
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 def command(path: str, as_json: bool) -> None:

@@ -46,7 +46,7 @@ def space_options(func: Any) -> Any:
     return func
 
 
-@command("search", short_help="Search encoder hyper-parameters by probe score per CPU-minute (Optuna).")
+@command("search", short_help="Search encoder settings by probe score per CPU-minute (Optuna).")
 @data_option("Pretraining data: train=FILE.h5 (required), val=FILE.h5 (reconstruction S/N).")
 @click.option("--probe-data", multiple=True, required=True, metavar="NAME=FILE[:START:STOP]",
               help="The probe's splits: train= and val= (the score is the validation R2; no test split is read).")

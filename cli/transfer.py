@@ -14,7 +14,7 @@ from .options import defaults
 T = defaults(TransferOptions)
 
 
-@command("transfer", short_help="Apply a head fitted on simulations to observed features; report the shift.")
+@command("transfer", short_help="Apply a sim-trained head to observed features; report the shift.")
 @click.option("--head", type=click.Path(path_type=Path), required=True,
               help="Run directory of featcache fit (fitted on a simulated cache).")
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path), required=True,

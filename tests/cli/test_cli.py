@@ -13,6 +13,16 @@ def test_help_lists_commands_with_purpose():
     assert "Example" in run_cli("inspect", "--help").output
 
 
+def test_help_gives_each_command_one_line():
+    """At 80 columns every command's purpose fits its line: a wrapped summary reads as a command of its own."""
+    from click.testing import CliRunner
+    from featcache_cli.main import cli
+
+    lines = CliRunner().invoke(cli, ["--help"], terminal_width=80).output.split("Commands:\n", 1)[1].splitlines()
+    names = [line.split()[0] for line in lines if line.strip()]
+    assert names == sorted(cli.commands) and all(len(line) <= 80 for line in lines)
+
+
 def test_python_m_and_version():
     proc = run_process("--version")
     assert proc.returncode == 0 and "featcache, version" in proc.stdout
