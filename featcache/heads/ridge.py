@@ -268,6 +268,32 @@ class RidgeHead:
                                  "give validation rows or a single alpha")
         return alphas
 
+    def _choose_alpha(self, r2: np.ndarray | None, y_1d: bool) -> int:
+        """The alpha with the best mean validation R2 (the first, smallest, on ties; the only one without
+        validation), recording the R2 of every alpha and whether the targets came as one 1-D array."""
+        self._y_1d = y_1d
+        if r2 is None:
+            self.val_r2_per_alpha_ = self.val_r2_ = None
+            return 0
+        best = int(np.argmax(r2.mean(axis=1)))                 # first (smallest) alpha on ties
+        self.val_r2_per_alpha_ = r2[:, 0] if y_1d else r2
+        self.val_r2_ = float(r2[best].mean())
+        return best
+
+    def _set_solution(self, w: np.ndarray, moments: tuple, alphas: np.ndarray, best: int, n: int) -> RidgeHead:
+        """Coefficients in the caller's units from w, the (D, T) solution in standardised units, for either
+        form; moments = (x mean, x scale, constant columns, y mean)."""
+        mx, scale, const, my = moments
+        coef = w / scale[:, None]
+        coef[const, :] = 0.0
+        intercept = my - mx @ coef
+        self.coef_ = coef[:, 0] if self._y_1d else coef
+        self.intercept_ = float(intercept[0]) if self._y_1d else intercept
+        self.alphas_ = alphas
+        self.alpha_ = float(alphas[best])
+        self.x_mean_, self.x_scale_, self.n_train_ = mx, scale, n
+        return self
+
     def fit_stats(self, train: StreamingStats, val: StreamingStats | None = None,
                   target_names: Sequence[str] | None = None) -> RidgeHead:
         """Fit from accumulated statistics; val is required when there is more than one alpha."""
@@ -303,25 +329,10 @@ class RidgeHead:
             quad = np.einsum("adt,adt->at", np.einsum("de,aet->adt", g, coefs_eig), coefs_eig)
             sse = np.diag(vyy)[None, :] - 2.0 * np.einsum("adt,dt->at", coefs_eig, c) + quad
             r2 = 1.0 - np.clip(sse, 0.0, None) / sst[None, :]     # (A, T)
-            best = int(np.argmax(r2.mean(axis=1)))                 # first (smallest) alpha on ties
-            self.val_r2_per_alpha_ = r2[:, 0] if train.y_1d else r2
-            self.val_r2_ = float(r2[best].mean())
         else:
-            best = 0
-            self.val_r2_per_alpha_ = None
-            self.val_r2_ = None
-
-        w = vecs @ coefs_eig[best]                                 # (D, T), standardised units
-        coef = w / scale[:, None]
-        coef[const, :] = 0.0
-        intercept = my - mx @ coef
-        self._y_1d = bool(train.y_1d)
-        self.coef_ = coef[:, 0] if self._y_1d else coef
-        self.intercept_ = float(intercept[0]) if self._y_1d else intercept
-        self.alphas_ = alphas
-        self.alpha_ = float(alphas[best])
-        self.x_mean_, self.x_scale_, self.n_train_ = mx, scale, n
-        return self
+            r2 = None
+        best = self._choose_alpha(r2, bool(train.y_1d))
+        return self._set_solution(vecs @ coefs_eig[best], (mx, scale, const, my), alphas, best, n)
 
     def fit(self, X_train: Any, y_train: Any, X_val: Any = None, y_val: Any = None,
             chunk_rows: int = DEFAULT_CHUNK_ROWS, target_names: Sequence[str] | None = None,
@@ -384,24 +395,10 @@ class RidgeHead:
         if X_val is not None:
             r2 = self._dual_val_r2(x, vecs, dual_eig, (mx, scale, const, my), X_val, y_val, chunk_rows,
                                    target_names)
-            best = int(np.argmax(r2.mean(axis=1)))                 # first (smallest) alpha on ties
-            self.val_r2_per_alpha_ = r2[:, 0] if y_1d else r2
-            self.val_r2_ = float(r2[best].mean())
         else:
-            best = 0
-            self.val_r2_per_alpha_ = None
-            self.val_r2_ = None
-        w = x.T @ (vecs @ dual_eig[best])                          # (D, T), standardised units
-        coef = w / scale[:, None]
-        coef[const, :] = 0.0
-        intercept = my - mx @ coef
-        self._y_1d = bool(y_1d)
-        self.coef_ = coef[:, 0] if self._y_1d else coef
-        self.intercept_ = float(intercept[0]) if self._y_1d else intercept
-        self.alphas_ = alphas
-        self.alpha_ = float(alphas[best])
-        self.x_mean_, self.x_scale_, self.n_train_ = mx, scale, n
-        return self
+            r2 = None
+        best = self._choose_alpha(r2, bool(y_1d))
+        return self._set_solution(x.T @ (vecs @ dual_eig[best]), (mx, scale, const, my), alphas, best, n)
 
     @staticmethod
     def _dual_val_r2(z: np.ndarray, vecs: np.ndarray, dual_eig: np.ndarray, train: tuple[Any, ...], X_val: Any,
