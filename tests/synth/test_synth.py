@@ -118,8 +118,8 @@ def test_calibration_smoke_noise_regime():
 
 
 def test_noise_regime_matches_the_real_fixture():
-    """The shared fixture was written by the real simulator at mag 21.5 (its snr column says 7.5): synth at
-    mag 21.5 must reproduce its measured S/N, continuum level and error floor, not the nominal column."""
+    """tests/fixtures/dataset.h5 was written by the real simulator at mag 21.5 (its snr column says 7.5): synth
+    at mag 21.5 must reproduce its measured S/N, continuum level and error floor, not the nominal column."""
     with PfsDataset(DATASET) as ds:
         real_flux, real_error = ds.read_flux(0, ds.n_rows), ds.read_error(0, ds.n_rows)
         real_noisy = ds.read_noisy(0, ds.n_rows)

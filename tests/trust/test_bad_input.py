@@ -302,17 +302,6 @@ def test_a_read_only_folder_is_one_line(tmp_path, inputs):
         assert_user_error(proc, "/sys/featcache-test" if "run" not in str(args[-1]) else "/sys/featcache-run")
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 256 KiB tmpfs (root only): a full disk without filling the machine's."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=256k tmpfs {mount} 2>/dev/null") != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mount
-    os.system(f"umount {mount}")
-
-
 def test_a_full_disk_is_one_line_and_never_a_complete_cache(tmp_path, tiny_disk):
     data = write_pfs(tmp_path / "d.h5", n=400, p=1024, seed=6)
     out = tiny_disk / "c.zarr"

@@ -12,7 +12,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from ..helpers import CKPT, REPO, assert_cli_error, assert_user_error, learnable_pfs, run_cli
 from .test_bad_input import inputs, snapshot  # noqa: F401 -- the module fixture of built inputs
@@ -91,17 +90,6 @@ def test_a_full_disk_synth_is_one_line_and_leaves_no_file(tmp_path, monkeypatch)
     assert_user_error(proc, "s.h5: cannot write the HDF5 file (No space left on device)", "nothing was written")
     assert proc.returncode == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a partial or temporary file was left"
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 256 KiB tmpfs (root only): a real full disk."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=256k tmpfs {mount} 2>/dev/null") != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mount
-    os.system(f"umount {mount}")
 
 
 def test_a_real_full_disk_during_synth_does_not_crash(tiny_disk):
