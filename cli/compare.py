@@ -63,6 +63,12 @@ from .options import (
                    "spectrum's labels and radial velocity fitted to its whole noisy spectrum (weighted least "
                    "squares). Caches with bounds (featcache bounds) also get each cell's scatter beside the "
                    "information bound.")
+@click.option("--cannon-order", type=click.IntRange(1, 3), default=2, show_default=True,
+              help="With --full-spectrum: the Cannon model's polynomial order (3 where the S/N is high enough "
+                   "that a quadratic's misfit, not the noise, limits the fit).")
+@click.option("--cannon-cells", default="auto", show_default=True, metavar="auto|none|AxBxC",
+              help="With --full-spectrum: local models on a grid over T_eff x log_g x [M/H] (auto: 4x4x3 from "
+                   "10000 train spectra on), or none (one global model).")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots and report.md.")
 @split_role_options(test_help="Scored with a bootstrap interval.")
 @recipe_options(sweep=True)
@@ -73,6 +79,7 @@ from .options import (
 def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str, ...], layers: tuple[str, ...],
             pools: tuple[str, ...], seeds: int, jobs: int, threads: int | None, runs: tuple[Path, ...], baselines: bool,
             train_sizes: str, folds: int, subset_seed: int, shard: str | None, batched: bool, full_spectrum: bool,
+            cannon_order: int, cannon_cells: str,
             plots: bool,
             train_split: str, val_split: str, test_split: str, seed: int, max_epochs: int, batch_size: int,
             lr: list[float], weight_decay: list[float], patience: int, grad_clip: float, hidden: list[int],
@@ -107,7 +114,8 @@ def command(caches: tuple[str, ...], targets: tuple[str, ...], heads: tuple[str,
                      shard=parse_shard(shard), batched=batched,
                      sweep_values={"hidden": hidden, "dropout": dropout, "lr": lr, "weight_decay": weight_decay},
                      head_options=head_option_values(head_values), max_memory=parse_max_memory(max_memory),
-                     full_spectrum=full_spectrum, command=command_line())
+                     full_spectrum=full_spectrum, cannon_order=cannon_order, cannon_cells=cannon_cells,
+                     command=command_line())
     echo_result(result.markdown.rstrip())
     if result.table is not None:
         status(f"compare: {result.fitted} fits made, {result.reused} reused -> {out} ({elapsed()} in all)")

@@ -1,13 +1,18 @@
 """The field's full-spectrum baseline: every star's labels and radial velocity fitted to its whole noisy
 spectrum with the data-driven model (cannon.py), by weighted non-linear least squares.
 
-chi2(labels, z) = sum_p w_p (f_p - model_p(labels, z))^2 with w_p = 1 / (sigma_p^2 + s_p^2) (noise plus the
-model's own scatter) over the pixels the encoder sees. The true labels and redshift of the fitted stars are
-never used: the starts come from a grid of model templates (labels on a coarse grid across the train range
-x redshifts every `rv_step` km/s across the train redshifts), scored for all stars at once as matrix
-products; the `starts` best distinct label points (each at its best redshift) then start a Levenberg-Marquardt
-search, bounded to the train labels' range (a polynomial extrapolates badly) and the train redshifts; the
-lowest chi2 wins. Everything is vectorised over stars (blocks of `block` stars), never a loop per star.
+chi2(labels, z, a) = sum_p w_p (f_p - a model_p(labels, z))^2 with w_p = 1 / (sigma_p^2 + s_p^2) (noise plus
+the model's own scatter) over the pixels the encoder sees. a is the star's flux scale, a free nuisance parameter
+(FitSettings.scale): a spectrum's normalisation is not a function of its labels (featcache synth divides each
+observed spectrum by its own median, which moves by ~0.1% with the radial velocity; an observed star's flux
+calibration more), and without it that jitter, not the noise, set the fit's floor at high S/N.
+
+The true labels and redshift of the fitted stars are never used: the starts come from a grid of model
+templates (labels on a coarse grid across the train range x redshifts every `rv_step` km/s across the train
+redshifts), scored for all stars at once as matrix products; the `starts` best distinct label points (each at
+its best redshift) then start a Levenberg-Marquardt search, bounded to the train labels' range (a polynomial
+extrapolates badly) and the train redshifts; the lowest chi2 wins. Everything is vectorised over stars (blocks
+of `block` stars), never a loop per star.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class FitSettings:
     tol: float = 1e-6        # a start stops when its accepted step moves no scaled parameter by more
     block: int = 256         # stars per vectorised block (x starts: rows of about 8 MB each)
     local_rounds: int = 2    # piecewise models: refits with the local model of the cell of the current labels
+    scale: bool = True       # fit a flux scale per star (a nuisance parameter) rather than take the model's
 
     def validate(self) -> FitSettings:
         for name, low in (("grid", 1), ("starts", 1), ("max_iter", 1), ("outer", 1), ("block", 1),
@@ -53,7 +59,8 @@ class FitSettings:
 
 @dataclass
 class FitResult:
-    """Per star: fitted labels (n, L) in the model's label order, redshift (n,), chi2 and pixels used."""
+    """Per star: fitted labels (n, L) in the model's label order, redshift (n,), chi2, pixels used,
+    iterations and the fitted flux scale (n,) (1 where FitSettings.scale is off)."""
 
     labels: np.ndarray
     redshift: np.ndarray
@@ -61,6 +68,7 @@ class FitResult:
     n_pixels: np.ndarray
     iterations: np.ndarray
     label_names: list[str]
+    scale: np.ndarray | None = None
 
     def label(self, name: str) -> np.ndarray:
         return self.labels[:, self.label_names.index(name)]
@@ -132,7 +140,7 @@ def fit_spectra(model: CannonModel, flux: np.ndarray, sigma: np.ndarray, pixels:
     n = len(flux)
     n_labels = len(model.labels)
     out_labels = np.empty((n, n_labels))
-    out_z, out_chi2, out_iter = np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
+    out_z, out_chi2, out_iter, out_scale = np.empty(n), np.empty(n), np.empty(n, dtype=np.int64), np.empty(n)
     for a in range(0, n, settings.block):
         b = min(a + settings.block, n)
         f, s = flux[a:b, use], sigma[a:b, use]
@@ -140,14 +148,14 @@ def fit_spectra(model: CannonModel, flux: np.ndarray, sigma: np.ndarray, pixels:
         w = np.where(np.isfinite(f) & np.isfinite(w), w, 0.0)
         f = np.where(w > 0, f, 0.0)
         if start is None:
-            starts_l, starts_z = _starts(f, w, templates, templates_labels, zs, settings.starts)
+            starts_l, starts_z = _starts(f, w, templates, templates_labels, zs, settings.starts, settings.scale)
         else:
             starts_l, starts_z = np.asarray(start[0])[a:b, None, :], np.asarray(start[1])[a:b, None]
-        labels, z, chi2, iters = _fit_block(model, pairs, theta, pix, f, s, w, starts_l, starts_z, settings)
-        out_labels[a:b], out_z[a:b], out_chi2[a:b], out_iter[a:b] = labels, z, chi2, iters
+        labels, z, chi2, iters, amp = _fit_block(model, pairs, theta, pix, f, s, w, starts_l, starts_z, settings)
+        out_labels[a:b], out_z[a:b], out_chi2[a:b], out_iter[a:b], out_scale[a:b] = labels, z, chi2, iters, amp
         if progress is not None:
             progress(b - a)
-    return FitResult(out_labels, out_z, out_chi2, np.full(n, len(use)), out_iter, list(model.labels))
+    return FitResult(out_labels, out_z, out_chi2, np.full(n, len(use)), out_iter, list(model.labels), out_scale)
 
 
 def fit_with(model: CannonModel | PiecewiseCannon, flux: np.ndarray, sigma: np.ndarray, pixels: np.ndarray,
@@ -161,13 +169,16 @@ def fit_with(model: CannonModel | PiecewiseCannon, flux: np.ndarray, sigma: np.n
     for _ in range(settings.local_rounds):
         labels, z = result.labels.copy(), result.redshift.copy()
         chi2, iters, npix = result.chi2.copy(), result.iterations.copy(), result.n_pixels.copy()
+        amp = np.ones(len(flux)) if result.scale is None else result.scale.copy()
         for part, rows in model.groups(result.labels):
             start = (np.clip(result.labels[rows], part.low, part.high), result.redshift[rows])
             local = fit_spectra(part, flux[rows], sigma[rows], pixels, settings, start=start)
             labels[rows], z[rows], chi2[rows] = local.labels, local.redshift, local.chi2
             iters[rows] += local.iterations
             npix[rows] = local.n_pixels
-        result = FitResult(labels, z, chi2, npix, iters, result.label_names)
+            if local.scale is not None:
+                amp[rows] = local.scale
+        result = FitResult(labels, z, chi2, npix, iters, result.label_names, amp)
     if progress is not None:
         progress(len(flux))
     return result
@@ -185,11 +196,17 @@ def _templates(model: CannonModel, labels: np.ndarray, zs: np.ndarray, pix: np.n
 
 
 def _starts(f: np.ndarray, w: np.ndarray, templates: np.ndarray, grid_labels: np.ndarray, zs: np.ndarray,
-            count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `count` best distinct template label points per star, each at its best redshift: (b, S, L), (b, S)."""
+            count: int, scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` best distinct template label points per star, each at its best redshift: (b, S, L), (b, S).
+    With `scale`, each template at its best flux scale (chi2 profiled over it: fWf - (fWt)^2 / tWt)."""
     wf = (w * f).astype(np.float32)
-    chi2 = (w * f * f).sum(axis=1, keepdims=True) - 2.0 * (wf @ templates.T) + w.astype(np.float32) @ (
-        templates * templates).T                                                    # (b, G x Z)
+    cross = wf @ templates.T                                                        # (b, G x Z)
+    power = w.astype(np.float32) @ (templates * templates).T
+    fwf = (w * f * f).sum(axis=1, keepdims=True)
+    if scale:
+        chi2 = fwf - np.where(power > 0, np.maximum(cross, 0.0) ** 2 / np.where(power > 0, power, 1.0), 0.0)
+    else:
+        chi2 = fwf - 2.0 * cross + power
     n_grid, n_z = len(grid_labels), len(zs)
     chi2 = chi2.reshape(len(f), n_grid, n_z)
     best_z = np.argmin(chi2, axis=2)                                                # (b, G)
@@ -229,27 +246,44 @@ def _rest_system(model: CannonModel, pairs: np.ndarray, theta: np.ndarray, pix: 
     return {"A": a, "b": wf @ theta.T, "fwf": (wf * rest_f).sum(axis=1)}
 
 
-def _label_lm(x: np.ndarray, system: dict[str, np.ndarray], terms: list[tuple[int, ...]], lo: np.ndarray,
-              hi: np.ndarray, settings: FitSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bounded Levenberg-Marquardt on rows of scaled labels: chi2 = f W f - 2 v.b + v A v with v the
-    polynomial's terms, so the Gauss-Newton system dv A dv^T, dv (b - A v) is O(L Q^2) per row."""
+def _label_lm(x: np.ndarray, amp: np.ndarray | None, system: dict[str, np.ndarray], terms: list[tuple[int, ...]],
+              lo: np.ndarray, hi: np.ndarray, settings: FitSettings
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bounded Levenberg-Marquardt on rows of scaled labels x and flux scales a: chi2 = f W f - 2 u.b + u A u
+    with u = a v and v the polynomial's terms, so the Gauss-Newton system is O((L + 1) Q^2) per row. amp None:
+    the scale starts at its best value for the start labels (v.b / v A v); settings.scale off: it stays 1."""
     from .cannon import design, design_gradient
 
-    def evaluate(xs: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    free = settings.scale
+
+    def evaluate(xs: np.ndarray, amps: np.ndarray, rows: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         v = design(xs, terms)
-        av = (system["A"][rows] @ v[..., None])[..., 0]
-        chi2 = system["fwf"][rows] - 2.0 * (v * system["b"][rows]).sum(axis=1) + (v * av).sum(axis=1)
-        dv = design_gradient(xs, terms)
-        hess = dv @ system["A"][rows] @ np.swapaxes(dv, 1, 2)
-        grad = (dv @ (system["b"][rows] - av)[..., None])[..., 0]
+        u = amps[:, None] * v
+        au = (system["A"][rows] @ u[..., None])[..., 0]
+        chi2 = system["fwf"][rows] - 2.0 * (u * system["b"][rows]).sum(axis=1) + (u * au).sum(axis=1)
+        jac = amps[:, None, None] * design_gradient(xs, terms)                    # (r, L, Q): du / dx
+        if free:
+            jac = np.concatenate([jac, v[:, None, :]], axis=1)                      # du / da
+        hess = jac @ system["A"][rows] @ np.swapaxes(jac, 1, 2)
+        grad = (jac @ (system["b"][rows] - au)[..., None])[..., 0]
         return chi2, hess, grad
 
-    n_rows, k = x.shape
+    n_rows, n_labels = x.shape
     all_rows = np.arange(n_rows)
-    chi2, hess, grad = evaluate(x, all_rows)
+    if not free:
+        amp = np.ones(n_rows)
+    elif amp is None:
+        v = design(x, terms)
+        vav = (v * (system["A"] @ v[..., None])[..., 0]).sum(axis=1)
+        vb = (v * system["b"]).sum(axis=1)
+        amp = np.where((vav > 0) & (vb > 0), vb / np.where(vav > 0, vav, 1.0), 1.0)
+    amp = np.asarray(amp, dtype=np.float64).copy()
+    chi2, hess, grad = evaluate(x, amp, all_rows)
     lam = np.full(n_rows, 1e-3)
     used = np.zeros(n_rows, dtype=np.int64)
     active = np.ones(n_rows, dtype=bool)
+    k = n_labels + int(free)
     eye = np.eye(k)
     for _ in range(settings.max_iter):
         act = np.flatnonzero(active)
@@ -258,26 +292,31 @@ def _label_lm(x: np.ndarray, system: dict[str, np.ndarray], terms: list[tuple[in
         diag = np.einsum("rkk->rk", hess[act])
         damped = hess[act] + lam[act, None, None] * (diag[:, :, None] * eye[None] + 1e-12 * eye[None])
         step = np.linalg.solve(damped, grad[act][..., None])[..., 0]
-        trial = np.clip(x[act] + step, lo, hi)
-        t_chi2, t_hess, t_grad = evaluate(trial, act)
-        better = t_chi2 < chi2[act]
+        trial = np.clip(x[act] + step[:, :n_labels], lo, hi)
         moved = np.abs(trial - x[act]).max(axis=1)
+        t_amp = amp[act]
+        if free:  # a scale stays positive; its step counts relative to itself
+            t_amp = np.maximum(amp[act] + step[:, -1], 0.1 * amp[act])
+            moved = np.maximum(moved, np.abs(t_amp - amp[act]) / amp[act])
+        t_chi2, t_hess, t_grad = evaluate(trial, t_amp, act)
+        better = t_chi2 < chi2[act]
         good = act[better]
-        x[good], chi2[good], hess[good], grad[good] = trial[better], t_chi2[better], t_hess[better], t_grad[better]
+        x[good], amp[good], chi2[good] = trial[better], t_amp[better], t_chi2[better]
+        hess[good], grad[good] = t_hess[better], t_grad[better]
         lam[good] = np.maximum(lam[good] / 3.0, 1e-9)
         lam[act[~better]] *= 4.0
         used[act] += 1
         done = (better & (moved < settings.tol)) | (lam[act] > 1e8)
         active[act[done]] = False
-    return x, chi2, used
+    return x, amp, chi2, used
 
 
 def _redshift_newton(model: CannonModel, labels: np.ndarray, z: np.ndarray, pix: np.ndarray, f: np.ndarray,
-                     w: np.ndarray, steps: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """The redshift at fixed labels, by damped Newton steps on the observed-frame chi2 (bounded to the
-    model's redshift range); returns (z, chi2)."""
+                     w: np.ndarray, amp: np.ndarray, steps: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The redshift at fixed labels and flux scales, by damped Newton steps on the observed-frame chi2
+    (bounded to the model's redshift range); returns (z, chi2)."""
     zlo, zhi = model.redshift_range
-    rest = model.rest_flux(labels)
+    rest = amp[:, None] * model.rest_flux(labels)
 
     def chi2_at(zs: np.ndarray, derivative: bool) -> tuple[np.ndarray, np.ndarray | None]:
         from .shift import catmull_rom
@@ -312,17 +351,17 @@ def _redshift_newton(model: CannonModel, labels: np.ndarray, z: np.ndarray, pix:
 
 def _fit_block(model: CannonModel, pairs: np.ndarray, theta: np.ndarray, pix: np.ndarray, f: np.ndarray,
                s: np.ndarray, w: np.ndarray, starts_l: np.ndarray, starts_z: np.ndarray, settings: FitSettings
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Labels and redshift of one block of stars: per outer round, the labels in the rest frame at the
-    current redshift (every start in the first round, the best one after), then the redshift at those labels
-    in the observed frame."""
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, redshift and flux scale of one block of stars: per outer round, the labels and the scale in the
+    rest frame at the current redshift (every start in the first round, the best one after), then the
+    redshift at those in the observed frame. Returns labels, z, chi2, iterations, scale."""
     b_count, n_starts, n_labels = starts_l.shape
     terms = model.terms
     lo = (model.low - model.centre) / model.scale
     hi = (model.high - model.centre) / model.scale
     x = np.clip((starts_l - model.centre) / model.scale, lo, hi)
     z = starts_z[:, 0].copy()
-    scatter2 = model.scatter[pix] ** 2
+    amp: np.ndarray | None = None
     iters = np.zeros(b_count, dtype=np.int64)
     chi2 = np.full(b_count, np.inf)
     for outer in range(settings.outer):
@@ -330,10 +369,13 @@ def _fit_block(model: CannonModel, pairs: np.ndarray, theta: np.ndarray, pix: np
         rows = x if outer == 0 else x[:, None, :]
         s_count = rows.shape[1]
         rep = {k: np.repeat(v, s_count, axis=0) for k, v in system.items()}
-        fitted, rest_chi2, used = _label_lm(rows.reshape(-1, n_labels).copy(), rep, terms, lo, hi, settings)
+        start_amp = None if amp is None else np.repeat(amp, s_count)
+        fitted, fitted_amp, rest_chi2, used = _label_lm(rows.reshape(-1, n_labels).copy(), start_amp, rep, terms,
+                                                        lo, hi, settings)
         pick = np.argmin(rest_chi2.reshape(b_count, s_count), axis=1)
         x = fitted.reshape(b_count, s_count, n_labels)[np.arange(b_count), pick]
+        amp = fitted_amp.reshape(b_count, s_count)[np.arange(b_count), pick]
         iters += used.reshape(b_count, s_count).sum(axis=1)
-        z, chi2 = _redshift_newton(model, model.centre + model.scale * x, z, pix, f, w)
-    del scatter2
-    return model.centre + model.scale * x, z, chi2, iters
+        z, chi2 = _redshift_newton(model, model.centre + model.scale * x, z, pix, f, w, amp)
+    assert amp is not None
+    return model.centre + model.scale * x, z, chi2, iters, amp

@@ -336,6 +336,7 @@ def run_compare(opts: CompareOptions) -> CompareResult:
                                        opts.threads)
     cells, sweep_rows = sweep.choose(cells, done)  # one setting per cell, chosen on validation
     extra = full_spectrum_rows(sources, list(opts.targets), splits, store, fit=opts.fit, n_boot=opts.n_boot,
+                               order=opts.cannon_order, cells=opts.cannon_cells,
                                show_progress=opts.show_progress) if opts.full_spectrum else []
     table, best, predictions, sigmas = _table(request, cells, done, extra)
     efficiency_columns(table, predictions, {str(s.path): s.cache for s in sources}, list(opts.targets),
@@ -345,7 +346,9 @@ def run_compare(opts: CompareOptions) -> CompareResult:
                 "device": opts.device, "binning": opts.binning.describe(), "train_sizes": sizes, "folds": opts.folds,
                 "subset_seed": opts.subset_seed, "hidden": opts.hidden, "dropout": opts.dropout,
                 "alphas": opts.alphas, "sweep": swept, **opts.resolved_heads,
-                "full_spectrum": bool(opts.full_spectrum)}
+                "full_spectrum": bool(opts.full_spectrum),
+                **({"cannon_order": opts.cannon_order, "cannon_cells": opts.cannon_cells} if opts.full_spectrum
+                   else {})}
     efficiency = label_efficiency(cells, done, opts.n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, opts.binning, opts.plots,
                           (fitted, reused), sweep_rows, _calibration_cells(table, list(opts.targets), sigmas),
@@ -389,10 +392,11 @@ def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> Compar
     max_memory (bytes, '1GB', '25%'; None: half the available RAM): an MLP cell whose features would exceed
     it is trained alone, its train rows streamed from the cache (heads.streaming), never batched.
 
-    full_spectrum adds the field's baseline (reports.fullspec): a Cannon model fitted on the train split,
-    every validation and test spectrum's labels and radial velocity fitted by weighted least squares, one row
-    per target it fits. Where the caches hold bounds (featcache bounds), the per-population section shows
-    each cell's scatter beside the information bound and the fraction of the information it recovers.
+    full_spectrum adds the field's baseline (reports.fullspec): a Cannon model (cannon_order, cannon_cells)
+    fitted on the train split, every validation and test spectrum's labels, radial velocity and flux scale fitted
+    by weighted least squares, one row per target it fits. Where the caches hold bounds (featcache bounds), the
+    per-population section shows each cell's scatter beside the information bound and the fraction of the
+    information it recovers.
 
     A comparison that fails before it stored any fit leaves no folder behind (stored fits stay; a rerun resumes).
     Returns a CompareResult: the table (one row per cell), compare.md's text, the fits made and reused.

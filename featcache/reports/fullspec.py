@@ -32,7 +32,7 @@ def baseline_key(identity: str, described: dict[str, Any], target: str, splits: 
 
 
 def full_spectrum_rows(sources: list[Source], targets: list[str], splits: list[str], store: CellStore, *,
-                       fit: bool, n_boot: int, order: int = 2, show_progress: bool = True
+                       fit: bool, n_boot: int, order: int = 2, cells: str = "auto", show_progress: bool = True
                        ) -> list[tuple[dict[str, Any], np.ndarray, np.ndarray]]:
     """(row, test truth, test prediction) of the full-spectrum baseline per distinct data and target it
     predicts; fitted now when its cells are missing (fit=False: they must be in the store)."""
@@ -40,7 +40,7 @@ def full_spectrum_rows(sources: list[Source], targets: list[str], splits: list[s
     from ..information.fullfit import FitSettings
 
     settings = FitSettings()
-    described = describe(order, "flux", settings)
+    described = describe(order, "flux", settings, cells)
     out = []
     firsts: dict[str, Source] = {}
     for src in sources:  # one fit per distinct data, mask and noise, under the first cache that has it
@@ -53,7 +53,8 @@ def full_spectrum_rows(sources: list[Source], targets: list[str], splits: list[s
             if not fit:
                 raise FeatcacheError(f"{store.dir}: the full-spectrum baseline of {src.path} is not in the cell "
                                      "store; run compare --full-spectrum to fit it")
-            loaded = _fit_and_store(src, targets, splits, store, keys, described, order, settings, show_progress)
+            loaded = _fit_and_store(src, targets, splits, store, keys, described, order, cells, settings,
+                                    show_progress)
         width = int(src.cache.mask.sum())
         for target in targets:
             if loaded.get(target) is None:
@@ -67,13 +68,13 @@ def full_spectrum_rows(sources: list[Source], targets: list[str], splits: list[s
 
 
 def _fit_and_store(src: Source, targets: list[str], splits: list[str], store: CellStore, keys: dict[str, str],
-                   described: dict[str, Any], order: int, settings: Any, show_progress: bool
+                   described: dict[str, Any], order: int, cells: str, settings: Any, show_progress: bool
                    ) -> dict[str, Any]:
     from ..information.baseline import full_spectrum_baseline
 
     train, val, test = splits
     base = full_spectrum_baseline(src.cache, train, {"val": val, "test": test}, order=order, settings=settings,
-                                  show_progress=show_progress)
+                                  cells=cells, show_progress=show_progress)
     loaded: dict[str, Any] = {}
     for target in targets:
         if target not in base.fits["test"].label_names:

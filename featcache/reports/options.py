@@ -58,6 +58,8 @@ class CompareOptions:
     head_options: Mapping[str, Any] | None = None  # the heads' own options (heads.registry.head_option_schema)
     max_memory: int | str | None = None  # bytes, '1GB', '25%'; None: half the available RAM (bytes after validate)
     full_spectrum: bool = False  # the full-spectrum fit as a baseline row (reports.fullspec)
+    cannon_order: int = 2  # its Cannon model: the polynomial's order (The Cannon is quadratic) ...
+    cannon_cells: str = "auto"  # ... and its local models (information.api.cell_grid: auto, none, AxBxC)
     command: str | None = None  # the command as typed, for report.html's header (None: compare() from Python)
     resolved_heads: dict[str, Any] = field(default_factory=dict, repr=False)  # every head option, after validate
     # the keywords before 0.2 (accepted until 0.3, with a warning): they go into `head_options`
@@ -68,7 +70,8 @@ class CompareOptions:
     constraints = {"seeds": Interval(int, 1, None, closed="left", text="at least 1"),
                    "jobs": Interval(int, 1, None, closed="left", text="at least 1"),
                    "threads": (Interval(int, 1, None, closed="left", text="at least 1"), None),
-                   "folds": Interval(int, 0, None, closed="left"), "n_boot": Interval(int, 0, None, closed="left")}
+                   "folds": Interval(int, 0, None, closed="left"), "n_boot": Interval(int, 0, None, closed="left"),
+                   "cannon_order": Interval(int, 1, 3, closed="both", text="1, 2 or 3")}
     flags = {"n_boot": "n_boot"}
 
     def __post_init__(self, knn_ks: Sequence[int] | None, knn_weights: str | None, attn_heads: int | None) -> None:
@@ -102,6 +105,10 @@ class CompareOptions:
         self.binning = self.binning or Binning()
         self.resolved_heads = resolve_head_options(self.head_options)
         self.max_memory = parse_memory(self.max_memory)  # bytes, once: every fit and --jobs worker has this budget
+        from ..information.api import cell_grid
+
+        cell_grid(self.cannon_cells, 5, 1)  # the form only (a count per label must wait for the file)
+        self.cannon_cells = str(self.cannon_cells)
         return self
 
     @property

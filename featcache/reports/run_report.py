@@ -168,6 +168,7 @@ def report_compare(folder: Path, binning: Binning | None = None) -> list[Path]:
                      n_boot=summary["n_boot"], show_progress=False, fit=False, binning=binning,
                      train_sizes=request.get("train_sizes") or (), folds=request.get("folds") or 0,
                      subset_seed=request.get("subset_seed") or 0, sweep_values=request.get("sweep") or None,
-                     full_spectrum=bool(request.get("full_spectrum")),
+                     full_spectrum=bool(request.get("full_spectrum")), cannon_order=request.get("cannon_order", 2),
+                     cannon_cells=request.get("cannon_cells", "auto"),
                      command=f"featcache report {folder} (re-drawn from the cells of a comparison)")
     return result.files

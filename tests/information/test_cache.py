@@ -151,3 +151,28 @@ def test_the_exact_source_refuses_observed_like_effects(tmp_path):
         file_bounds(data, source="synth", show_progress=False)
     with pytest.raises(FeatcacheError, match="observed-like effects"):
         file_bounds(data, source="auto", show_progress=False)
+
+
+def test_compare_takes_the_cannon_order_and_cells_and_report_redraws_with_them(bounded, tmp_path):
+    out = tmp_path / "cmp3"
+    run_cli("compare", "--cache", bounded["cache"], "--target", "log_g", "--head", "ridge", "--full-spectrum",
+            "--cannon-order", "1", "--cannon-cells", "none", "--out", out, "-q", "--no-plots")
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["request"]["cannon_order"] == 1 and summary["request"]["cannon_cells"] == "none"
+    (row,) = [c for c in summary["cells"] if c["kind"] == "full_spectrum"]
+    assert row["pool"] == "order1"
+    records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    (spec,) = [r["spec"] for r in records if r.get("kind") == "full_spectrum"]
+    assert spec["order"] == 1 and spec["cells"] == "none" and spec["fit"]["scale"] is True
+    before = (out / "compare.md").read_text()
+    run_cli("report", out, "-q")  # finds the order-1 cells again (the request recorded the settings)
+    assert (out / "compare.md").read_text() == before
+
+
+def test_a_bad_cannon_setting_is_one_line_and_writes_nothing(bounded, tmp_path):
+    out = tmp_path / "bad"
+    assert_cli_error(run_cli("compare", "--cache", bounded["cache"], "--target", "log_g", "--full-spectrum",
+                             "--cannon-cells", "4x4x4x4x4x4", "--out", out, check=False), "--cannon-cells 4x4x4x4x4x4")
+    assert_cli_error(run_cli("compare", "--cache", bounded["cache"], "--target", "log_g", "--full-spectrum",
+                             "--cannon-order", "4", "--out", out, check=False), "--cannon-order")
+    assert not out.exists()

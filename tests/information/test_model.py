@@ -153,6 +153,44 @@ def test_piecewise_models_fit_their_cells_and_round_trip(world, model, tmp_path)
     assert isinstance(load_model(model.save(tmp_path / "m.npz")), CannonModel)
 
 
+def test_a_flux_scale_no_label_predicts_is_divided_out_not_learnt_as_misfit(world, model, tmp_path):
+    """Train spectra each times 1 + N(0, 1%) (as synth's median normalisation moves with the velocity): with
+    flux_scale the model is the world's again and its misfit stays near zero; without, the jitter is misfit."""
+    w = world["world"]
+    jittered = w.write(tmp_path / "jitter.h5", 1500, seed=1, scale_jitter=0.01)
+    freed = fit_cannon(jittered, show_progress=False)
+    fixed = fit_cannon(jittered, flux_scale=False, show_progress=False)
+    inner = slice(10, -10)
+    assert np.nanmedian(fixed.scatter[inner]) > 0.003  # about 1% of a flux of 0.5
+    assert np.nanmedian(freed.scatter[inner]) < 0.1 * np.nanmedian(fixed.scatter[inner])
+    assert freed.info["flux_scale"]["std"] == pytest.approx(0.01, rel=0.15)
+    labels, _ = w.draw(20, seed=9)
+    truth = w.rest_flux(labels, w.wave)[:, inner]
+    got = freed.rest_flux(labels)[:, inner]
+    # the shape is the world's; its scale is free up to a smooth function of the labels that the free scale
+    # of the full-spectrum fit takes up (the train stars' scales are known only relative to the model's)
+    per_star = (got * truth).sum(axis=1) / (truth * truth).sum(axis=1)
+    np.testing.assert_allclose(per_star, 1.0, atol=0.01)
+    np.testing.assert_allclose(got / per_star[:, None], truth, atol=3e-4)
+    # without jitter the scales are 1 and the model is the one fitted without them
+    assert model.info["flux_scale"]["std"] < 1e-4
+
+
+def test_the_full_spectrum_fit_frees_each_star_s_flux_scale(world, model):
+    w = world["world"]
+    labels, z = w.draw(40, seed=13)
+    factor = np.linspace(0.6, 1.5, 40)
+    flux = w.observed(labels, z) * factor[:, None]
+    pix = np.arange(len(w.wave))
+    sigma = np.full(flux.shape, 0.01)
+    result = fit_spectra(model, flux, sigma, pix)
+    np.testing.assert_allclose(result.scale, factor, rtol=2e-3)
+    assert np.abs(result.label("log_g") - labels[:, 1]).max() < 0.01
+    fixed = fit_spectra(model, flux, sigma, pix, FitSettings(scale=False))
+    np.testing.assert_array_equal(fixed.scale, 1.0)
+    assert np.abs(fixed.label("log_g") - labels[:, 1]).max() > 0.1  # a 40% scale error is read as labels
+
+
 def test_a_bad_cell_grid_is_refused(world):
     from featcache.common.errors import FeatcacheError
 

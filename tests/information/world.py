@@ -41,10 +41,13 @@ class World:
         labels = np.stack([rng.uniform(*RANGES[k], n) for k in LABELS], axis=1)
         return labels, rng.uniform(-rv_max, rv_max, n) / C_KMS
 
-    def write(self, path, n: int, seed: int, error: float = 0.02, noisy: bool = False):
+    def write(self, path, n: int, seed: int, error: float = 0.02, noisy: bool = False, scale_jitter: float = 0.0):
+        """scale_jitter: each spectrum times 1 + N(0, jitter), a flux scale that no label predicts."""
         labels, z = self.draw(n, seed)
         flux = self.observed(labels, z).astype(np.float32)
         rng = np.random.default_rng(seed + 100)
+        if scale_jitter:
+            flux *= (1.0 + scale_jitter * np.random.default_rng(seed + 200).standard_normal((n, 1))).astype(np.float32)
         per_pixel = 1.0 + 0.3 * np.sin(np.linspace(0.0, 40.0, len(self.wave))) ** 8  # "sky lines"
         err = (error * per_pixel[None, :] * rng.uniform(0.8, 1.2, (n, 1))).astype(np.float32)
         with h5py.File(path, "w") as h5:
