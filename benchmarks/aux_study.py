@@ -2,16 +2,19 @@
 encoder whose features beat the raw flux, and does it beat the same labels used by a supervised network?
 
     .venv/bin/python benchmarks/aux_study.py [--out reports/aux-study] [--parallel 2] [--jobs 2] [--tiny]
+        [--n-train 10000 --epochs 1 --labels 100,1000 --sizes 100,500,1000,5000 --baseline-sizes 100,500,1000]
 
-On the synthetic benchmark (generator v2) at mag 20.3 (docs/pretraining-aux.md says why not 21.5): 20k train,
-2k val, 2k test spectra. Encoders l9e32k9 (the demo encoder's architecture and recipe: E2, batch 16, lr 3e-3,
-3 epochs of the 20k train spectra each, one thread), with LAMBDA in {0, 0.1, 1} x labelled rows {200, 2000}
-(1% and 10% of train; --aux-seed 0, so they are compare's --train-sizes 200/2000 --subset-seed 0 rows). LAMBDA 0
+On the synthetic benchmark (generator v2) at mag 20.3 (docs/pretraining-aux.md says why not 21.5): 10k train,
+1k val, 2k test spectra by default (the budget a 2-core machine affords in about 1.5 hours; the planned
+`--n-train 20000 --epochs 3 --labels 200,2000 --sizes 200,500,2000,5000 --baseline-sizes 200,500,2000` costs about
+8 CPU-hours). Encoders l9e32k9 (the demo encoder's architecture and recipe: E2, batch 16, lr 3e-3, --epochs
+epochs of the train spectra each, one thread: an equal budget per encoder), with LAMBDA in {0, 0.1, 1} x labelled
+rows --labels (1% and 10% of train; --aux-seed 0, so they are compare's --train-sizes --subset-seed 0 rows). LAMBDA 0
 is bitwise plain pretraining whatever the labels (tests/pretrain/test_auxiliary.py), so it is trained once and
 stands for both. The supervised baseline is the same architecture from random initialisation trained end to end on
 the same labelled rows only (finetune --random-init --train-size N --subset-seed 0). Every encoder is probed on
 its best tap (seg_mean_K8 of enc_0..enc_9, chosen by ridge's validation R2) with ridge and mlp_1, on nested train
-subsets 200, 500, 2000, 5000 and all 20k (label efficiency), against the raw flux (input_flux, every kept pixel).
+subsets --sizes and all train spectra (label efficiency), against the raw flux (input_flux, every kept pixel).
 Test R2 is reported once, with its 95% bootstrap interval.
 
 Every stage is resumable (re-run after a kill: finished stages are skipped, a pretraining or fine-tuning run
@@ -39,10 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 FC = [sys.executable, "-m", "featcache"]
 TARGET = "log_g"
 FLOOR = -0.3  # the plot's lowest test R2
-FULL = {"mag": 20.3, "n_train": 20000, "n_val": 2000, "n_test": 2000, "seeds": (301, 302, 303),
-        "arch": ["--num-layers", "9", "--embed-dim", "32", "--kernel-size", "9"], "epochs": 3, "batch": 16,
-        "lr": "3e-3", "labels": [200, 2000], "weights": [0.0, 0.1, 1.0], "sizes": [200, 500, 2000, 5000],
-        "baseline_sizes": [200, 500, 2000], "baseline_epochs": 30, "baseline_patience": 5}
+FULL = {"mag": 20.3, "n_train": 10000, "n_val": 1000, "n_test": 2000, "seeds": (301, 302, 303),
+        "arch": ["--num-layers", "9", "--embed-dim", "32", "--kernel-size", "9"], "epochs": 1, "batch": 16,
+        "lr": "3e-3", "labels": [100, 1000], "weights": [0.0, 0.1, 1.0], "sizes": [100, 500, 1000, 5000],
+        "baseline_sizes": [100, 500, 1000], "baseline_epochs": 30, "baseline_patience": 5}
 TINY = {**FULL, "n_train": 240, "n_val": 60, "n_test": 60, "arch": ["--num-layers", "3", "--embed-dim", "4",
         "--kernel-size", "3"], "epochs": 1, "labels": [6, 24], "sizes": [24, 60], "baseline_sizes": [24],
         "baseline_epochs": 2, "baseline_patience": 1}
@@ -225,7 +228,7 @@ def write_outputs(study: Study, rows: list[dict[str, Any]]) -> None:
     pd.DataFrame(rows).to_csv(study.out / "study.csv", index=False)
     c = study.config
     total = sum(study.cost.values())
-    tiny = " -- TINY CHECK RUN, not the study" if c is TINY else ""
+    tiny = " -- TINY CHECK RUN, not the study" if c["n_train"] == TINY["n_train"] else ""
     lines = [f"# Auxiliary log g loss: label efficiency (synthetic benchmark v2, mag {c['mag']}){tiny}", "",
              f"{c['n_train']} train / {c['n_val']} val / {c['n_test']} test spectra; encoders "
              f"{' '.join(c['arch'])}, E2, {c['epochs']} epochs of the train spectra each; test R2 of {TARGET} with "
@@ -287,15 +290,28 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="trainings at a time (one thread each)")
     parser.add_argument("--jobs", type=int, default=1, help="compare --jobs")
     parser.add_argument("--tiny", action="store_true", help="a few hundred spectra, a 3-layer encoder: minutes")
+    parser.add_argument("--n-train", type=int, help=f"train spectra (default {FULL['n_train']})")
+    parser.add_argument("--epochs", type=int, help=f"pretraining epochs per encoder (default {FULL['epochs']})")
+    for name in ("labels", "sizes", "baseline-sizes"):
+        key = name.replace("-", "_")
+        parser.add_argument(f"--{name}", type=lambda text: [int(v) for v in text.split(",")],
+                            help=f"comma list (default {','.join(map(str, FULL[key]))})")
     args = parser.parse_args()
-    config = TINY if args.tiny else FULL
+    config = dict(TINY if args.tiny else FULL)
+    for key in ("n_train", "epochs", "labels", "sizes", "baseline_sizes"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
     study = Study(args.out, args.data, config, args.parallel, args.jobs)
     make_data(study)
     names = encoder_names(config)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # one thread per training
-        list(pool.map(lambda item: pretrain(study, item[0], *item[1]), names.items()))
-        list(pool.map(lambda n: baseline(study, n), config["baseline_sizes"]))
-    caches = {name: extract(study, name) for name in names}
+        trainings = {name: pool.submit(pretrain, study, name, *spec) for name, spec in names.items()}
+        plain = trainings["lambda0"]  # the baselines take its architecture and mask; queued last, so it runs first
+        baselines = [pool.submit(lambda n: (plain.result(), baseline(study, n)), n) for n in config["baseline_sizes"]]
+        for future in [*trainings.values(), *baselines]:
+            future.result()
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        caches = dict(zip(names, pool.map(lambda name: extract(study, name), names), strict=True))
     taps = {name: best_tap(study, name, cache) for name, cache in caches.items()}
     probe(study, "raw-flux", caches["lambda0"], "input_flux", "none")
     for name, cache in caches.items():
