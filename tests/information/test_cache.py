@@ -164,6 +164,9 @@ def test_compare_takes_the_cannon_order_and_cells_and_report_redraws_with_them(b
     records = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
     (spec,) = [r["spec"] for r in records if r.get("kind") == "full_spectrum"]
     assert spec["order"] == 1 and spec["cells"] == "none" and spec["fit"]["scale"] is True
+    (key,) = [r["key"] for r in records if r.get("kind") == "full_spectrum"]
+    with np.load(out / "cells" / f"{key}.npz") as arrays:
+        assert arrays["test_scale"].shape == (100,) and np.all(arrays["test_scale"] > 0)
     before = (out / "compare.md").read_text()
     run_cli("report", out, "-q")  # finds the order-1 cells again (the request recorded the settings)
     assert (out / "compare.md").read_text() == before
