@@ -15,9 +15,10 @@ from ..cache.reader import FeatureCache
 from ..common.progress import status
 from ..spectra.inputs import NoiseSpec, read_inputs
 from ..spectra.pfsspec import PfsDataset
-from .api import MAX_TRAIN, READ_ROWS, bar_for, fit_cannon
+from .files import READ_ROWS, bar_for
 from .fullfit import FitResult, FitSettings, fit_with
 from .store import cache_noise, split_source
+from .training import MAX_TRAIN, fit_cannon
 
 BASELINE_VERSION = 2  # part of the baseline's cell key: bump when a change alters its numbers (2: flux scales)
 

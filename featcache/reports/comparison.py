@@ -345,10 +345,8 @@ def run_compare(opts: CompareOptions) -> CompareResult:
                 "pools": list(opts.pools) if opts.pools else None, "baselines": opts.baselines,
                 "device": opts.device, "binning": opts.binning.describe(), "train_sizes": sizes, "folds": opts.folds,
                 "subset_seed": opts.subset_seed, "hidden": opts.hidden, "dropout": opts.dropout,
-                "alphas": opts.alphas, "sweep": swept, **opts.resolved_heads,
-                "full_spectrum": bool(opts.full_spectrum),
-                **({"cannon_order": opts.cannon_order, "cannon_cells": opts.cannon_cells} if opts.full_spectrum
-                   else {})}
+                "alphas": opts.alphas, "sweep": swept, **opts.resolved_heads, "full_spectrum": bool(opts.full_spectrum),
+                "cannon_order": opts.cannon_order, "cannon_cells": opts.cannon_cells}
     efficiency = label_efficiency(cells, done, opts.n_boot) if sizes else []
     return _write_outputs(request, table, best, predictions, efficiency, out, settings, opts.binning, opts.plots,
                           (fitted, reused), sweep_rows, _calibration_cells(table, list(opts.targets), sigmas),
@@ -392,11 +390,10 @@ def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> Compar
     max_memory (bytes, '1GB', '25%'; None: half the available RAM): an MLP cell whose features would exceed
     it is trained alone, its train rows streamed from the cache (heads.streaming), never batched.
 
-    full_spectrum adds the field's baseline (reports.fullspec): a Cannon model (cannon_order, cannon_cells)
-    fitted on the train split, every validation and test spectrum's labels, radial velocity and flux scale fitted
-    by weighted least squares, one row per target it fits. Where the caches hold bounds (featcache bounds), the
-    per-population section shows each cell's scatter beside the information bound and the fraction of the
-    information it recovers.
+    full_spectrum adds the field's baseline (reports.fullspec): every val and test spectrum's labels, radial
+    velocity and flux scale fitted by weighted least squares to a Cannon model (cannon_order, cannon_cells) of the
+    train split, one row per target. With bounds in the caches (featcache bounds), the per-population section
+    shows each cell's scatter beside the bound and the fraction of the information it recovers.
 
     A comparison that fails before it stored any fit leaves no folder behind (stored fits stay; a rerun resumes).
     Returns a CompareResult: the table (one row per cell), compare.md's text, the fits made and reused.
@@ -412,9 +409,7 @@ def compare(caches: CacheArgs, targets: Sequence[str], **options: Any) -> Compar
     created = not out.exists()
     try:
         return compare_into(caches, targets, **options)
-    except BaseException:
-        # a comparison that failed before any fit was stored leaves no folder behind (one with stored fits is
-        # kept: a rerun resumes from its cells)
+    except BaseException:  # the docstring's promise: no folder without a stored fit
         if created and out.is_dir() and not any((out / "cells").glob("*.json")):
             shutil.rmtree(out, ignore_errors=True)
         raise

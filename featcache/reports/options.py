@@ -105,7 +105,7 @@ class CompareOptions:
         self.binning = self.binning or Binning()
         self.resolved_heads = resolve_head_options(self.head_options)
         self.max_memory = parse_memory(self.max_memory)  # bytes, once: every fit and --jobs worker has this budget
-        from ..information.api import cell_grid
+        from ..information.training import cell_grid
 
         cell_grid(self.cannon_cells, 5, 1)  # the form only (a count per label must wait for the file)
         self.cannon_cells = str(self.cannon_cells)
