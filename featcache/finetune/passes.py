@@ -61,6 +61,34 @@ def feature_moments(model: FinetuneModel, split: SplitData, ctx: RunContext) -> 
     return mean, np.sqrt(np.clip(m2 / n, 0.0, None))
 
 
+def calibrate_batchnorm(model: FinetuneModel, split: SplitData, ctx: RunContext) -> int:
+    """Set the running statistics of every BatchNorm layer that trains (--batchnorm train, unfrozen blocks)
+    and was never trained (a random init: mean 0, variance 1) to the split's, by one pass in train mode without
+    gradients (a cumulative average over its batches of --batch-size). Otherwise the standardisation and every
+    validation pass would see the encoder through statistics that match no data, while training sees batch
+    statistics: the supervised baseline's loss started at 2e7 and never recovered. Returns the layers set."""
+    was_training = model.training
+    model.train()
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.training and m.num_batches_tracked is not None and int(m.num_batches_tracked) == 0]
+    momenta = [m.momentum for m in norms]
+    try:
+        if norms:
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average: every batch counts alike
+            bs = ctx.opts.recipe.batch_size
+            for rows, x in ctx.eval_stream(split):
+                for i in range(0, len(rows), bs):
+                    with torch.no_grad():
+                        model.features(x[i:i + bs].to(ctx.device, non_blocking=True))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
 def validation_scores(model: FinetuneModel, split: SplitData, ctx: RunContext, y_mean: np.ndarray,
                       y_scale: np.ndarray) -> tuple[float, float]:
     """(MSE on standardised targets, mean R2 over targets) on the whole split: per-rank sums all-reduced."""

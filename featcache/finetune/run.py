@@ -55,7 +55,7 @@ from .options import (
     validate_options,
 )
 from .outputs import write_outputs
-from .passes import feature_moments, predict_rows
+from .passes import calibrate_batchnorm, feature_moments, predict_rows
 
 
 @dataclass
@@ -224,9 +224,12 @@ def _standardise(model: FinetuneModel, ctx: RunContext, train_split: SplitData, 
     if state is not None:
         return
     if init is None:
+        calibrated = calibrate_batchnorm(model, train_split, ctx) if model.batchnorm == "train" else 0
         if dist.main:
             status(f"standardisation: pooled {opts.layer}/{opts.pool} of the initial encoder over "
-                   f"{train_split.n} train spectra")
+                   f"{train_split.n} train spectra" + (f" (the running statistics of {calibrated} BatchNorm layers "
+                                                       "that were never trained first set from them)"
+                                                       if calibrated else ""))
         mean, std = feature_moments(model, train_split, ctx)
         scale = _floor_scale(std, mean, opts, dist) if model.unfrozen else std
         model.x_mean.copy_(torch.from_numpy(mean.astype(np.float32)))

@@ -252,3 +252,46 @@ def test_supervised_baseline_trains_a_fresh_encoder_on_the_labelled_rows_only(da
     too_many = run_cli("finetune", "--ckpt", CKPT, "--train-size", "65", *data_args(splits), *COMMON,
                        "--out", tmp_path / "y", check=False)
     assert_cli_error(too_many, "--train-size 65: the train split has 64 spectra")
+
+
+def _batchnorms(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_untrained_batchnorm_statistics_are_set_from_the_train_split_first():
+    """A random init's running statistics (mean 0, variance 1) match no data: before the standardisation
+    they become the cumulative average of the train batches' statistics (a hand computation on the first
+    BatchNorm layer, whose input they do not change); trained statistics are left alone."""
+    from types import SimpleNamespace
+
+    from featcache.finetune.model import FinetuneModel
+    from featcache.finetune.passes import calibrate_batchnorm
+
+    encoder = load_encoder(CKPT).model
+    for m in _batchnorms(encoder):
+        m.reset_running_stats()
+    n_blocks = len(encoder.encoders)
+    model = FinetuneModel(encoder, "enc_pre_latent", torch.nn.Identity(), "forward", torch.nn.Identity(),
+                          np.zeros(1), np.ones(1), list(range(n_blocks)), batchnorm="train")
+    x = torch.randn(48, 2, 512) * torch.tensor([0.3, 0.05])[None, :, None] + torch.tensor([0.5, 0.1])[None, :, None]
+    ctx = SimpleNamespace(opts=SimpleNamespace(recipe=SimpleNamespace(batch_size=16)), device=torch.device("cpu"),
+                          eval_stream=lambda split: iter([(np.arange(48), x)]))
+    first = _batchnorms(encoder.encoders)[0]
+    seen = []
+    model.eval()
+    hook = first.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    assert calibrate_batchnorm(model, None, ctx) == len(_batchnorms(encoder.encoders))  # not the decoder's
+    hook.remove()
+    assert len(seen) == 3  # three batches of 16
+    means = torch.stack([b.mean(dim=(0, 2)) for b in seen]).mean(0)
+    variances = torch.stack([b.var(dim=(0, 2), unbiased=True) for b in seen]).mean(0)
+    torch.testing.assert_close(first.running_mean, means, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first.running_var, variances, rtol=1e-5, atol=1e-6)
+    assert first.momentum == 0.1 and not model.training  # both restored
+    trained = load_encoder(CKPT).model
+    before = [m.running_mean.clone() for m in _batchnorms(trained)]
+    model = FinetuneModel(trained, "enc_pre_latent", torch.nn.Identity(), "forward", torch.nn.Identity(),
+                          np.zeros(1), np.ones(1), list(range(n_blocks)), batchnorm="train")
+    assert calibrate_batchnorm(model, None, ctx) == 0
+    for m, b in zip(_batchnorms(trained), before, strict=True):
+        torch.testing.assert_close(m.running_mean, b)
