@@ -270,7 +270,8 @@ def plot(study: Study, rows: list[dict[str, Any]]) -> None:
         if low:  # a collapsed fit (R2 far below 0) would squash every other curve: keep the axis, say so
             ax.text(0.02, 0.02, f"{len(low)} point(s) below R2 {FLOOR:g} off the axis (study.md has them)",
                     transform=ax.transAxes, fontsize=7)
-        ax.set_ylim(bottom=max(FLOOR, min(r["test_r2_lo"] for r in rows) - 0.02))
+        ax.set_ylim(max(FLOOR, min(r["test_r2_lo"] for r in rows) - 0.02),  # both ends: the axes share y
+                    max(r["test_r2_hi"] for r in rows) + 0.02)
         ax.set_xscale("log")
         ax.set_xlabel("labelled train spectra (probe; the baseline's whole training set)")
         ax.set_title(f"probe {head}" + (" (and the supervised baseline)" if head == "mlp_1" else ""))
