@@ -155,9 +155,9 @@ def render_markdown(table: Any, targets: list[str], context: dict[str, Any]) -> 
                      f"detector): {owners}")
     if (table["kind"] == "full_spectrum").any():
         lines.append("- full-spectrum fit: a Cannon model (per-pixel polynomial in the labels, rest frame) fitted on "
-                     f"'{train_split}''s clean flux; each '{val_split}' and '{test_split}' spectrum's labels and "
-                     "radial velocity fitted to its noisy flux (draw 0, the encoder's mask) by bounded weighted least "
-                     "squares (docs/information-bound.md)")
+                     f"'{train_split}''s clean flux; each '{val_split}' and '{test_split}' spectrum's labels, radial "
+                     "velocity and flux scale fitted to its noisy flux (draw 0, the encoder's mask) by bounded "
+                     "weighted least squares (docs/information-bound.md)")
     for run in context["runs"]:
         origin = (f"cache fingerprint {run.metrics['cache_fingerprint']}" if run.metrics.get("cache_fingerprint")
                   else f"encoder from {run.metrics.get('source_ckpt', '?')}")
