@@ -222,7 +222,52 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     return out or ["no method's test R2 interval lies wholly above or below the raw flux's at any train size"]
 
 
-def write_outputs(study: Study, rows: list[dict[str, Any]]) -> None:
+def _cell_predictions(study: Study, label: str, layer: str, head: str, n_train: int) -> tuple[Any, Any, Any]:
+    """(test index, truth, prediction) of one probe cell of compare/<label> (the label-efficiency refits)."""
+    import numpy as np
+
+    for path in sorted((study.out / "compare" / label / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        if cell.get("layer") == layer and cell.get("head") == head and cell["n"]["train"] == n_train:
+            with np.load(path.with_suffix(".npz")) as arrays:
+                return arrays["test_index"], arrays["test_true"].ravel(), arrays["test_pred"].ravel()
+    raise SystemExit(f"aux_study: no {head} cell of {label} {layer} at {n_train} train spectra")
+
+
+def paired(study: Study, names: dict[str, tuple[float, int]], taps: dict[str, str]) -> list[dict[str, Any]]:
+    """Test R2 differences on the same test spectra, paired bootstrap (each resample scores both): every
+    auxiliary encoder against the plain one (same head and train size), and the plain encoder's mlp_1 probe
+    against the supervised baseline trained on the same labelled rows."""
+    import numpy as np
+
+    from featcache.heads.metrics import paired_r2_difference_ci
+
+    out = []
+    sizes = [*study.config["sizes"], study.config["n_train"]]
+    for name in names:
+        if name == "lambda0":
+            continue
+        for head in ("ridge", "mlp_1"):
+            for n in sizes:
+                ia, ya, pa = _cell_predictions(study, name, taps[name], head, n)
+                ib, _, pb = _cell_predictions(study, "lambda0", taps["lambda0"], head, n)
+                assert np.array_equal(ia, ib), "the probes scored other test spectra"
+                diff, lo, hi = paired_r2_difference_ci(ya, pa, pb)
+                out.append({"a": name, "b": "lambda0", "head": head, "n_train": n, "diff": diff, "lo": lo, "hi": hi})
+    for n in study.config["baseline_sizes"]:
+        ia, ya, pa = _cell_predictions(study, "lambda0", taps["lambda0"], "mlp_1", n)
+        with np.load(study.out / "runs" / f"supervised-n{n}" / "predictions.npz") as run:
+            order = np.argsort(run["test_index"])
+            ib, pb = run["test_index"][order], run["test_pred"].ravel()[order]
+        keep = np.argsort(ia)
+        assert np.array_equal(ia[keep], ib), "the baseline scored other test spectra"
+        diff, lo, hi = paired_r2_difference_ci(ya[keep], pa[keep], pb)
+        out.append({"a": "lambda0 (mlp_1 probe)", "b": "supervised (random init)", "head": "mlp_1", "n_train": n,
+                    "diff": diff, "lo": lo, "hi": hi})
+    return out
+
+
+def write_outputs(study: Study, rows: list[dict[str, Any]], pairs: list[dict[str, Any]] | None = None) -> None:
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(study.out / "study.csv", index=False)
@@ -240,7 +285,17 @@ def write_outputs(study: Study, rows: list[dict[str, Any]]) -> None:
         lam = "" if math.isnan(r["lambda"]) else f"{r['lambda']:g}"
         lines.append(f"| {r['method']} | {lam} | {r['aux_labels'] or ''} | {r['tap']} | {r['head']} | {r['n_train']} | "
                      f"{r['val_r2']:.3f} | {r['test_r2']:.3f} [{r['test_r2_lo']:.3f}, {r['test_r2_hi']:.3f}] |")
-    lines += ["", "## Against the raw flux", "", *[f"- {s}" for s in findings(rows)], "",
+    lines += ["", "## Against the raw flux", "", *[f"- {s}" for s in findings(rows)]]
+    if pairs:
+        lines += ["", "## Against the plain encoder and the supervised baseline (paired)", "",
+                  "Test R2 of A minus B on the same test spectra, 95% paired bootstrap interval (1000 resamples, each "
+                  "scoring both).", "", "| A | B | head | train spectra | A - B [95% CI] | verdict |",
+                  "|---|---|---|---:|---:|---|"]
+        for p in pairs:
+            verdict = "A higher" if p["lo"] > 0 else "A lower" if p["hi"] < 0 else "not resolved"
+            lines.append(f"| {p['a']} | {p['b']} | {p['head']} | {p['n_train']} | {p['diff']:+.3f} "
+                         f"[{p['lo']:+.3f}, {p['hi']:+.3f}] | {verdict} |")
+    lines += ["",
               f"## CPU cost: {total / 3600:.2f} CPU-hours in all", "", "| stage | CPU-min |", "|---|---:|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in study.cost.items()]
     (study.out / "study.md").write_text("\n".join(lines) + "\n")
@@ -319,7 +374,7 @@ def main() -> None:
         probe(study, name, cache, taps[name], "seg_mean_K8")
     (study.out / "taps.json").write_text(json.dumps(taps, indent=1))
     rows = collect(study, names, taps)
-    write_outputs(study, rows)
+    write_outputs(study, rows, paired(study, names, taps))
     print((study.out / "study.md").read_text())
 
 
