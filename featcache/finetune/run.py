@@ -224,7 +224,7 @@ def _standardise(model: FinetuneModel, ctx: RunContext, train_split: SplitData, 
     if state is not None:
         return
     if init is None:
-        calibrated = calibrate_batchnorm(model, train_split, ctx) if model.batchnorm == "train" else 0
+        calibrated = calibrate_batchnorm(model, train_split, ctx)  # none with --batchnorm eval
         if dist.main:
             status(f"standardisation: pooled {opts.layer}/{opts.pool} of the initial encoder over "
                    f"{train_split.n} train spectra" + (f" (the running statistics of {calibrated} BatchNorm layers "

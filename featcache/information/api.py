@@ -28,9 +28,6 @@ from ..spectra.pfsspec import PfsDataset
 from .cannon import CannonModel, PiecewiseCannon
 from .exact import DEFAULT_STEPS, generator_info, synth_bounds, synth_parameters
 from .files import (
-    READ_ROWS,
-    STELLAR_LABELS,
-    TRAIN_ON,
     Rows,
     bar_for,
     check_noise,
@@ -41,10 +38,7 @@ from .files import (
     label_parameters,
 )
 from .fisher import crb, prior_sigma
-from .training import MAX_TRAIN, cell_grid, fit_cannon
-
-__all__ = ["READ_ROWS", "STELLAR_LABELS", "TRAIN_ON", "MAX_TRAIN", "Bounds", "bar_for", "bounds", "cannon_bounds",
-           "cell_grid", "check_noise", "fit_cannon", "label_parameters"]
+from .training import fit_cannon
 
 SOURCES = ("auto", "synth", "cannon")
 

@@ -68,7 +68,7 @@ def full_spectrum_baseline(cache: FeatureCache, train_split: str, splits: dict[s
         fits[role] = FitResult(np.concatenate([p.labels for p in parts]), np.concatenate([p.redshift for p in parts]),
                                np.concatenate([p.chi2 for p in parts]), np.concatenate([p.n_pixels for p in parts]),
                                np.concatenate([p.iterations for p in parts]), parts[0].label_names,
-                               np.concatenate([np.ones(len(p.labels)) if p.scale is None else p.scale for p in parts]))
+                               np.concatenate([p.scale for p in parts]))
     scatter = model.base.scatter if hasattr(model, "base") else model.scatter
     info = {**model.info, "scatter_median": float(np.nanmedian(scatter)), "pixels": int(len(pixels))}
     return Baseline(fits, info, time.time() - start_time, int(model.info["n"]))

@@ -68,7 +68,7 @@ class FitResult:
     n_pixels: np.ndarray
     iterations: np.ndarray
     label_names: list[str]
-    scale: np.ndarray | None = None
+    scale: np.ndarray
 
     def label(self, name: str) -> np.ndarray:
         return self.labels[:, self.label_names.index(name)]
@@ -169,15 +169,14 @@ def fit_with(model: CannonModel | PiecewiseCannon, flux: np.ndarray, sigma: np.n
     for _ in range(settings.local_rounds):
         labels, z = result.labels.copy(), result.redshift.copy()
         chi2, iters, npix = result.chi2.copy(), result.iterations.copy(), result.n_pixels.copy()
-        amp = np.ones(len(flux)) if result.scale is None else result.scale.copy()
+        amp = result.scale.copy()
         for part, rows in model.groups(result.labels):
             start = (np.clip(result.labels[rows], part.low, part.high), result.redshift[rows])
             local = fit_spectra(part, flux[rows], sigma[rows], pixels, settings, start=start)
             labels[rows], z[rows], chi2[rows] = local.labels, local.redshift, local.chi2
             iters[rows] += local.iterations
             npix[rows] = local.n_pixels
-            if local.scale is not None:
-                amp[rows] = local.scale
+            amp[rows] = local.scale
         result = FitResult(labels, z, chi2, npix, iters, result.label_names, amp)
     if progress is not None:
         progress(len(flux))

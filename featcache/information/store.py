@@ -24,8 +24,9 @@ from ..cache.reader import FeatureCache, open_cache
 from ..common.errors import FeatcacheError, choices_message
 from ..common.progress import status
 from ..spectra.pfsspec import PfsDataset
-from .api import MAX_TRAIN, Bounds, bounds, fit_cannon, resolve_source
+from .api import Bounds, bounds, resolve_source
 from .cannon import CannonModel, PiecewiseCannon
+from .training import MAX_TRAIN, fit_cannon
 
 BOUNDS_FORMAT = 1
 

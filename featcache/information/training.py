@@ -52,7 +52,7 @@ def fit_cannon(path: str | os.PathLike[str], rows: Rows = None, *, labels: Seque
     its flux scale (least squares against a first fit of the model; median 1 over the train stars), as the
     full-spectrum fit frees each star's scale: a normalisation that is not a function of the labels (featcache
     synth's median, which moves with the radial velocity; a flux calibration) is then not learnt as misfit
-    (0.00046 of 0.00054 per pixel on the synthetic benchmark)."""
+    (0.00048 of 0.00054 per pixel on the synthetic benchmark: benchmarks/fullfit_floor.py)."""
     if train_on not in TRAIN_ON:
         raise FeatcacheError("--cannon-train-on: " + choices_message("flux", train_on, list(TRAIN_ON)))
     with PfsDataset(path) as ds:

@@ -95,8 +95,7 @@ def _fit_and_store(src: Source, targets: list[str], splits: list[str], store: Ce
             arrays[f"{role}_index"] = np.asarray(src.cache.index(split, draw=0))
             arrays[f"{role}_redshift"] = base.fits[role].redshift
             arrays[f"{role}_chi2"] = base.fits[role].chi2
-            if base.fits[role].scale is not None:
-                arrays[f"{role}_scale"] = base.fits[role].scale
+            arrays[f"{role}_scale"] = base.fits[role].scale
         store.save(keys[target], record, arrays)
         loaded[target] = (record, arrays)
     return loaded
